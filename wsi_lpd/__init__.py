@@ -1,0 +1,3 @@
+"""wsi-lpd: weakly supervised whole-slide tissue segmentation with learnable prototypes (LPD)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,160 @@
+"""QuPath GeoJSON: read what QuPath writes, write what QuPath imports.
+
+QuPath's rules (qupath-core GsonTools / QuPathTypeAdapters): ``objectType`` sits inside ``properties``;
+a classification object needs both ``name`` and ``color`` or the whole import fails; a feature ``id`` is
+kept only when it is a UUID; holes are interior rings. Coordinates are level-0 pixels.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import shapely
+from shapely.geometry import MultiPolygon, Polygon, mapping, shape
+from shapely.geometry.base import BaseGeometry
+
+from wsi_lpd.errors import AnnotationError
+
+log = logging.getLogger(__name__)
+
+OBJECT_TYPES = ("annotation", "detection", "tile")
+
+
+@dataclass
+class Annotation:
+    """One polygonal object: geometry in level-0 px, its class name (None if unclassified)."""
+
+    geometry: BaseGeometry
+    class_name: str | None
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+def _open_text(path: Path, mode: str) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
+    return open(path, mode, encoding="utf-8")
+
+
+def _class_name(properties: Mapping[str, Any]) -> str | None:
+    cls = properties.get("classification")
+    if cls is None:
+        return None
+    if isinstance(cls, str):
+        return cls
+    if isinstance(cls, Mapping):
+        if "name" in cls:
+            return str(cls["name"])
+        if "names" in cls and cls["names"]:
+            return ": ".join(str(n) for n in cls["names"])
+    return None
+
+
+def _features(data: Any) -> Iterable[Mapping[str, Any]]:
+    if isinstance(data, list):
+        for item in data:
+            yield from _features(item)
+    elif isinstance(data, Mapping):
+        kind = data.get("type")
+        if kind == "FeatureCollection":
+            yield from _features(data.get("features", []))
+        elif kind == "Feature":
+            yield data
+        elif kind is not None:  # a bare geometry
+            yield {"type": "Feature", "geometry": data, "properties": {}}
+
+
+def read_annotations(path: str | os.PathLike) -> list[Annotation]:
+    """Read polygon annotations from a QuPath GeoJSON export (``.geojson``, ``.json``, ``.gz``).
+
+    Non-polygonal geometries are skipped with a warning; invalid polygons are repaired with
+    ``make_valid`` (keeping their polygonal part).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: annotation file not found")
+    try:
+        with _open_text(path, "r") as fh:
+            data = json.load(fh)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"{path}: not readable as GeoJSON ({exc})") from exc
+    out: list[Annotation] = []
+    skipped = 0
+    for i, feat in enumerate(_features(data)):
+        geom_data = feat.get("geometry")
+        if geom_data is None:
+            skipped += 1
+            continue
+        try:
+            geom = shape(geom_data)
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise AnnotationError(f"{path}: feature {i} has a malformed geometry ({exc})") from exc
+        geom = _polygonal(shapely.make_valid(geom) if not geom.is_valid else geom)
+        if geom is None or geom.is_empty:
+            skipped += 1
+            continue
+        props = dict(feat.get("properties") or {})
+        out.append(Annotation(geom, _class_name(props), props))
+    if skipped:
+        log.warning("%s: skipped %d feature(s) without a polygonal geometry", path, skipped)
+    return out
+
+
+def _polygonal(geom: BaseGeometry) -> BaseGeometry | None:
+    if isinstance(geom, Polygon | MultiPolygon):
+        return geom
+    parts = [g for g in getattr(geom, "geoms", []) if isinstance(g, Polygon | MultiPolygon)]
+    return shapely.union_all(parts) if parts else None
+
+
+def feature(
+    geometry: BaseGeometry,
+    class_name: str,
+    color: Iterable[int],
+    object_type: str = "annotation",
+    measurements: Mapping[str, float] | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """A QuPath feature: UUID4 id, objectType inside properties, classification with colour."""
+    if object_type not in OBJECT_TYPES:
+        raise ValueError(f"object_type must be one of {OBJECT_TYPES}, got {object_type!r}")
+    if isinstance(geometry, MultiPolygon) and len(geometry.geoms) == 1:
+        geometry = geometry.geoms[0]
+    properties: dict[str, Any] = {
+        "objectType": object_type,
+        "classification": {"name": class_name, "color": [int(c) for c in color]},
+    }
+    if name is not None:
+        properties["name"] = name
+    if measurements:
+        properties["measurements"] = {k: float(v) for k, v in measurements.items()}
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid4()),
+        "geometry": mapping(geometry),
+        "properties": properties,
+    }
+
+
+def write_feature_collection(path: str | os.PathLike, features: Iterable[Mapping[str, Any]]) -> int:
+    """Stream features into a FeatureCollection file (gzip when ``path`` ends in ``.gz``).
+
+    Returns the number of features written. Callers wanting atomicity pass a temporary path.
+    """
+    path = Path(path)
+    n = 0
+    with _open_text(path, "w") as fh:
+        fh.write('{"type": "FeatureCollection", "features": [')
+        for feat in features:
+            fh.write(",\n" if n else "\n")
+            json.dump(feat, fh, separators=(",", ":"))
+            n += 1
+        fh.write("\n]}\n")
+    return n
