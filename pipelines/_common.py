@@ -27,8 +27,17 @@ log = logging.getLogger("wsi_lpd")
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_PACKAGES = ("wsi-lpd", "torch", "timm", "openslide-python", "openslide-bin", "tifffile", "zarr",
-             "numpy", "shapely")
+_PACKAGES = (
+    "wsi-lpd",
+    "torch",
+    "timm",
+    "openslide-python",
+    "openslide-bin",
+    "tifffile",
+    "zarr",
+    "numpy",
+    "shapely",
+)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -103,8 +112,14 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def write_run_metadata(out_dir: str | os.PathLike, stage: str, parameters: Mapping[str, Any],
-                       inputs: Mapping[str, Any], started: float, **extra: Any) -> Path:
+def write_run_metadata(
+    out_dir: str | os.PathLike,
+    stage: str,
+    parameters: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    started: float,
+    **extra: Any,
+) -> Path:
     """Write ``run.json`` (stage, versions, parameters, inputs, wall time, host) into ``out_dir``."""
     payload = {
         "stage": stage,

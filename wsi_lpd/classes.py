@@ -78,7 +78,9 @@ class ClassList:
     @classmethod
     def from_names(cls, names: Iterable[str], background: str = "BACK") -> ClassList:
         """Build from names with default colours (the background name is appended last)."""
-        fg = tuple(TissueClass(n, DEFAULT_COLORS.get(n, _fallback_color(i))) for i, n in enumerate(names))
+        fg = tuple(
+            TissueClass(n, DEFAULT_COLORS.get(n, _fallback_color(i))) for i, n in enumerate(names)
+        )
         return cls(fg, TissueClass(background, DEFAULT_COLORS.get(background, (255, 255, 255))))
 
 
