@@ -120,7 +120,7 @@ def write_run_metadata(
     started: float,
     **extra: Any,
 ) -> Path:
-    """Write ``run.json`` (stage, versions, parameters, inputs, wall time, host) into ``out_dir``."""
+    """Write ``run.json`` (stage, versions, parameters, inputs, wall time) into ``out_dir``."""
     payload = {
         "stage": stage,
         "versions": package_versions(),

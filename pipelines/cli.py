@@ -8,7 +8,7 @@ import typer
 
 app = typer.Typer(
     name="wsi-lpd",
-    help="Whole-slide LPD: tile, build patch stores, train, infer, export to QuPath, evaluate, report.",
+    help="Whole-slide LPD: tile, patches, train, infer, export to QuPath, evaluate, report.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -116,7 +116,7 @@ def command(
         if val_set is None and ref.has_masks and len(sets) == 1 and s.val_fraction > 0:
             rng = np.random.default_rng(s.seed)
             order = rng.permutation(len(ref))
-            n_val = max(1, int(round(len(ref) * s.val_fraction)))
+            n_val = max(1, round(len(ref) * s.val_fraction))
             sets = [PatchDataset(patches[0], norm, augment, indices=np.sort(order[n_val:]))]
             val_set = PatchDataset(patches[0], norm, indices=np.sort(order[:n_val]))
             log.info("holding out %d of %d patches (with masks) for validation", n_val, len(ref))

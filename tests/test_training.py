@@ -89,7 +89,8 @@ def test_train_writes_checkpoint_log_and_curves(store: Path, tmp_path: Path) -> 
     assert result.best_miou is not None and 0.0 <= result.best_miou <= 1.0
     for name in ("model.pt", "last.pt", "train_log.csv", "curves.png"):
         assert (tmp_path / name).stat().st_size > 0
-    rows = list(csv.DictReader(open(tmp_path / "train_log.csv")))
+    with open(tmp_path / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert [int(r["iteration"]) for r in rows] == [2, 4, 6]
     assert all(float(r["total"]) > 0 for r in rows)
     assert rows[-1]["val_mIoU"] != ""

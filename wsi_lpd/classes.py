@@ -67,7 +67,9 @@ class ClassList:
             fg = tuple(_parse_class(c) for c in data["foreground"])
             bg = _parse_class(data["background"])
         except (KeyError, TypeError) as exc:
-            raise ConfigError(f"classes: expected foreground list and background entry ({exc})")
+            raise ConfigError(
+                f"classes: expected foreground list and background entry ({exc})"
+            ) from exc
         names = [c.name for c in (*fg, bg)]
         if len(set(names)) != len(names):
             raise ConfigError(f"classes: duplicate class names in {names}")

@@ -1,8 +1,9 @@
 """QuPath GeoJSON: read what QuPath writes, write what QuPath imports.
 
-QuPath's rules (qupath-core GsonTools / QuPathTypeAdapters): ``objectType`` sits inside ``properties``;
-a classification object needs both ``name`` and ``color`` or the whole import fails; a feature ``id`` is
-kept only when it is a UUID; holes are interior rings. Coordinates are level-0 pixels.
+QuPath's rules (qupath-core GsonTools / QuPathTypeAdapters): ``objectType`` sits inside
+``properties``; a classification object needs both ``name`` and ``color`` or the whole import
+fails; a feature ``id`` is kept only when it is a UUID; holes are interior rings. Coordinates are
+level-0 pixels.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _class_name(properties: Mapping[str, Any]) -> str | None:
     if isinstance(cls, Mapping):
         if "name" in cls:
             return str(cls["name"])
-        if "names" in cls and cls["names"]:
+        if cls.get("names"):
             return ": ".join(str(n) for n in cls["names"])
     return None
 

@@ -7,7 +7,8 @@ with ground-truth masks each epoch (keeping the best checkpoint), ``train_log.cs
 
 The training config is a YAML with sections ``model`` (method, encoder, head, predict — see
 :mod:`wsi_lpd.model.build`), ``loss`` (:class:`wsi_lpd.model.losses.LPDLoss` keys, defaults per
-method), ``region_encoder`` (the frozen encoder behind L_sim) and ``train`` (:class:`TrainSettings`).
+method), ``region_encoder`` (the frozen encoder behind L_sim), ``data`` (normalisation) and
+``train`` (:class:`TrainSettings`).
 """
 
 from __future__ import annotations
