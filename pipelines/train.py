@@ -94,7 +94,15 @@ def command(
     ):
         if value is not None:
             train_raw[key] = value
-    cfg = TrainConfig.from_mapping({**raw, "train": train_raw}, method=method)
+    chosen = method or (raw.get("model") or {}).get("method", "lpd")
+    run_training: Any = train
+    if chosen == "hisynseg":  # its own trainer, same inputs and outputs
+        from wsi_lpd.hisynseg.training import HisynSegConfig, train_hisynseg
+
+        cfg: Any = HisynSegConfig.from_mapping({**raw, "train": train_raw}, method=chosen)
+        run_training = train_hisynseg
+    else:
+        cfg = TrainConfig.from_mapping({**raw, "train": train_raw}, method=method)
     s = cfg.train
     norm = _normalisation(data_cfg.get("normalisation"))
     augment = Augment(seed=s.seed, **s.augment)
@@ -155,7 +163,7 @@ def command(
         bar.set_postfix(loss=f"{row['total']:.3f}", img_s=f"{row['images_per_s']:.1f}")
         bar.refresh()
 
-    result = train(
+    result = run_training(
         cfg,
         train_set,
         val_set,

@@ -39,7 +39,7 @@ from wsi_lpd.model.lpd import pbip_prototype_bank
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = ("iteration", "epoch", "lr", "total", "cls", "div", "sim", "images_per_s")
+LOG_COLUMNS = ("iteration", "epoch", "lr", "total", "cls", "div", "sim", "images_per_s", "val_mIoU")
 
 
 @dataclass
@@ -160,7 +160,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _batches(loader: DataLoader) -> Iterator[dict[str, Tensor]]:
+def cycle_batches(loader: DataLoader) -> Iterator[dict[str, Tensor]]:
     while True:
         yield from loader
 
@@ -322,11 +322,11 @@ def train(
     start_iter, best_miou, history = 0, None, []
     last_path, best_path = out_dir / "last.pt", out_dir / "model.pt"
     if resume and last_path.exists():
-        start_iter, best_miou, history = _resume(last_path, model, optimizer, dev)
+        start_iter, best_miou, history = resume_state(last_path, model, optimizer, dev)
         log.info("resumed from %s at iteration %d", last_path, start_iter)
 
     model.train()
-    batches = _batches(loader)
+    batches = cycle_batches(loader)
     started = time.time()
     seen, t_window = 0, time.time()
     running: dict[str, float] = {}
@@ -351,7 +351,8 @@ def train(
             running[k] = running.get(k, 0.0) + float(v.detach())
         running["_n"] = running.get("_n", 0.0) + 1
         done = it + 1
-        if done % s.log_every == 0 or done == total_iters:
+        end_of_epoch = done % iters_per_epoch == 0 or done == total_iters
+        if done % s.log_every == 0 or end_of_epoch:
             rate = seen / max(time.time() - t_window, 1e-9)
             row = {
                 "iteration": done,
@@ -364,24 +365,22 @@ def train(
             running, seen, t_window = {}, 0, time.time()
             if progress:
                 progress(done, total_iters, row)
-        end_of_epoch = done % iters_per_epoch == 0 or done == total_iters
         if end_of_epoch and val_loader is not None:
             scores = validate(model, val_loader, classes, dev, s.val_label_mode)
             miou = scores["miou"]
-            if history:
-                history[-1]["val_mIoU"] = miou if miou is not None else float("nan")
+            history[-1]["val_mIoU"] = miou if miou is not None else float("nan")
             log.info("iteration %d: validation mIoU %s", done, miou)
             if miou is not None and done >= best_after and (best_miou is None or miou > best_miou):
                 best_miou = miou
                 _save(best_path, model, contract, config, done, best_miou)
         if end_of_epoch:
-            _save_last(last_path, model, optimizer, done, best_miou, history)
+            save_last(last_path, model, optimizer, done, best_miou, history)
 
     if val_loader is None or best_miou is None:
         _save(best_path, model, contract, config, total_iters, best_miou)
     wall = time.time() - started
-    _write_log(out_dir / "train_log.csv", history)
-    _plot_curves(out_dir / "curves.png", history, config.method)
+    write_log(out_dir / "train_log.csv", history)
+    plot_curves(out_dir / "curves.png", history, config.method)
     trained = total_iters - start_iter
     return TrainResult(
         checkpoint=best_path,
@@ -419,7 +418,7 @@ def _save(
     )
 
 
-def _save_last(
+def save_last(
     path: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -441,7 +440,7 @@ def _save_last(
     tmp.replace(path)
 
 
-def _resume(
+def resume_state(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
 ) -> tuple[int, float | None, list[dict[str, float]]]:
     try:
@@ -453,18 +452,29 @@ def _resume(
     return int(state["iteration"]), state.get("best_miou"), list(state.get("history", []))
 
 
-def _write_log(path: Path, history: list[dict[str, float]]) -> None:
-    columns = [*LOG_COLUMNS, "val_mIoU"]
+def write_log(
+    path: Path,
+    history: list[dict[str, float]],
+    columns: tuple[str, ...] = LOG_COLUMNS,
+) -> None:
+    """``train_log.csv`` (atomic): one row per logging interval, the given columns."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in history:
             writer.writerow({k: row.get(k, "") for k in columns})
     tmp.replace(path)
 
 
-def _plot_curves(path: Path, history: list[dict[str, float]], method: str) -> None:
+def plot_curves(
+    path: Path,
+    history: list[dict[str, float]],
+    title: str,
+    loss_keys: tuple[str, ...] = ("total", "cls", "div", "sim"),
+    bold: tuple[str, ...] = ("total",),
+) -> None:
+    """``curves.png`` (atomic): the loss terms that are not all zero, and validation mIoU."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -472,14 +482,15 @@ def _plot_curves(path: Path, history: list[dict[str, float]], method: str) -> No
 
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
     its = [r["iteration"] for r in history]
-    for key in ("total", "cls", "div", "sim"):
-        values = [r[key] for r in history]
+    for key in loss_keys:
+        values = [r.get(key, 0.0) for r in history]
         if any(v != 0 for v in values):
-            ax_loss.plot(its, values, label=key)
+            ax_loss.plot(its, values, label=key, lw=2 if key in bold else 1)
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("loss")
-    ax_loss.set_title(f"{method}: training losses")
-    ax_loss.legend()
+    ax_loss.set_title(f"{title}: training losses")
+    if its:
+        ax_loss.legend(fontsize=7)
     val = [(r["iteration"], r["val_mIoU"]) for r in history if "val_mIoU" in r]
     if val:
         ax_val.plot(*zip(*val, strict=True), marker="o")

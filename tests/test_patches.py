@@ -1,0 +1,321 @@
+"""Patch stores from tile grids + QuPath annotations or a CSV; the `wsi-lpd patches` stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import typer
+from shapely.geometry import box
+from typer.testing import CliRunner
+
+from pipelines import patches as patches_stage
+from wsi_lpd.classes import BCSS_CLASSES
+from wsi_lpd.errors import AnnotationError, DatasetError
+from wsi_lpd.geojson import feature, write_feature_collection
+from wsi_lpd.patch_store import (
+    build_patch_store_from_annotations,
+    build_patch_store_from_csv,
+    class_coverage,
+    open_patch_store,
+)
+from wsi_lpd.tiling import make_tile_grid
+
+SLIDE_PX = 256  # level-0 side at 0.5 µm/px
+TILE_L0 = 64  # 32 px patches at 1 µm/px
+
+
+def _colour(x_level0: int, y_level0: int) -> tuple[int, int]:
+    """Red and green of the 64×64 level-0 block holding a pixel: encodes the block's position."""
+    return 40 * (x_level0 // TILE_L0) + 10, 40 * (y_level0 // TILE_L0) + 10
+
+
+@pytest.fixture()
+def slide(tmp_path: Path) -> Path:
+    yy, xx = np.mgrid[0:SLIDE_PX, 0:SLIDE_PX]
+    red, green = _colour(xx, yy)  # type: ignore[arg-type]
+    image = np.stack([red, green, np.full_like(red, 200)], axis=-1).astype(np.uint8)
+    path = tmp_path / "slide.tiff"
+    tifffile.imwrite(
+        path,
+        image,
+        tile=(128, 128),
+        photometric="rgb",
+        compression="zlib",
+        resolution=(1e4 / 0.5, 1e4 / 0.5),
+        resolutionunit="CENTIMETER",
+    )
+    return path
+
+
+@pytest.fixture()
+def tiles(tmp_path: Path, slide: Path) -> Path:
+    grid = make_tile_grid(
+        SLIDE_PX, SLIDE_PX, 0.5, None, 1.0, 32, slide_id="s1", slide_path=str(slide)
+    )
+    out = tmp_path / "tiles"
+    out.mkdir()
+    grid.save(out / "tiles.npz")
+    return out
+
+
+def _annotations(path: Path, extra: list[dict] | None = None) -> Path:
+    feats = [
+        feature(box(0, 0, 128, 64), "TUM", (200, 0, 0)),  # tiles (0, 0), (64, 0)
+        feature(box(96, 0, 192, 64), "STR", (255, 165, 0)),  # half of (64, 0), all of (128, 0)
+        feature(box(0, 192, 64, 256), "BACK", (255, 255, 255)),  # tile (0, 192): no label
+        feature(box(192, 192, 195, 256), "LYM", (0, 0, 200)),  # ~5 % of tile (192, 192)
+    ]
+    write_feature_collection(path, feats + (extra or []))
+    return path
+
+
+def test_class_coverage_exact() -> None:
+    cov = class_coverage(
+        [box(0, 0, 10, 10), None, box(5, 0, 15, 10)],
+        np.array([0, 10, 20]),
+        np.array([0, 0, 0]),
+        10.0,
+    )
+    np.testing.assert_allclose(cov, [[1, 0, 0.5], [0, 0, 0.5], [0, 0, 0]])
+
+
+def test_store_from_annotations(tmp_path: Path, tiles: Path) -> None:
+    out = tmp_path / "store.zarr"
+    summary = build_patch_store_from_annotations(
+        [tiles], [_annotations(tmp_path / "a.geojson")], out, BCSS_CLASSES, progress=False
+    )
+    store = open_patch_store(out)
+    assert summary["patches"] == len(store) == 4
+    assert summary["per_class"] == {"TUM": 2, "STR": 2, "LYM": 0, "NEC": 0}
+    assert store.slides == ["s1"] and store.mpp == 1.0 and store.patch_px == 32
+    assert not store.has_masks
+    coords = [tuple(c) for c in store.coords[:]]
+    assert coords == [(0, 0), (64, 0), (128, 0), (0, 192)]
+    np.testing.assert_array_equal(
+        store.labels[:], [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    )
+    for i, (x, y) in enumerate(coords):  # pixels come from the right place at 1 µm/px
+        image = store.images[i]
+        assert image.shape == (32, 32, 3)
+        red, green = _colour(x, y)
+        assert abs(int(image[..., 0].mean()) - red) <= 1
+        assert abs(int(image[..., 1].mean()) - green) <= 1
+
+
+def test_store_with_truth_masks(tmp_path: Path, tiles: Path) -> None:
+    from wsi_lpd.classes import ClassList
+    from wsi_lpd.labelmask import write_label_mask
+
+    # Mask at 8 µm/px (16 level-0 px per px) with its own class order: STR, TUM, LYM, NEC, BACK.
+    mask_classes = ClassList.from_names(["STR", "TUM", "LYM", "NEC"])
+    mask = np.full((16, 16), 4, dtype=np.uint8)
+    mask[:4, :4] = 1  # TUM over tile (0, 0) …
+    mask[:4, 1] = 0  # … except level-0 columns 16-31: STR
+    write_label_mask(tmp_path / "truth.tiff", mask, 8.0, mask_classes)
+    out = tmp_path / "store.zarr"
+    build_patch_store_from_annotations(
+        [tiles],
+        [_annotations(tmp_path / "a.geojson")],
+        out,
+        BCSS_CLASSES,
+        truth_masks=[tmp_path / "truth.tiff"],
+        progress=False,
+    )
+    store = open_patch_store(out)
+    assert store.has_masks and store.masks.shape == (4, 32, 32)
+    first = store.masks[0]  # 1 µm/px: a mask pixel spans 8 patch pixels
+    assert (first[:, :8] == 0).all() and (first[:, 8:16] == 1).all() and (first[:, 16:] == 0).all()
+    assert (store.masks[1] == 4).all()  # BACK, in BCSS order
+    tum_only = tmp_path / "tum.geojson"
+    write_feature_collection(tum_only, [feature(box(0, 0, 64, 64), "TUM", (200, 0, 0))])
+    with pytest.raises(AnnotationError, match=r"truth\.tiff: mask class 'STR'"):
+        build_patch_store_from_annotations(
+            [tiles],
+            [tum_only],
+            tmp_path / "x.zarr",
+            ClassList.from_names(["TUM", "LYM", "NEC"]),
+            truth_masks=[tmp_path / "truth.tiff"],
+        )
+
+
+def test_higher_min_fraction_drops_partial_labels(tmp_path: Path, tiles: Path) -> None:
+    out = tmp_path / "store.zarr"
+    build_patch_store_from_annotations(
+        [tiles],
+        [_annotations(tmp_path / "a.geojson")],
+        out,
+        BCSS_CLASSES,
+        min_class_fraction=0.6,
+        progress=False,
+    )
+    store = open_patch_store(out)
+    np.testing.assert_array_equal(store.labels[1], [1, 0, 0, 0])  # STR covers only 50 %
+
+
+def test_unknown_class_raises(tmp_path: Path, tiles: Path) -> None:
+    ann = _annotations(tmp_path / "bad.geojson", [feature(box(0, 0, 9, 9), "FAT", (1, 2, 3))])
+    with pytest.raises(AnnotationError, match=r"bad\.geojson: annotation class 'FAT'"):
+        build_patch_store_from_annotations([tiles], [ann], tmp_path / "s.zarr", BCSS_CLASSES)
+
+
+def test_pairing_errors(tmp_path: Path, tiles: Path) -> None:
+    with pytest.raises(DatasetError, match="pair up by order"):
+        build_patch_store_from_annotations(
+            [tiles, tiles], [tmp_path / "a"], tmp_path / "s.zarr", BCSS_CLASSES
+        )
+    with pytest.raises(DatasetError, match="slide id 's1' appears in an earlier tile dir"):
+        build_patch_store_from_annotations(
+            [tiles, tiles], [tmp_path / "a", tmp_path / "a"], tmp_path / "s.zarr", BCSS_CLASSES
+        )
+    with pytest.raises(DatasetError, match="tile grid not found"):
+        build_patch_store_from_annotations(
+            [tmp_path / "none"], [tmp_path / "a"], tmp_path / "s.zarr", BCSS_CLASSES
+        )
+
+
+def _csv(path: Path, rows: list[str], header: str = "slide_id,path,x,y,labels") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_store_from_csv(tmp_path: Path, slide: Path) -> None:
+    csv_path = _csv(
+        tmp_path / "labels.csv",
+        ["s1,slide.tiff,64,128,TUM;STR", "s1,slide.tiff,0,0,", f"s2,{slide},128,64,NEC"],
+    )
+    summary = build_patch_store_from_csv(
+        csv_path, tmp_path / "c.zarr", BCSS_CLASSES, 1.0, 32, progress=False
+    )
+    store = open_patch_store(tmp_path / "c.zarr")
+    assert summary["patches"] == 3 and store.slides == ["s1", "s2"]
+    np.testing.assert_array_equal(store.labels[:], [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]])
+    np.testing.assert_array_equal(store.slide_index[:], [0, 0, 1])
+    red, green = _colour(64, 128)
+    assert abs(int(store.images[0][..., 0].mean()) - red) <= 1
+    assert abs(int(store.images[0][..., 1].mean()) - green) <= 1
+
+
+@pytest.mark.parametrize(
+    ("rows", "header", "message"),
+    [
+        (["s1,slide.tiff,0,0,TUM"], "slide_id,path,x,labels", "missing column\\(s\\) y"),
+        (["s1,slide.tiff,0,zero,TUM"], None, "labels.csv:2: x and y must be integers"),
+        (["s1,slide.tiff,0,0,TUM;BACK"], None, "label 'BACK' is not a foreground class"),
+        (["s1,slide.tiff,0,0,", "s1,other.tiff,0,0,"], None, "slide id 's1' names"),
+        (["s9,missing.tiff,0,0,"], None, "missing.tiff not found"),
+        ([], None, "no rows"),
+    ],
+)
+def test_csv_validation(
+    tmp_path: Path, slide: Path, rows: list[str], header: str | None, message: str
+) -> None:
+    csv_path = _csv(tmp_path / "labels.csv", rows, header or "slide_id,path,x,y,labels")
+    with pytest.raises(DatasetError, match=message):
+        build_patch_store_from_csv(csv_path, tmp_path / "c.zarr", BCSS_CLASSES, 1.0, 32)
+
+
+def _invoke(*args: object) -> tuple[int, str]:
+    app = typer.Typer()
+    app.command()(patches_stage.command)
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_stage_writes_store_and_run_json(tmp_path: Path, tiles: Path) -> None:
+    ann = _annotations(tmp_path / "a.geojson")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "classes:\n"
+        "  foreground:\n"
+        "    - {name: TUM, color: [200, 0, 0]}\n"
+        "    - {name: STR, color: [255, 165, 0]}\n"
+        "    - {name: LYM, color: [0, 0, 200]}\n"
+        "  background: {name: BACK, color: [255, 255, 255]}\n"
+        "patches:\n"
+        "  min_class_fraction: 0.6\n"
+    )
+    out = tmp_path / "out" / "store.zarr"
+    code, output = _invoke(
+        "--tiles",
+        tiles,
+        "--annotations",
+        ann,
+        "--out",
+        out,
+        "--config",
+        config,
+        "--min-class-fraction",
+        "0.2",
+    )
+    assert code == 0, output
+    store = open_patch_store(out)
+    assert store.classes.foreground_names == ["TUM", "STR", "LYM"]
+    np.testing.assert_array_equal(store.labels[1], [1, 1, 0])  # the flag (0.2) beat the config
+    run = json.loads((tmp_path / "out" / "store.run.json").read_text())
+    assert run["stage"] == "patches" and run["summary"]["patches"] == 4
+    assert run["parameters"]["min_class_fraction"] == 0.2
+    assert sorted(p.name for p in out.parent.iterdir()) == ["store.run.json", "store.zarr"]
+
+
+def test_stage_errors_leave_no_store(tmp_path: Path, tiles: Path) -> None:
+    ann = _annotations(tmp_path / "bad.geojson", [feature(box(0, 0, 9, 9), "FAT", (1, 2, 3))])
+    out = tmp_path / "store.zarr"
+    code, output = _invoke("--tiles", tiles, "--annotations", ann, "--out", out)
+    assert code == 1
+    assert output.startswith("wsi-lpd: error:") and "'FAT'" in output
+    assert output.count("\n") == 1
+    assert not out.exists() and list(tmp_path.glob(".store.zarr*")) == []
+    code, output = _invoke("--out", out)
+    assert code == 1 and "either --tiles" in output
+
+
+def test_store_from_synthetic_slide_matches_annotations(tmp_path: Path) -> None:
+    """End to end on `wsi_lpd.synth`: labels agree with a per-patch reference and the truth."""
+    from shapely.geometry import box as shp_box
+
+    from wsi_lpd.geojson import read_annotations
+    from wsi_lpd.synth import write_synthetic_slide
+
+    syn = write_synthetic_slide(
+        tmp_path / "syn.tiff", width_px=2048, height_px=2048, mpp=0.5, seed=0, texture=False
+    )
+    grid = make_tile_grid(
+        2048, 2048, 0.5, None, 2.0, 32, slide_id="syn", slide_path=str(syn.slide_path)
+    )
+    (tmp_path / "tiles").mkdir()
+    grid.save(tmp_path / "tiles" / "tiles.npz")
+    out = tmp_path / "syn.zarr"
+    build_patch_store_from_annotations(
+        [tmp_path / "tiles"],
+        [syn.annotations_path],
+        out,
+        BCSS_CLASSES,
+        truth_masks=[syn.mask_path],
+        progress=False,
+    )
+    store = open_patch_store(out)
+    # Reference: per tile, per class, annotated area fraction by plain shapely, one by one.
+    anns = read_annotations(syn.annotations_path)
+    expected: dict[tuple[int, int], list[int]] = {}
+    for x, y in zip(grid.x, grid.y, strict=True):
+        tile = shp_box(x, y, x + 128, y + 128)
+        frac = [
+            sum(a.geometry.intersection(tile).area for a in anns if a.class_name == name)
+            / tile.area
+            for name in BCSS_CLASSES.names
+        ]
+        if max(frac) >= 0.1:
+            expected[(int(x), int(y))] = [int(f >= 0.1) for f in frac[:4]]
+    coords = [tuple(int(v) for v in c) for c in store.coords[:]]
+    assert len(coords) == len(expected) > 10  # patches outside annotations are left out
+    labels = store.labels[:]
+    for c, row in zip(coords, labels, strict=True):
+        assert list(row) == expected[c], c
+    assert labels.sum(axis=0).min() > 0  # every class occurs on this slide
+    for row, mask in zip(labels, store.masks[:], strict=True):  # labels are seen in the truth
+        if row.any():
+            assert np.isin(np.flatnonzero(row), np.unique(mask)).any()

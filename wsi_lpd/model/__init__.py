@@ -1,0 +1,1 @@
+"""Models: encoders (Mix Transformer, timm backbones), the LPD head, losses and checkpoints."""
