@@ -1,0 +1,179 @@
+"""Stage `wsi-lpd infer` with a real tiny LPD checkpoint, through a local typer app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import typer
+from shapely.geometry import box
+from typer.testing import CliRunner
+
+from pipelines import infer
+from wsi_lpd.classes import BCSS_CLASSES
+from wsi_lpd.model.build import build_model
+from wsi_lpd.model.checkpoint import checkpoint_sha256, save_checkpoint
+from wsi_lpd.mosaic import open_mosaic
+from wsi_lpd.tissue import write_tissue_geojson
+
+MODEL_CONFIG = {
+    "encoder": {"type": "mit", "variant": "mit_tiny", "strides": [4, 2, 2, 1], "weights": None},
+    "head": {"prototypes_per_class": 2, "prototype_dim": 32},
+    "predict": {"tta": False, "bg_power": 10.0},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("stage")
+    torch.manual_seed(0)
+    model = build_model("lpd", MODEL_CONFIG, BCSS_CLASSES)
+    ckpt = save_checkpoint(
+        root / "model.pt",
+        model,
+        method="lpd",
+        classes=BCSS_CLASSES,
+        mpp=1.0,
+        patch_px=64,
+        normalisation={"mean": [0.7, 0.5, 0.7], "std": [0.2, 0.2, 0.2]},
+        model_config=MODEL_CONFIG,
+    )
+    rng = np.random.default_rng(0)
+    rgb = np.full((768, 1024, 3), 245, np.uint8)
+    tissue = rng.integers(0, 60, (400, 560, 3), dtype=np.uint8) + np.array([170, 60, 150], np.uint8)
+    rgb[200:600, 300:860] = tissue  # pink "tissue" block, level-0 x 300-860, y 200-600
+    slide = root / "s1.tiff"
+    tifffile.imwrite(
+        slide,
+        rgb,
+        tile=(256, 256),
+        compression="zlib",
+        photometric="rgb",
+        resolution=(2e4, 2e4),
+        resolutionunit="CENTIMETER",
+    )  # 0.5 µm/px
+    tiles = root / "tiles"
+    tiles.mkdir()
+    write_tissue_geojson(tiles / "tissue.geojson", box(300, 200, 860, 600))
+    return {"root": root, "model": ckpt, "slide": slide, "tiles": tiles}
+
+
+def _run(*args: str) -> object:
+    app = typer.Typer()
+    app.command()(infer.command)
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_stage_writes_mosaic_and_run_json(files: dict[str, Path]) -> None:
+    out = files["root"] / "out"
+    cfg = files["root"] / "cfg.yaml"
+    cfg.write_text("infer:\n  overlap: 0.5\n  blend: cosine\n  workers: 0\n")
+    res = _run(
+        files["slide"],
+        "--model",
+        files["model"],
+        "--out",
+        out,
+        "--tiles",
+        files["tiles"],
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--blend",
+        "gaussian",
+        "--config",
+        cfg,
+    )
+    assert res.exit_code == 0, res.output
+    m = open_mosaic(out / "s1.ome.zarr")
+    assert m.classes == BCSS_CLASSES and m.mpp == 1.0 and m.level0_per_px == 2.0
+    assert m.probs.shape == (5, 384, 512)
+    assert m.attrs["model_sha256"] == checkpoint_sha256(files["model"])
+    assert m.attrs["slide_id"] == "s1" and m.attrs["parameters"]["blend"] == "gaussian"
+    probs, labels = m.probs[:].astype(int), m.labels[:]
+    near = np.zeros((384, 512), bool)
+    near[99:301, 149:431] = True  # tissue box / 2, ± 1 px for edge rounding of the raster
+    assert (labels[~near] == 4).all() and (probs[4, ~near] == 255).all()
+    assert (probs[4, 101:299, 151:429] < 255).mean() > 0.9
+    assert np.abs(probs.sum(0) - 255).max() <= 3
+    run = json.loads((out / "s1.run.json").read_text())
+    assert run["stage"] == "infer" and run["parameters"]["overlap"] == 0.5
+    assert run["parameters"]["blend"] == "gaussian" and run["parameters"]["workers"] == 0
+    assert run["throughput_windows_per_s"] > 0 and run["peak_rss_mib"] > 0
+    assert run["inputs"]["model_sha256"] == m.attrs["model_sha256"]
+    assert run["parameters"]["tissue"].endswith("tissue.geojson")
+    assert 0 < run["result"]["windows"] < run["result"]["windows_total"]
+    assert sorted(p.name for p in out.iterdir()) == ["s1.ome.zarr", "s1.run.json"]
+
+
+def test_stage_detects_tissue_without_tiles(files: dict[str, Path]) -> None:
+    out = files["root"] / "out2"
+    res = _run(
+        files["slide"],
+        "--model",
+        files["model"],
+        "--out",
+        out,
+        "--slide-id",
+        "abc",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--output-mpp",
+        "2.0",
+    )
+    assert res.exit_code == 0, res.output
+    m = open_mosaic(out / "abc.ome.zarr")
+    assert m.probs.shape == (5, 192, 256) and m.level0_per_px == 4.0
+    back = m.probs[4]
+    assert (back[:40] == 255).all() and (back[160:] == 255).all()  # white margins: background
+    assert (back[60:140, 90:200] < 255).mean() > 0.9  # detected tissue was predicted
+    run = json.loads((out / "abc.run.json").read_text())
+    assert run["parameters"]["tissue"] == "detected"
+
+
+def test_stage_errors_are_one_line(files: dict[str, Path]) -> None:
+    out = files["root"] / "bad"
+    res = _run(
+        files["slide"],
+        "--model",
+        files["root"] / "missing.pt",
+        "--out",
+        out,
+        "--tiles",
+        files["tiles"],
+    )
+    assert res.exit_code == 1 and "missing.pt" in res.output
+    res = _run(
+        files["slide"],
+        "--model",
+        files["model"],
+        "--out",
+        out,
+        "--tiles",
+        files["tiles"],
+        "--slide-mpp",
+        "2.0",
+        "--device",
+        "cpu",
+    )
+    assert res.exit_code == 1 and "finer than the slide" in res.output
+    cfg = files["root"] / "bad.yaml"
+    cfg.write_text("infer:\n  overlapp: 0.5\n")
+    res = _run(files["slide"], "--model", files["model"], "--out", out, "--config", cfg)
+    assert res.exit_code == 1 and "overlapp" in res.output
+    assert not out.exists() or not any(out.glob("*.ome.zarr"))

@@ -1,0 +1,525 @@
+"""Whole-slide inference: overlapping windows at the model's mpp, blended into an OME-Zarr mosaic.
+
+Geometry. The mosaic has ``ceil(level-0 size / s)`` px, s = ``output_mpp / slide.mpp`` level-0 px
+per mosaic px. Windows are ``patch_px`` model px (``window_px = patch_px·model_mpp/output_mpp``
+mosaic px), placed on the integer mosaic grid with stride ``window_px·(1 − overlap)`` spread so the
+first window starts at 0 and the last ends at the mosaic edge (nnU-Net style), and kept where they
+intersect the tissue (level-0 MultiPolygon; ``None`` = the slide's bounds). Window (ox, oy) reads
+level-0 ``(round(ox·s), round(oy·s))``.
+
+Flow. A torch ``DataLoader`` (each worker re-opens its own slide handle) reads windows in row order
+while the device runs ``model.predict``; probabilities are upsampled (bilinear) to ``window_px`` and
+blended into row-band accumulators on the device (see ``blending.py``). A band is finalised —
+divided by its weight sum, masked to tissue, quantised to uint8, argmax → labels — and written once
+no pending window can reach it, in a background thread. Memory is bounded by the bands in flight
+(≈ ``(C+2)·4 B·(band_px + window_px)·mosaic width``) plus the loader's prefetch queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import resource
+import time
+import warnings
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import shapely
+import torch
+from shapely.affinity import translate
+from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from wsi_lpd.blending import BandAccumulator, window_weights
+from wsi_lpd.classes import ClassList
+from wsi_lpd.errors import CheckpointError, ConfigError, NoTissueWarning
+from wsi_lpd.mosaic import CHUNK_PX, MosaicWriter
+from wsi_lpd.tissue import rasterize
+
+log = logging.getLogger(__name__)
+
+MPP_TOLERANCE = 0.10
+
+
+class SlideLike(Protocol):
+    """What inference needs of a slide (``wsi_lpd.slide.Slide`` fits; must be picklable)."""
+
+    path: Path
+    mpp: float
+    dimensions: tuple[int, int]
+    bounds: tuple[int, int, int, int]
+
+    def read_region(
+        self, location: tuple[int, int], size: tuple[int, int], mpp: float
+    ) -> np.ndarray: ...
+
+
+@dataclass
+class InferenceResult:
+    """What one slide's inference did: sizes, counts, timings (s), memory (MiB)."""
+
+    mosaic_path: Path
+    slide_id: str
+    mosaic_height_px: int
+    mosaic_width_px: int
+    output_mpp: float
+    window_px: int
+    windows_total: int
+    windows: int
+    bands: int
+    wall_s: float
+    forward_s: float
+    loader_wait_s: float
+    write_wait_s: float
+    windows_per_s: float
+    peak_rss_mib: float
+    cuda_peak_mib: float | None
+    device: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mosaic_path"] = str(self.mosaic_path)
+        return d
+
+
+def check_contract(
+    contract: Mapping[str, Any],
+    slide_mpp: float,
+    expected_classes: ClassList | None = None,
+    source: str = "model",
+) -> ClassList:
+    """Refuse a model that does not fit: classes differ, or its mpp is finer than the slide's
+    level 0 by more than 10 %. Returns the model's classes."""
+    try:
+        classes = ClassList.from_dict(contract["classes"])
+        model_mpp = float(contract["mpp"])
+        patch_px = int(contract["patch_px"])
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise CheckpointError(f"{source}: contract lacks classes/mpp/patch_px ({exc})") from exc
+    if expected_classes is not None and classes.names != expected_classes.names:
+        raise CheckpointError(
+            f"{source}: model classes {classes.names} differ from expected {expected_classes.names}"
+        )
+    if model_mpp <= 0 or patch_px < 1:
+        raise CheckpointError(f"{source}: invalid mpp {model_mpp} or patch_px {patch_px}")
+    if model_mpp < slide_mpp * (1 - MPP_TOLERANCE):
+        raise CheckpointError(
+            f"{source}: model works at {model_mpp:g} µm/px, finer than the slide's level 0 "
+            f"({slide_mpp:g} µm/px); give the slide's true --slide-mpp or use another model"
+        )
+    return classes
+
+
+def window_starts(extent_px: int, window_px: int, stride_px: float) -> np.ndarray:
+    """Integer window starts covering ``[0, extent_px)``: first at 0, last ending at the edge."""
+    if extent_px <= window_px:
+        return np.zeros(1, dtype=np.int64)
+    n = math.ceil((extent_px - window_px) / stride_px) + 1
+    return np.round(np.linspace(0, extent_px - window_px, n)).astype(np.int64)
+
+
+def region_of_interest(slide: SlideLike, tissue: BaseGeometry | None) -> BaseGeometry:
+    """Tissue geometry in level-0 px, or the slide's bounds rectangle when ``tissue`` is None."""
+    if tissue is None:
+        x, y, w, h = slide.bounds
+        return box(x, y, x + w, y + h)
+    return tissue
+
+
+def plan_windows(
+    roi: BaseGeometry,
+    mosaic_hw: tuple[int, int],
+    window_px: int,
+    overlap: float,
+    level0_per_px: float,
+) -> tuple[np.ndarray, int]:
+    """Window origins ``(N, 2)`` int64 (oy, ox) in mosaic px, sorted by row, kept where they touch
+    ``roi``; also the number before filtering."""
+    stride = max(window_px * (1.0 - overlap), 1.0)
+    ys = window_starts(mosaic_hw[0], window_px, stride)
+    xs = window_starts(mosaic_hw[1], window_px, stride)
+    oy, ox = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
+    total = len(oy)
+    if roi.is_empty:
+        return np.zeros((0, 2), np.int64), total
+    s = level0_per_px
+    boxes = shapely.box(ox * s, oy * s, (ox + window_px) * s, (oy + window_px) * s)
+    shapely.prepare(roi)
+    keep = shapely.intersects(roi, boxes)
+    return np.stack([oy[keep], ox[keep]], axis=1), total
+
+
+def rasterize_band(
+    roi: BaseGeometry, y0_px: int, height_px: int, width_px: int, level0_per_px: float
+) -> np.ndarray:
+    """Bool ``(height_px, width_px)`` mask of mosaic rows ``[y0_px, y0_px + height_px)``: pixel
+    centres inside ``roi`` (level-0 px); the same pixels as a whole-mosaic raster would set."""
+    if roi.is_empty:
+        return np.zeros((height_px, width_px), bool)
+    s = level0_per_px
+    return rasterize(translate(roi, 0.0, -y0_px * s), (height_px, width_px), s)
+
+
+class WindowDataset(Dataset):
+    """Windows read at the model mpp: ``(uint8 tensor 3×P×P, window index)``.
+
+    With ``num_workers > 0`` each worker re-opens the slide (pickle round trip) on start, so no file
+    handle is shared between processes.
+    """
+
+    def __init__(
+        self, slide: SlideLike, locations_level0: np.ndarray, patch_px: int, model_mpp: float
+    ) -> None:
+        self.slide = slide
+        self.locations = locations_level0
+        self.patch_px = patch_px
+        self.model_mpp = model_mpp
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = (int(v) for v in self.locations[i])
+        img = self.slide.read_region((x, y), (self.patch_px, self.patch_px), self.model_mpp)
+        if img.shape != (self.patch_px, self.patch_px, 3):
+            raise ValueError(f"{self.slide.path}: read_region returned {img.shape} at ({x}, {y})")
+        return torch.from_numpy(np.require(img, requirements=("C", "W"))).permute(2, 0, 1), i
+
+
+def _reopen_slide(_worker_id: int) -> None:
+    info = get_worker_info()
+    if info is not None:
+        ds = info.dataset
+        ds.slide = pickle.loads(pickle.dumps(ds.slide))  # type: ignore[attr-defined]
+
+
+def default_slide_id(path: str | os.PathLike) -> str:
+    """Slide id from a file name: ``a.svs`` → a, ``b.ome.tiff`` → b, ``c.1.ndpi`` → c.1."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem or "slide"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; refuses CUDA when there is none."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _autocast_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or amp in ("off", "none", "no", False):
+        return None
+    if amp in (None, "auto"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp not in table:
+        raise ConfigError(f"amp: expected bf16, fp16, off or auto, got {amp!r}")
+    return table[amp]
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class Predictor:
+    """``model.predict`` on uint8 batches: normalisation from the contract, AMP and
+    ``channels_last`` on CUDA only, output checked to be ``B×(C+1)×h×w`` float32."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        contract: Mapping[str, Any],
+        classes: ClassList,
+        device: torch.device,
+        amp: str | None,
+        source: str,
+    ) -> None:
+        self.device, self.classes, self.source = device, classes, source
+        self.autocast = _autocast_dtype(amp, device)
+        norm = contract.get("normalisation") or {"mean": [0.0] * 3, "std": [1.0] * 3}
+        self.mean = torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(norm["std"], device=device).view(1, 3, 1, 1) * 255.0
+        self.model = model.to(device).eval()
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
+        x = (images_u8.to(self.device, non_blocking=True).float() - self.mean) / self.std
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            self.device.type, dtype=self.autocast, enabled=self.autocast is not None
+        ):
+            out = self.model.predict(x)  # type: ignore[operator]
+        n = len(self.classes.all)
+        if out.ndim != 4 or out.shape[1] != n:
+            raise CheckpointError(
+                f"{self.source}: predict returned {tuple(out.shape)}, expected B×{n}×h×w for "
+                f"classes {self.classes.names}"
+            )
+        return out.float()
+
+
+class _BandSink:
+    """Finalises accumulator bands in order and writes them with a background thread."""
+
+    def __init__(
+        self, acc: BandAccumulator, writer: MosaicWriter, roi: BaseGeometry, level0_per_px: float
+    ) -> None:
+        self.acc, self.writer, self.roi, self.s = acc, writer, roi, level0_per_px
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mosaic-writer")
+        self.pending: Future | None = None
+        self.next_band = 0
+        self.wait_s = 0.0
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            t0 = time.perf_counter()
+            self.pending.result()
+            self.wait_s += time.perf_counter() - t0
+            self.pending = None
+
+    def flush_until(self, row_px: int) -> None:
+        """Write every band that ends at or above mosaic row ``row_px`` (no window reaches it)."""
+        acc = self.acc
+        while self.next_band < acc.num_bands and acc.band_rows(self.next_band)[1] <= row_px:
+            y0, y1 = acc.band_rows(self.next_band)
+            inside = rasterize_band(self.roi, y0, y1 - y0, acc.width_px, self.s)
+            probs, labels = acc.finalise(self.next_band, torch.from_numpy(inside))
+            self._wait()  # at most one band in the writer: memory stays bounded
+            self.pending = self.pool.submit(self.writer.write_band, y0, probs, labels)
+            self.next_band += 1
+
+    def finish(self) -> Path:
+        """Write the remaining bands, build the pyramid, rename the mosaic into place."""
+        self.flush_until(self.acc.height_px)
+        self._wait()
+        self.pool.shutdown(wait=True)
+        t0 = time.perf_counter()
+        final = self.writer.close()
+        self.wait_s += time.perf_counter() - t0
+        return final
+
+    def abort(self) -> None:
+        """Stop writing and remove the temporary store."""
+        if self.pending is not None:
+            self.pending.cancel()
+        self.pool.shutdown(wait=True)
+        self.writer.abort()
+
+
+def _window_px(patch_px: int, model_mpp: float, output_mpp: float) -> int:
+    exact = patch_px * model_mpp / output_mpp
+    window_px = max(round(exact), 1)
+    if abs(window_px - exact) > 0.01:
+        log.warning(
+            "window is %.3f output px, rounded to %d; pick output_mpp so that "
+            "patch_px·mpp/output_mpp is whole",
+            exact,
+            window_px,
+        )
+    return window_px
+
+
+def infer_slide(
+    slide: SlideLike,
+    model: torch.nn.Module,
+    contract: Mapping[str, Any],
+    out_path: str | os.PathLike,
+    *,
+    tissue: BaseGeometry | None = None,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    sigma_frac: float = 1 / 8,
+    output_mpp: float | None = None,
+    batch_size: int = 16,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    amp: str | None = None,
+    progress: bool = True,
+    slide_id: str | None = None,
+    expected_classes: ClassList | None = None,
+    model_sha256: str = "",
+    band_px: int = CHUNK_PX,
+) -> InferenceResult:
+    """Predict a whole slide into ``out_path`` (``{slide_id}.ome.zarr``), written atomically.
+
+    ``output_mpp`` (µm/px) defaults to the model's native output resolution (model mpp × patch_px /
+    predicted map size). ``band_px`` (output px) must be a multiple of the 512-px chunk. ``amp``:
+    ``auto`` / None (bf16 where supported, else fp16), ``bf16``, ``fp16`` or ``off``; CUDA only.
+    """
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    source = str(getattr(slide, "path", "")) or "slide"
+    classes = check_contract(contract, slide.mpp, expected_classes, source=source)
+    model_mpp, patch_px = float(contract["mpp"]), int(contract["patch_px"])
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigError(f"overlap: must be in [0, 1), got {overlap}")
+    if batch_size < 1 or workers < 0:
+        raise ConfigError(f"batch_size ({batch_size}) must be ≥ 1 and workers ({workers}) ≥ 0")
+    if band_px < CHUNK_PX or band_px % CHUNK_PX:
+        raise ConfigError(f"band_px: must be a multiple of {CHUNK_PX}, got {band_px}")
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    predict = Predictor(model, contract, classes, dev, amp, source)
+    sid = slide_id or default_slide_id(source)
+    forward_s = loader_s = 0.0
+
+    with torch.inference_mode():
+        if output_mpp is None:
+            probe = predict(torch.full((1, 3, patch_px, patch_px), 255, dtype=torch.uint8))
+            output_mpp = model_mpp * patch_px / probe.shape[-1]
+        if output_mpp < slide.mpp * (1 - MPP_TOLERANCE):
+            raise ConfigError(
+                f"output_mpp: {output_mpp:g} µm/px is finer than the slide ({slide.mpp:g} µm/px)"
+            )
+        s = output_mpp / slide.mpp
+        width0, height0 = (int(v) for v in slide.dimensions)
+        mosaic_hw = (math.ceil(height0 / s - 1e-9), math.ceil(width0 / s - 1e-9))
+        window_px = _window_px(patch_px, model_mpp, output_mpp)
+        roi = region_of_interest(slide, tissue)
+        origins, total = plan_windows(roi, mosaic_hw, window_px, overlap, s)
+        if len(origins) == 0:
+            warnings.warn(
+                f"{source}: no window touches tissue; mosaic is all background",
+                NoTissueWarning,
+                stacklevel=2,
+            )
+        params = dict(
+            overlap=overlap,
+            blend=blend,
+            sigma_frac=sigma_frac,
+            output_mpp=output_mpp,
+            model_mpp=model_mpp,
+            patch_px=patch_px,
+            window_px=window_px,
+            batch_size=batch_size,
+            workers=workers,
+            device=str(dev),
+            band_px=band_px,
+            amp=str(predict.autocast).replace("torch.", "") if predict.autocast else "off",
+            tissue="given" if tissue is not None else "bounds",
+        )
+        log.info(
+            "%s: mosaic %dx%d px at %.3g µm/px, %d of %d windows of %d px on %s",
+            sid,
+            mosaic_hw[1],
+            mosaic_hw[0],
+            output_mpp,
+            len(origins),
+            total,
+            window_px,
+            dev,
+        )
+        weights = torch.from_numpy(window_weights(window_px, blend, sigma_frac)).to(dev)
+        acc = BandAccumulator(len(classes.all), mosaic_hw[0], mosaic_hw[1], band_px, dev)
+        locations = np.round(origins[:, ::-1] * s).astype(np.int64)  # (x, y) level 0
+        loader = DataLoader(
+            WindowDataset(slide, locations, patch_px, model_mpp),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=dev.type == "cuda",
+            worker_init_fn=_reopen_slide if workers else None,
+            prefetch_factor=4 if workers else None,
+        )
+        writer = MosaicWriter(
+            out_path,
+            classes=classes,
+            height_px=mosaic_hw[0],
+            width_px=mosaic_hw[1],
+            mpp=output_mpp,
+            slide_mpp=slide.mpp,
+            level0_width=width0,
+            level0_height=height0,
+            slide_id=sid,
+            slide_path=str(getattr(slide, "path", "")),
+            bounds=tuple(int(v) for v in slide.bounds),  # type: ignore[arg-type]
+            model_sha256=model_sha256,
+            parameters=params,
+        )
+        sink = _BandSink(acc, writer, roi, s)
+        try:
+            with tqdm(total=len(origins), unit="win", desc=sid, disable=not progress) as bar:
+                batches = iter(loader)
+                done = 0
+                while True:
+                    t0 = time.perf_counter()
+                    batch = next(batches, None)
+                    loader_s += time.perf_counter() - t0
+                    if batch is None:
+                        break
+                    t0 = time.perf_counter()
+                    images, idx = batch
+                    out = predict(images)
+                    if out.shape[-2:] != (window_px, window_px):
+                        out = torch.nn.functional.interpolate(
+                            out,
+                            size=(window_px, window_px),
+                            mode="bilinear",
+                            align_corners=False,
+                            antialias=out.shape[-1] > window_px,
+                        )
+                    for k, i in enumerate(idx.tolist()):
+                        acc.add(out[k], weights, int(origins[i, 0]), int(origins[i, 1]))
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                    forward_s += time.perf_counter() - t0
+                    done += len(idx)
+                    bar.update(len(idx))
+                    sink.flush_until(int(origins[done, 0]) if done < len(origins) else 1 << 62)
+            final = sink.finish()
+        except BaseException:
+            sink.abort()
+            raise
+
+    wall = time.perf_counter() - started
+    result = InferenceResult(
+        mosaic_path=final,
+        slide_id=sid,
+        mosaic_height_px=mosaic_hw[0],
+        mosaic_width_px=mosaic_hw[1],
+        output_mpp=float(output_mpp),
+        window_px=window_px,
+        windows_total=int(total),
+        windows=len(origins),
+        bands=acc.num_bands,
+        wall_s=wall,
+        forward_s=forward_s,
+        loader_wait_s=loader_s,
+        write_wait_s=sink.wait_s,
+        windows_per_s=len(origins) / wall if wall > 0 else 0.0,
+        peak_rss_mib=_peak_rss_mib(),
+        cuda_peak_mib=torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
+        device=str(dev),
+        parameters=params,
+    )
+    log.info(
+        "%s: %d windows in %.1f s (%.1f win/s; forward+blend %.1f s, waiting on reads "
+        "%.1f s, on writes %.1f s)",
+        sid,
+        result.windows,
+        wall,
+        result.windows_per_s,
+        forward_s,
+        loader_s,
+        sink.wait_s,
+    )
+    return result

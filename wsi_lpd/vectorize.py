@@ -1,0 +1,541 @@
+"""Label raster → QuPath polygons per class, block by block, in level-0 px.
+
+How it works (all geometry is exact until the simplification step):
+
+1. The label raster (``Y×X`` class indices, background = C) is read in square blocks
+   (``block_px``, default 2048). In each block the edges between pixels of different labels
+   (background and outside-the-block count as one "nothing" label) are collected as axis-aligned
+   segments on the pixel grid, noded at every vertex where another edge meets them, and split into
+   unit segments along the block border. ``shapely.polygonize`` turns them into faces; each face
+   has one label (looked up at its interior point). Foreground faces are pixel-edge-exact
+   polygons, holes are interior rings.
+2. Faces of one class from all blocks form a coverage whose shared seam edges match vertex for
+   vertex (unit segments on both sides), so ``shapely.coverage_union_all`` merges them exactly:
+   no slivers, no gaps. Each block row is merged as soon as it is read, then the rows. Only these
+   per-class geometries are kept in memory, plus one small record per connected component and
+   block (a pixel centre inside it, pixel count, probability sum).
+3. Components below ``min_area_um2`` are removed and holes below it filled; components fully
+   inside a block and below the area are dropped while reading, so noise never accumulates.
+4. All classes are simplified together with ``shapely.coverage_simplify`` (tolerance in µm,
+   default one mosaic pixel), so neighbouring classes stay aligned; then ``make_valid``, scaling
+   to level-0 px (× ``level0_per_px``), clipping to the slide and an optional offset (OpenSlide
+   bounds, which QuPath crops to).
+
+Mean class probability per component: while a block is read, its pixels of class k are labelled
+into 4-connected components (``scipy.ndimage.label``) and the ``probs[k]`` values summed per
+component (``np.bincount``); only (point, count, sum) per component leaves the block. At the end
+every record is assigned to the merged component containing its point, so the mean is exact over
+the component's pixels while memory stays bounded by one block of labels and probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import shapely
+from scipy import ndimage
+from shapely.errors import GEOSException
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry.base import BaseGeometry
+from tqdm import tqdm
+
+from wsi_lpd.classes import ClassList
+from wsi_lpd.geojson import feature
+
+log = logging.getLogger(__name__)
+
+BLOCK_PX = 2048
+MIN_AREA_UM2 = 1000.0
+AREA_KEY = "Area µm^2"
+PROBABILITY_KEY = "Mean probability"
+
+
+class MosaicLike(Protocol):
+    """What :func:`vectorize_mosaic` needs from ``wsi_lpd.mosaic.Mosaic``."""
+
+    labels: Any
+    probs: Any
+    attrs: dict[str, Any]
+    classes: ClassList
+
+
+@dataclass
+class ClassPolygons:
+    """One foreground class: its connected components in level-0 px and their measurements."""
+
+    index: int
+    name: str
+    color: tuple[int, int, int]
+    components: list[BaseGeometry] = field(default_factory=list)
+    area_um2: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    mean_probability: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    pixel_count: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def geometry(self) -> BaseGeometry:
+        """All components as one (Multi)Polygon (empty MultiPolygon when none)."""
+        parts = [p for c in self.components for p in shapely.get_parts(c)]
+        if not parts:
+            return MultiPolygon()
+        return parts[0] if len(parts) == 1 else MultiPolygon(parts)
+
+    @property
+    def total_area_um2(self) -> float:
+        """Summed area of all components in µm²."""
+        return float(self.area_um2.sum())
+
+    @property
+    def class_mean_probability(self) -> float:
+        """Pixel-weighted mean probability over all components (NaN when unknown)."""
+        n = self.pixel_count.sum()
+        if n == 0 or not np.isfinite(self.mean_probability).all():
+            return float("nan")
+        return float((self.mean_probability * self.pixel_count).sum() / n)
+
+    @property
+    def num_vertices(self) -> int:
+        """Coordinates over all components (closing points included)."""
+        return int(shapely.get_num_coordinates(np.asarray(self.components, dtype=object)).sum())
+
+
+# --------------------------------------------------------------------------- block polygons
+
+
+def _runs(edges: np.ndarray, breaks: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Maximal runs of True along axis 1 of ``edges``, cut where ``breaks`` (vertex grid) is set.
+
+    ``edges`` is (L, N): unit edge n on line l spans vertices n..n+1; ``breaks`` is (L, N+1).
+    Returns (line, first edge, last edge) of every run.
+    """
+    prev = np.zeros_like(edges)
+    prev[:, 1:] = edges[:, :-1]
+    nxt = np.zeros_like(edges)
+    nxt[:, :-1] = edges[:, 1:]
+    start = edges & (~prev | breaks[:, :-1])
+    end = edges & (~nxt | breaks[:, 1:])
+    line, first = np.nonzero(start)
+    _, last = np.nonzero(end)
+    return line, first, last
+
+
+def boundary_segments(block: np.ndarray, nothing: int) -> np.ndarray:
+    """Noded label-boundary segments of a block, ``(n, 2, 2)`` float (x, y) in block px.
+
+    An edge lies between two pixels of different labels, ``nothing`` (background) and the
+    outside of the block being the same label. Runs are split wherever another edge meets them
+    and into unit segments along the block border (so neighbouring blocks' edges match).
+    """
+    h, w = block.shape
+    padded = np.full((h + 2, w + 2), nothing, dtype=block.dtype)
+    padded[1:-1, 1:-1] = block
+    horizontal = padded[:-1, 1:-1] != padded[1:, 1:-1]  # (h+1, w): line y, pixel column x
+    vertical = padded[1:-1, :-1] != padded[1:-1, 1:]  # (h, w+1): pixel row y, line x
+    # vertex (y, x) grids: does a vertical / horizontal edge touch it?
+    v_touch = np.zeros((h + 1, w + 1), dtype=bool)
+    v_touch[:-1] |= vertical
+    v_touch[1:] |= vertical
+    h_touch = np.zeros((h + 1, w + 1), dtype=bool)
+    h_touch[:, :-1] |= horizontal
+    h_touch[:, 1:] |= horizontal
+    v_touch[[0, -1], :] = True  # unit segments along the top and bottom borders
+    h_touch[:, [0, -1]] = True  # ... and along the left and right borders
+    y, x0, x1 = _runs(horizontal, v_touch)
+    hseg = np.stack([np.stack([x0, y], 1), np.stack([x1 + 1, y], 1)], 1)
+    x, y0, y1 = _runs(vertical.T, h_touch.T)
+    vseg = np.stack([np.stack([x, y0], 1), np.stack([x, y1 + 1], 1)], 1)
+    return np.concatenate([hseg, vseg]).astype(np.float64)
+
+
+def polygonize_block(block: np.ndarray, nothing: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel-edge-exact faces of a label block, in block px coordinates.
+
+    Returns (polygons, label of each, (row, col) of a pixel inside each). Faces labelled
+    ``nothing`` are left out. Each face is a 4-connected set of pixels of one label; holes are
+    interior rings.
+    """
+    segments = boundary_segments(block, nothing)
+    if len(segments) == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return np.empty(0, dtype=object), block.ravel()[:0], np.stack([empty, empty], 1)
+    faces = shapely.get_parts(shapely.polygonize(shapely.linestrings(segments)))
+    # the pixel at floor(interior point) belongs to the face (faces are unions of pixels)
+    xy = shapely.get_coordinates(shapely.point_on_surface(faces))
+    cols = np.clip(np.floor(xy[:, 0]).astype(np.int64), 0, block.shape[1] - 1)
+    rows = np.clip(np.floor(xy[:, 1]).astype(np.int64), 0, block.shape[0] - 1)
+    values = block[rows, cols]
+    keep = values != nothing
+    return faces[keep], values[keep], np.stack([rows[keep], cols[keep]], 1)
+
+
+# --------------------------------------------------------------------------- reading blocks
+
+
+def _read(array: Any, index: tuple[slice | int, ...]) -> np.ndarray:
+    """A numpy block from a numpy, zarr or dask array."""
+    block = array[index]
+    if hasattr(block, "compute"):
+        block = block.compute()
+    return np.asarray(block)
+
+
+@dataclass
+class _Records:
+    """Per-component records of one class: interior points (mosaic px), pixel counts, sums."""
+
+    points: list[np.ndarray] = field(default_factory=list)
+    counts: list[np.ndarray] = field(default_factory=list)
+    sums: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, points: np.ndarray, counts: np.ndarray, sums: np.ndarray) -> None:
+        self.points.append(points)
+        self.counts.append(counts)
+        self.sums.append(sums)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self.points:
+            return np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0)
+        return np.concatenate(self.points), np.concatenate(self.counts), np.concatenate(self.sums)
+
+
+def _strip_bincount(
+    comp: np.ndarray, n: int, weights: np.ndarray | None, strip_px: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel count and weight sum per id of ``comp``, in row strips (bounded temporaries)."""
+    count = np.zeros(n, dtype=np.int64)
+    total = np.zeros(n) if weights is not None else np.full(n, np.nan)
+    for y in range(0, comp.shape[0], strip_px):
+        ids = comp[y : y + strip_px].ravel()
+        count += np.bincount(ids, minlength=n)
+        if weights is not None:
+            w = weights[y : y + strip_px].ravel().astype(np.float64)
+            total += np.bincount(ids, weights=w, minlength=n)
+    return count, total
+
+
+def _block_components(
+    block: np.ndarray, prob_block: np.ndarray | None, nothing: int, min_area_px: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """4-connected components of every class in a block, numbered jointly (0 = none).
+
+    Returns (component raster int32, pixel count per id, probability sum per id — NaN without
+    probabilities). Components below ``min_area_px`` that do not touch the block border are set
+    to ``nothing`` in ``block`` (in place): they can't grow into larger ones across a seam.
+    """
+    ids = np.zeros(block.shape, dtype=np.int32)
+    counts: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
+    sums: list[np.ndarray] = [np.zeros(1)]
+    offset = 0
+    for k in np.unique(block):
+        if k == nothing:
+            continue
+        mask = block == k
+        comp, n = ndimage.label(mask)
+        count, total = _strip_bincount(comp, n + 1, None if prob_block is None else prob_block[k])
+        if min_area_px > 0:
+            touching = np.zeros(n + 1, dtype=bool)
+            for edge in (comp[0], comp[-1], comp[:, 0], comp[:, -1]):
+                touching[edge] = True
+            drop = (count < min_area_px) & ~touching
+            drop[0] = False
+            if drop.any():
+                block[drop[comp]] = nothing
+        comp += offset
+        ids[mask] = comp[mask]
+        del comp
+        counts.append(count[1:])
+        sums.append(total[1:])
+        offset += n
+    return ids, np.concatenate(counts), np.concatenate(sums)
+
+
+def _process_block(
+    block: np.ndarray,
+    prob_block: np.ndarray | None,
+    nothing: int,
+    min_area_px: float,
+    origin: tuple[int, int],
+    faces_out: dict[int, list[np.ndarray]],
+    records: dict[int, _Records],
+) -> None:
+    """Polygonise one block into ``faces_out`` and its component records into ``records``."""
+    y0, x0 = origin
+    block = block.copy()
+    ids, counts, sums = _block_components(block, prob_block, nothing, min_area_px)
+    faces, values, pixels = polygonize_block(block, nothing)
+    if len(faces) == 0:
+        return
+    rows, cols = pixels[:, 0], pixels[:, 1]
+    face_ids = ids[rows, cols]
+    del ids
+    origin_xy = np.array([x0, y0], dtype=np.float64)
+    faces = shapely.transform(faces, lambda c: c + origin_xy)
+    points = np.stack([cols, rows], 1) + origin_xy + 0.5  # pixel centres, mosaic px
+    for k in np.unique(values):
+        sel = values == k
+        faces_out.setdefault(int(k), []).append(faces[sel])
+        fid = face_ids[sel]
+        records.setdefault(int(k), _Records()).add(points[sel], counts[fid], sums[fid])
+
+
+# --------------------------------------------------------------------------- merging, cleaning
+
+
+def _fill_small_holes(polygon: Polygon, min_area_px: float) -> Polygon:
+    """The polygon without its holes smaller than ``min_area_px`` (mosaic px²)."""
+    holes = [r for r in polygon.interiors if Polygon(r).area >= min_area_px]
+    if len(holes) == len(polygon.interiors):
+        return polygon
+    return Polygon(polygon.exterior, holes)
+
+
+def _component_stats(parts: np.ndarray, records: _Records | None) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel count and probability sum per merged component, from the block records."""
+    counts = np.zeros(len(parts), dtype=np.int64)
+    sums = np.zeros(len(parts))
+    if records is None or len(parts) == 0:
+        return counts, sums
+    points, rec_counts, rec_sums = records.arrays()
+    tree = shapely.STRtree(parts)
+    rec_idx, part_idx = tree.query(shapely.points(points), predicate="intersects")
+    rec_idx, first = np.unique(rec_idx, return_index=True)  # defensive: one part per record
+    part_idx = part_idx[first]
+    np.add.at(counts, part_idx, rec_counts[rec_idx])
+    np.add.at(sums, part_idx, rec_sums[rec_idx])
+    return counts, sums
+
+
+def _simplify(parts: np.ndarray, tolerance_px: float) -> np.ndarray:
+    """Coverage simplification of all classes together (shared edges stay shared).
+
+    Falls back to per-polygon topology-preserving simplification if GEOS rejects the coverage.
+    """
+    try:
+        return shapely.coverage_simplify(parts, tolerance_px)
+    except GEOSException as exc:
+        log.warning("coverage simplification failed (%s); simplifying polygons one by one", exc)
+        return shapely.simplify(parts, tolerance_px, preserve_topology=True)
+
+
+def _polygonal(geom: BaseGeometry) -> BaseGeometry:
+    """The polygonal part of a geometry (make_valid can add lines or points)."""
+    if geom.is_empty or isinstance(geom, Polygon | MultiPolygon):
+        return geom
+    parts = [p for p in shapely.get_parts(geom) if isinstance(p, Polygon | MultiPolygon)]
+    return shapely.union_all(parts) if parts else Polygon()
+
+
+def _scan(
+    labels: Any, probs: Any, nothing: int, min_area_px: float, block_px: int, progress: bool
+) -> tuple[dict[int, list[np.ndarray]], dict[int, _Records]]:
+    """Read the raster block by block: per class, the polygons of each block row, and records.
+
+    Each block row is merged as soon as it is read; the union keeps the unit vertices on the
+    row's borders, so rows still match vertex for vertex.
+    """
+    height, width = labels.shape
+    faces: dict[int, list[np.ndarray]] = {}
+    records: dict[int, _Records] = {}
+    n_blocks = -(-height // block_px) * -(-width // block_px)
+    with tqdm(total=n_blocks, desc="vectorize", unit="block", disable=not progress) as bar:
+        for y0 in range(0, height, block_px):
+            row: dict[int, list[np.ndarray]] = {}
+            for x0 in range(0, width, block_px):
+                bar.update()
+                ys = slice(y0, min(y0 + block_px, height))
+                xs = slice(x0, min(x0 + block_px, width))
+                block = _read(labels, (ys, xs))
+                if not (block != nothing).any():
+                    continue
+                prob = _read(probs, (slice(0, nothing), ys, xs)) if probs is not None else None
+                _process_block(block, prob, nothing, min_area_px, (y0, x0), row, records)
+            for k, parts in row.items():
+                merged_row = shapely.coverage_union_all(np.concatenate(parts))
+                faces.setdefault(k, []).append(shapely.get_parts(merged_row))
+    return faces, records
+
+
+def _merge_class(
+    rows: list[np.ndarray], records: _Records | None, min_area_px: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One class: merge its rows, measure, drop small parts, fill small holes.
+
+    Returns (polygons, pixel count, probability sum) per connected component.
+    """
+    parts = shapely.get_parts(shapely.coverage_union_all(np.concatenate(rows)))
+    counts, sums = _component_stats(parts, records)
+    keep = shapely.area(parts) >= min_area_px
+    parts = np.array([_fill_small_holes(p, min_area_px) for p in parts[keep]], dtype=object)
+    return parts, counts[keep], sums[keep]
+
+
+def vectorize_labels(
+    labels: Any,
+    classes: ClassList,
+    *,
+    mpp: float,
+    level0_per_px: float,
+    probs: Any = None,
+    min_area_um2: float = MIN_AREA_UM2,
+    simplify_um: float | None = None,
+    block_px: int = BLOCK_PX,
+    offset_px: tuple[float, float] = (0.0, 0.0),
+    clip_box_px: tuple[float, float, float, float] | None = None,
+    progress: bool = False,
+) -> list[ClassPolygons]:
+    """Vectorise a ``Y×X`` label raster (numpy, zarr or dask) into polygons per foreground class.
+
+    ``mpp``: mosaic µm/px; ``level0_per_px``: level-0 slide px per mosaic px; ``probs``: optional
+    ``(C+1)×Y×X`` uint8 (0-255) probabilities for the mean probability per component;
+    ``min_area_um2``: smaller components are removed and smaller holes filled; ``simplify_um``:
+    coverage-simplification tolerance (None → one mosaic pixel, 0 → none); ``offset_px``:
+    subtracted from the level-0 output coordinates (x, y), e.g. the OpenSlide bounds;
+    ``clip_box_px``: level-0 (x0, y0, x1, y1) the output is clipped to (before the offset).
+    Memory: one block of labels and probabilities plus the merged polygons.
+    """
+    if mpp <= 0 or level0_per_px <= 0:
+        raise ValueError(f"mpp and level0_per_px must be positive, got {mpp}, {level0_per_px}")
+    if block_px < 2:
+        raise ValueError(f"block_px must be at least 2, got {block_px}")
+    nothing = classes.background_index
+    min_area_px = max(0.0, float(min_area_um2)) / mpp**2
+    tolerance_px = 1.0 if simplify_um is None else max(0.0, float(simplify_um)) / mpp
+    faces, records = _scan(labels, probs, nothing, min_area_px, block_px, progress)
+    merged = [
+        (k, *_merge_class(faces.pop(k), records.pop(k, None), min_area_px)) for k in sorted(faces)
+    ]
+
+    all_parts = np.concatenate([m[1] for m in merged]) if merged else np.empty(0, dtype=object)
+    if tolerance_px > 0 and len(all_parts):
+        all_parts = _simplify(all_parts, tolerance_px)
+    all_parts = shapely.make_valid(all_parts)
+
+    scale = float(level0_per_px)
+    shift = np.asarray(offset_px, dtype=np.float64)
+    clip = None if clip_box_px is None else shapely.box(*clip_box_px)
+    results = []
+    start = 0
+    for k, parts, counts, sums in merged:
+        mine = all_parts[start : start + len(parts)]
+        start += len(parts)
+        results.append(
+            _finish_class(classes, k, mine, counts, sums, scale, shift, clip, mpp / scale)
+        )
+    by_index = {r.index: r for r in results}
+    return [
+        by_index.get(k) or ClassPolygons(k, c.name, c.color)
+        for k, c in enumerate(classes.foreground)
+    ]
+
+
+def _finish_class(
+    classes: ClassList,
+    k: int,
+    parts: np.ndarray,
+    counts: np.ndarray,
+    sums: np.ndarray,
+    scale: float,
+    shift: np.ndarray,
+    clip: BaseGeometry | None,
+    slide_mpp: float,
+) -> ClassPolygons:
+    """Scale one class's components to level-0 px, clip, offset and measure them."""
+    components, areas, means, pixels = [], [], [], []
+    for geom, n, s in zip(parts, counts, sums, strict=True):
+        geom = _polygonal(geom)
+        if geom.is_empty:
+            continue
+        geom = shapely.transform(geom, lambda c: c * scale)
+        if clip is not None and not clip.contains(geom):
+            geom = _polygonal(shapely.make_valid(geom.intersection(clip)))
+            if geom.is_empty:
+                continue
+        areas.append(geom.area * slide_mpp**2)
+        if shift.any():
+            geom = shapely.transform(geom, lambda c: c - shift)
+        components.append(geom)
+        means.append(s / n / 255.0 if n > 0 else float("nan"))
+        pixels.append(n)
+    tissue = classes.all[k]
+    return ClassPolygons(
+        k,
+        tissue.name,
+        tissue.color,
+        components,
+        np.asarray(areas, dtype=np.float64),
+        np.asarray(means, dtype=np.float64),
+        np.asarray(pixels, dtype=np.int64),
+    )
+
+
+def vectorize_mosaic(
+    mosaic: MosaicLike,
+    *,
+    min_area_um2: float = MIN_AREA_UM2,
+    simplify_um: float | None = None,
+    subtract_bounds: bool = False,
+    block_px: int = BLOCK_PX,
+    progress: bool = False,
+) -> list[ClassPolygons]:
+    """Vectorise an opened mosaic (``wsi_lpd.mosaic.open_mosaic``); see :func:`vectorize_labels`.
+
+    Output is clipped to the slide (level-0 size). ``subtract_bounds`` clips to the OpenSlide
+    bounds (``attrs["bounds"]``, x, y, w, h) and shifts by their origin, matching QuPath's view
+    of MRXS-like slides that it crops to those bounds.
+    """
+    attrs = mosaic.attrs
+    width, height = int(attrs["level0_width"]), int(attrs["level0_height"])
+    bx, by, bw, bh = (int(v) for v in (attrs.get("bounds") or (0, 0, width, height)))
+    offset = (float(bx), float(by)) if subtract_bounds else (0.0, 0.0)
+    clip = (bx, by, bx + bw, by + bh) if subtract_bounds else (0, 0, width, height)
+    return vectorize_labels(
+        mosaic.labels,
+        mosaic.classes,
+        mpp=float(attrs["mpp"]),
+        level0_per_px=float(attrs["level0_per_px"]),
+        probs=mosaic.probs,
+        min_area_um2=min_area_um2,
+        simplify_um=simplify_um,
+        block_px=block_px,
+        offset_px=offset,
+        clip_box_px=clip,
+        progress=progress,
+    )
+
+
+def _measurements(area_um2: float, mean_probability: float) -> dict[str, float]:
+    out = {AREA_KEY: float(area_um2)}
+    if np.isfinite(mean_probability):
+        out[PROBABILITY_KEY] = float(mean_probability)
+    return out
+
+
+def class_features(
+    results: Sequence[ClassPolygons], object_type: str = "annotation", per_class: bool = False
+) -> Iterator[dict[str, Any]]:
+    """QuPath features: one per class and component, or one (Multi)Polygon per class."""
+    for res in results:
+        if not res.components:
+            continue
+        if per_class:
+            yield feature(
+                res.geometry,
+                res.name,
+                res.color,
+                object_type=object_type,
+                measurements=_measurements(res.total_area_um2, res.class_mean_probability),
+            )
+            continue
+        for geom, area, mean in zip(
+            res.components, res.area_um2, res.mean_probability, strict=True
+        ):
+            yield feature(
+                geom,
+                res.name,
+                res.color,
+                object_type=object_type,
+                measurements=_measurements(area, mean),
+            )
