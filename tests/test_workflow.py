@@ -1,0 +1,192 @@
+"""The Snakemake workflow: lint, dry runs, sample-sheet validation, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+pytestmark = pytest.mark.skipif(
+    not SNAKEMAKE.is_file(), reason=f"snakemake is not installed beside {sys.executable}"
+)
+
+
+def snakemake(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the venv's snakemake on the repository's Snakefile; stdout and stderr together."""
+    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(
+        [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    stats = output[output.index("Job stats:") :]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+
+
+def write_config(tmp: Path, sheet: str, extra: str = "") -> Path:
+    (tmp / "samples.csv").write_text(sheet)
+    path = tmp / "config.yaml"
+    path.write_text(f"samples: {tmp / 'samples.csv'}\nresults: {tmp / 'results'}\n{extra}")
+    return path
+
+
+def test_lint_is_clean(tmp_path: Path) -> None:
+    run = snakemake(
+        "--lint", "--configfile", str(REPO / "configs/demo.yaml"), "--directory", str(tmp_path)
+    )
+    assert run.returncode == 0, run.stdout
+
+
+def test_dry_run_of_the_demo(tmp_path: Path) -> None:
+    run = snakemake("-n", "--cores", "2", "--directory", str(tmp_path))  # default config = demo
+    assert run.returncode == 0, run.stdout
+    assert job_counts(run.stdout) == {
+        "demo_cohort": 1, "tile": 4, "patches": 1, "train": 1, "infer": 4, "export": 4,
+        "evaluate": 3, "report": 1, "all": 1, "total": 20,
+    }  # fmt: skip
+    listed = snakemake("-n", "-p", "--cores", "2", "--directory", str(tmp_path)).stdout
+    assert "synth --out results/demo/cohort" in listed and "--add-cmu" in listed
+    assert "--slide-id CMU-1-Small-Region" in listed
+    assert "--config results/demo/config.yaml" in listed
+
+
+def test_checkpoint_skips_training(tmp_path: Path) -> None:
+    (tmp_path / "a.tiff").write_bytes(b"x")
+    (tmp_path / "model.pt").write_bytes(b"x")
+    config = write_config(
+        tmp_path,
+        f"slide_id,path,mpp\na,{tmp_path / 'a.tiff'},0.25\n",
+        f"train: {{checkpoint: {tmp_path / 'model.pt'}}}\n",
+    )
+    run = snakemake("-n", "-p", "--cores", "1", "--configfile", str(config), cwd=tmp_path)
+    assert run.returncode == 0, run.stdout
+    counts = job_counts(run.stdout)
+    assert "train" not in counts and "patches" not in counts and "demo_cohort" not in counts
+    assert counts["infer"] == counts["export"] == counts["tile"] == 1
+    assert f"--model {tmp_path / 'model.pt'}" in run.stdout
+    assert "--slide-mpp 0.25" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("sheet", "message"),
+    [
+        ("slide_id,mpp\na,0.5\n", "missing column(s) path"),
+        ("slide_id,path,annotations\na,{s},{g}\na,{s},{g}\n", "duplicate slide_id(s) a"),
+        (
+            "slide_id,path,annotations\na,{s},{g}\nb,{d}/gone.svs,{g}\n",
+            "file(s) not found: b: path",
+        ),
+        ("slide_id,path,annotations\nx/y,{s},{g}\n", "slide_id 'x/y' contains a path separator"),
+        ("slide_id,path,annotations,mpp\na,{s},{g},fast\n", "line 2: column mpp"),
+    ],
+    ids=["missing-column", "duplicate-id", "missing-file", "path-separator", "bad-mpp"],
+)
+def test_bad_sample_sheet_is_rejected(tmp_path: Path, sheet: str, message: str) -> None:
+    (tmp_path / "s.tiff").write_bytes(b"x")
+    (tmp_path / "s.geojson").write_text("{}")
+    text = sheet.format(s=tmp_path / "s.tiff", g=tmp_path / "s.geojson", d=tmp_path)
+    config = write_config(tmp_path, text)
+    run = snakemake("-n", "--cores", "1", "--configfile", str(config), cwd=tmp_path)
+    assert run.returncode != 0
+    assert f"{tmp_path / 'samples.csv'}: " in run.stdout
+    assert message in run.stdout, run.stdout
+
+
+def test_bad_config_key_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "s.tiff").write_bytes(b"x")
+    config = write_config(tmp_path, f"slide_id,path\na,{tmp_path / 's.tiff'}\n", "tiles: {}\n")
+    run = snakemake("-n", "--cores", "1", "--configfile", str(config), cwd=tmp_path)
+    assert run.returncode != 0
+    assert "'tiles' was unexpected" in run.stdout
+
+
+# ---- the tiny end-to-end run (configs/ci.yaml) -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    work = tmp_path_factory.mktemp("ci_workflow")
+    run = snakemake(
+        "--cores", "2", "--resources", "gpu=1", "--configfile", str(REPO / "configs/ci.yaml"),
+        "--directory", str(work), cwd=work, timeout=1200,
+    )  # fmt: skip
+    return work, run
+
+
+@pytest.mark.slow
+def test_ci_run_writes_every_output(ci_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    work, run = ci_run
+    assert run.returncode == 0, run.stdout[-6000:]
+    res = work / "results" / "ci"
+    for path in (
+        "cohort/ci_00.tiff", "tiles/ci_00/tiles.npz", "tiles/ci_00/qc.png",
+        "patches/train.zarr", "model/model.pt", "model/train_log.csv", "model/curves.png",
+        "mosaics/ci_00.ome.zarr", "mosaics/ci_00.run.json", "geojson/ci_00.geojson",
+        "geojson/ci_00.overlay.png", "geojson/ci_00.export.json", "evaluate/ci_00/metrics.json",
+        "logs/infer/ci_00.log", "benchmarks/infer/ci_00.tsv", "config.yaml", "report.html",
+    ):  # fmt: skip
+        assert (res / path).exists(), path
+    collection = json.loads((res / "geojson" / "ci_00.geojson").read_text())
+    assert collection["type"] == "FeatureCollection"
+    for feat in collection["features"]:
+        assert feat["properties"]["classification"]["color"]
+    from wsi_lpd.mosaic import open_mosaic
+
+    mosaic = open_mosaic(res / "mosaics" / "ci_00.ome.zarr")
+    assert mosaic.slide_id == "ci_00" and mosaic.labels.shape[0] > 0
+    metrics = json.loads((res / "evaluate" / "ci_00" / "metrics.json").read_text())
+    assert 0.0 <= metrics["pooled"]["miou"] <= 1.0
+    page = (res / "report.html").read_text()
+    assert 'id="slide-ci_00"' in page and "No failures." in page
+
+
+@pytest.mark.slow
+def test_ci_rerun_has_nothing_to_do(ci_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    work, run = ci_run
+    assert run.returncode == 0, run.stdout[-3000:]
+    again = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "configs/ci.yaml"), cwd=work)
+    assert again.returncode == 0, again.stdout
+    assert "Nothing to be done" in again.stdout, again.stdout
+
+
+@pytest.mark.slow
+def test_corrupt_slide_fails_alone(ci_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    """--keep-going: a corrupt slide fails only its jobs, finished work is not redone, and the
+    report lists the slide with its error line."""
+    work, run = ci_run
+    assert run.returncode == 0, run.stdout[-3000:]
+    res = work / "results" / "ci"
+    (work / "broken.svs").write_bytes(b"II*\x00" + b"\x17" * 4096)
+    sheet = (REPO / "configs" / "ci_samples.csv").read_text() + f"broken,{work / 'broken.svs'}\n"
+    (work / "samples_broken.csv").write_text(sheet)
+    config = (
+        (REPO / "configs" / "ci.yaml")
+        .read_text()
+        .replace("samples: configs/ci_samples.csv", f"samples: {work / 'samples_broken.csv'}")
+    )
+    (work / "broken.yaml").write_text(config)
+    model_mtime = (res / "model" / "model.pt").stat().st_mtime
+    run = snakemake("--cores", "2", "--keep-going", "--configfile", "broken.yaml", cwd=work)
+    assert run.returncode != 0
+    assert (res / "model" / "model.pt").stat().st_mtime == model_mtime  # nothing redone
+    assert not (res / "geojson" / "broken.export.json").exists()
+    page = (res / "report.html").read_text()
+    assert 'id="slide-broken"' in page and 'class="failed">failed' in page
+    assert "wsi-lpd: error:" in page and "broken.svs" in page
