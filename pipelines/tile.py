@@ -1,7 +1,8 @@
-"""Detect tissue and lay a tile grid at a physical resolution: tiles.npz, tissue.geojson, qc.png."""
+"""Detect tissue and lay a tile grid at a µm/px: tiles.npz, tissue.geojson, qc.png, run.json."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,9 @@ from pipelines._common import (
     setup_logging,
     write_run_metadata,
 )
+from wsi_lpd.errors import ConfigError, SlideNotFoundError
+
+log = logging.getLogger("wsi_lpd.tile")
 
 DEFAULTS: dict[str, Any] = {
     "mpp": 1.0,
@@ -24,22 +28,35 @@ DEFAULTS: dict[str, Any] = {
     "overlap_px": 0,
     "min_tissue": 0.5,
     "tissue_mpp": 8.0,
-    "qc_max_px": 1024,
+    "min_object_um2": 20_000.0,
+    "min_hole_um2": 10_000.0,
+    "close_radius_um": 16.0,
+    "open_radius_um": 8.0,
+    "saturation_floor": 0.05,
+    "exclude_dark": True,
+    "qc_long_side_px": 1024,
 }
+_TYPES = {k: type(v) for k, v in DEFAULTS.items()}
 
 
 def _options(config: Path | None, **flags: Any) -> dict[str, Any]:
-    from wsi_lpd.errors import ConfigError
-
+    """Defaults ← config section ``tile`` ← flags; validated, with the key named on error."""
     section = load_config_section(config, "tile")
-    unknown = sorted(set(section) - set(DEFAULTS))
+    unknown = sorted(set(section) - set(DEFAULTS) - {"tissue_geojson", "slide_mpp"})
     if unknown:
-        raise ConfigError(
-            f"{config}: tile.{unknown[0]} is not a tile option ({', '.join(DEFAULTS)})"
-        )
-    opts = merge_options({**DEFAULTS, **section}, **flags)
-    for key in ("mpp", "patch_px", "tissue_mpp"):
-        if not opts[key] > 0:
+        raise ConfigError(f"{config}: unknown key(s) in section 'tile': {', '.join(unknown)}")
+    opts = {**DEFAULTS, **merge_options(section, **flags)}
+    for key, kind in _TYPES.items():
+        if kind is bool:
+            if not isinstance(opts[key], bool):
+                raise ConfigError(f"tile.{key}: expected true or false, got {opts[key]!r}")
+            continue
+        try:
+            opts[key] = kind(opts[key])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"tile.{key}: expected {kind.__name__}, got {opts[key]!r}") from exc
+    for key in ("mpp", "patch_px", "tissue_mpp", "qc_long_side_px"):
+        if opts[key] <= 0:
             raise ConfigError(f"tile.{key}: must be > 0, got {opts[key]}")
     if not 0 <= opts["overlap_px"] < opts["patch_px"]:
         raise ConfigError(f"tile.overlap_px: must be in [0, patch_px), got {opts['overlap_px']}")
@@ -48,68 +65,66 @@ def _options(config: Path | None, **flags: Any) -> dict[str, Any]:
     return opts
 
 
-def write_qc_png(path: Path, thumb: Any, scale: float, tissue: Any, grid: Any, title: str) -> None:
-    """Thumbnail with the tissue contour (green), the tile grid (thin blue) and a title line.
+def write_qc_png(path: Path, slide: Any, tissue: Any, grid: Any, long_side_px: int) -> None:
+    """QC image with long side in [½, 1] × ``long_side_px``: thumbnail, tissue contour (green;
+    ``tissue`` a MultiPolygon in level-0 px), tile outlines (thin blue) and a title line."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
 
-    ``scale``: thumbnail px per level-0 px.
-    """
-    from PIL import Image, ImageDraw
-
-    from wsi_lpd.tissue import _polygons
-
-    image = Image.fromarray(thumb).convert("RGB")
-    canvas = Image.new("RGB", (image.width, image.height + 22), "white")
-    canvas.paste(image, (0, 22))
-    draw = ImageDraw.Draw(canvas)
-    patch = grid.patch_px * grid.mpp / grid.slide_mpp * scale
-    for x, y in zip(grid.x, grid.y, strict=True):
-        x0, y0 = x * scale, y * scale + 22
-        draw.rectangle((x0, y0, x0 + patch, y0 + patch), outline=(40, 90, 220))
-    for poly in _polygons(tissue):
+    w0, h0 = slide.dimensions
+    qc_mpp = slide.mpp * max(w0, h0) / long_side_px
+    # a pyramid level between ½ and 1 × long_side_px is read as is (no full-resolution decode)
+    level_mpps = [slide.mpp * ds for ds in slide.level_downsamples]
+    qc_mpp = min([m for m in level_mpps if qc_mpp <= m <= 2 * qc_mpp], default=qc_mpp)
+    thumb = Image.fromarray(slide.thumbnail(qc_mpp))
+    f = thumb.width / w0  # thumbnail px per level-0 px
+    overlay = Image.new("RGBA", thumb.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    side = grid.patch_level0_px * f
+    for x, y in zip((grid.x * f).tolist(), (grid.y * f).tolist(), strict=True):
+        draw.rectangle([x, y, x + side, y + side], outline=(30, 60, 255, 150), width=1)
+    for poly in tissue.geoms:
         for ring in (poly.exterior, *poly.interiors):
-            xy = [(float(px) * scale, float(py) * scale + 22) for px, py in ring.coords]
-            draw.line(xy, fill=(0, 170, 0), width=2)
-    draw.text((4, 4), title, fill=(0, 0, 0))
-    canvas.save(path)
+            xy = (np.asarray(ring.coords)[:, :2] * f).tolist()
+            draw.line([tuple(p) for p in xy], fill=(0, 200, 0, 255), width=2)
+    image = Image.alpha_composite(thumb.convert("RGBA"), overlay).convert("RGB")
+    title = (
+        f"{grid.slide_id}  |  {grid.mpp:g} um/px, {grid.patch_px} px  |  "
+        f"{len(grid)} tiles  |  slide {slide.mpp:.3f} um/px"
+    )  # the default font has no µ
+    font = ImageFont.load_default(size=14)
+    canvas = Image.new("RGB", (max(image.width, 420), image.height + 24), (255, 255, 255))
+    canvas.paste(image, (0, 24))
+    ImageDraw.Draw(canvas).text((4, 4), title, fill=(0, 0, 0), font=font)
+    canvas.save(path, compress_level=6)
 
 
 @one_line_errors
 def command(
-    slide: Annotated[Path, typer.Argument(help="Slide file (SVS, NDPI, MRXS, TIFF, OME-TIFF …).")],
-    out: Annotated[
-        Path, typer.Option(help="Output directory for this slide (written atomically).")
+    slide: Annotated[
+        Path, typer.Argument(help="Slide file (SVS, NDPI, MRXS, SCN, TIFF, OME-TIFF).")
     ],
-    slide_id: Annotated[
-        str | None, typer.Option(help="Slide id (default: the file name without extension).")
-    ] = None,
-    mpp: Annotated[float | None, typer.Option(help="Tile resolution in µm/px (1.0).")] = None,
-    patch_px: Annotated[int | None, typer.Option(help="Tile side in px at --mpp (224).")] = None,
-    overlap_px: Annotated[int | None, typer.Option(help="Tile overlap in px at --mpp (0).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output directory (written atomically).")],
+    slide_id: Annotated[str | None, typer.Option(help="Slide id (default: file stem).")] = None,
+    mpp: Annotated[float | None, typer.Option(help="Tile resolution, µm/px [1.0].")] = None,
+    patch_px: Annotated[int | None, typer.Option(help="Tile side in px at --mpp [224].")] = None,
+    overlap_px: Annotated[int | None, typer.Option(help="Overlap of tiles in px [0].")] = None,
     min_tissue: Annotated[
-        float | None, typer.Option(help="Keep tiles with at least this tissue fraction (0.5).")
+        float | None, typer.Option(help="Minimum tissue fraction of a kept tile [0.5].")
     ] = None,
     tissue_geojson: Annotated[
-        Path | None, typer.Option(help="Tissue polygons (QuPath GeoJSON) replacing detection.")
+        Path | None, typer.Option(help="Use these polygons (any class) instead of detection.")
     ] = None,
     slide_mpp: Annotated[
         float | None, typer.Option(help="Override the slide's level-0 µm/px.")
     ] = None,
     tissue_mpp: Annotated[
-        float | None, typer.Option(help="Resolution of tissue detection in µm/px (8.0).")
+        float | None, typer.Option(help="Resolution of tissue detection, µm/px [8.0].")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config; reads section 'tile'.")] = None,
-    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
 ) -> None:
-    """Detect tissue and write the tile grid of one slide."""
-    setup_logging(verbose)
     started = time.time()
-    import logging
-
-    from wsi_lpd.slide import default_slide_id, open_slide, validate_slide_id
-    from wsi_lpd.tiling import make_tile_grid
-    from wsi_lpd.tissue import detect_tissue, read_tissue_geojson, write_tissue_geojson
-
-    log = logging.getLogger("wsi_lpd.tile")
+    setup_logging()
     opts = _options(
         config,
         mpp=mpp,
@@ -117,64 +132,94 @@ def command(
         overlap_px=overlap_px,
         min_tissue=min_tissue,
         tissue_mpp=tissue_mpp,
+        slide_mpp=slide_mpp,
+        tissue_geojson=str(tissue_geojson) if tissue_geojson else None,
     )
-    sid = validate_slide_id(slide_id or default_slide_id(slide))
-    with open_slide(slide, mpp=slide_mpp) as wsi:
+    if not slide.exists():
+        raise SlideNotFoundError(f"{slide}: slide not found")
+
+    import warnings
+
+    from wsi_lpd.errors import NoTissueWarning
+    from wsi_lpd.slide import default_slide_id, open_slide, validate_slide_id
+    from wsi_lpd.tiling import make_tile_grid
+    from wsi_lpd.tissue import detect_tissue, read_tissue_geojson, write_tissue_geojson
+
+    sid = validate_slide_id(slide_id if slide_id is not None else default_slide_id(slide))
+    override = opts.get("slide_mpp")
+    with open_slide(slide, mpp=float(override) if override is not None else None) as wsi:
         width, height = wsi.dimensions
         log.info(
-            "%s: %d×%d px at %.4f µm/px (%s, %s)",
-            sid,
-            width,
-            height,
-            wsi.mpp,
-            wsi.vendor or "unknown vendor",
+            "%s: %s (%s), %dx%d px, %.4f µm/px, %d level(s)",
+            slide,
+            wsi.vendor,
             wsi.backend,
-        )
-        if tissue_geojson is not None:
-            tissue = read_tissue_geojson(tissue_geojson)
-            source = str(tissue_geojson)
-        else:
-            tissue = detect_tissue(wsi, mpp=opts["tissue_mpp"], progress=True)
-            source = "detected"
-        grid = make_tile_grid(
             width,
             height,
             wsi.mpp,
-            tissue,
-            opts["mpp"],
-            opts["patch_px"],
-            opts["overlap_px"],
-            opts["min_tissue"],
-            slide_id=sid,
-            slide_path=str(Path(slide).resolve()),
+            wsi.level_count,
         )
-        qc_mpp = max(wsi.mpp * max(width, height) / opts["qc_max_px"], wsi.mpp)
-        thumb = wsi.thumbnail(qc_mpp)
-        vendor, level0_mpp = wsi.vendor, wsi.mpp
-    with atomic_dir(out) as tmp:
-        grid.save(tmp / "tiles.npz")
-        write_tissue_geojson(tmp / "tissue.geojson", tissue)
-        title = (
-            f"{sid}: {len(grid)} tiles of {opts['patch_px']} px at {opts['mpp']} um/px, "
-            f"tissue {source}"
-        )
-        write_qc_png(tmp / "qc.png", thumb, thumb.shape[1] / width, tissue, grid, title)
-        write_run_metadata(
-            tmp,
-            "tile",
-            parameters={**opts, "slide_mpp_override": slide_mpp},
-            inputs={
-                "slide": str(slide),
-                "slide_id": sid,
-                "slide_width_px": width,
-                "slide_height_px": height,
-                "slide_mpp": level0_mpp,
-                "vendor": vendor,
-                "slide_sha256_first_mb": file_checksum(slide),
-                "tissue": source,
-            },
-            started=started,
-            n_tiles=len(grid),
-            tissue_area_mm2=round(tissue.area * level0_mpp**2 / 1e6, 4),
-        )
-    log.info("wrote %d tiles, tissue.geojson and qc.png to %s", len(grid), out)
+        if opts.get("tissue_geojson"):
+            tissue = read_tissue_geojson(opts["tissue_geojson"])
+            log.info("tissue from %s: %d polygon(s)", opts["tissue_geojson"], len(tissue.geoms))
+        else:
+            tissue = detect_tissue(
+                wsi,
+                opts["tissue_mpp"],
+                min_object_um2=opts["min_object_um2"],
+                min_hole_um2=opts["min_hole_um2"],
+                close_radius_um=opts["close_radius_um"],
+                open_radius_um=opts["open_radius_um"],
+                saturation_floor=opts["saturation_floor"],
+                exclude_dark=opts["exclude_dark"],
+                progress=True,
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NoTissueWarning)
+            grid = make_tile_grid(
+                width,
+                height,
+                wsi.mpp,
+                tissue,
+                opts["mpp"],
+                opts["patch_px"],
+                opts["overlap_px"],
+                opts["min_tissue"],
+                sid,
+                str(slide.resolve()),
+            )
+        for w in caught:
+            log.warning("%s", w.message)
+        grid.extra = {"bounds": list(wsi.bounds), "vendor": wsi.vendor, "backend": wsi.backend}
+        with atomic_dir(out) as tmp:
+            grid.save(tmp / "tiles.npz")
+            write_tissue_geojson(tmp / "tissue.geojson", tissue)
+            write_qc_png(tmp / "qc.png", wsi, tissue, grid, opts["qc_long_side_px"])
+            write_run_metadata(
+                tmp,
+                "tile",
+                parameters={**opts, "slide_id": sid},
+                inputs={
+                    "slide": str(slide.resolve()),
+                    "file_checksum": file_checksum(slide),
+                    "slide_width": width,
+                    "slide_height": height,
+                    "slide_mpp": wsi.mpp,
+                    "vendor": wsi.vendor,
+                    "backend": wsi.backend,
+                    "objective_power": wsi.objective_power,
+                    "bounds": list(wsi.bounds),
+                },
+                started=started,
+                n_tiles=len(grid),
+                tissue_area_um2=float(tissue.area * wsi.mpp**2),
+                n_tissue_polygons=len(tissue.geoms),
+            )
+    log.info(
+        "%s: %d tiles at %g µm/px (%d px) written to %s",
+        sid,
+        len(grid),
+        grid.mpp,
+        grid.patch_px,
+        out,
+    )

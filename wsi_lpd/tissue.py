@@ -1,6 +1,6 @@
 """Tissue detection on a low-resolution read, tissue polygons in level-0 px, and rasterising them.
 
-Method: HSV saturation of a thumbnail (default 8 µm/px), a light median filter, an Otsu threshold
+Method: HSV saturation of a thumbnail (default 8 µm/px), a separable 3×3 median, an Otsu threshold
 with a floor (a blank slide finds nothing), near-black pixels excluded (pen, scanner borders),
 closing then opening with disks given in µm, small objects and holes removed by area in µm², then
 each connected piece traced into a polygon whose holes are interior rings.
@@ -29,11 +29,28 @@ TISSUE_COLOR = (0, 200, 0)
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation in [0, 1] of an (h, w, 3) uint8 image, float32."""
-    rgb = rgb.astype(np.int16)
-    mx = rgb.max(axis=2)
-    mn = rgb.min(axis=2)
-    return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1), 0).astype(np.float32)
+    """HSV saturation of an (h, w, 3) uint8 image, as uint8 0–255 (255 = fully saturated)."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx = np.maximum(np.maximum(r, g), b)
+    mn = np.minimum(np.minimum(r, g), b)
+    chroma = (mx - mn).astype(np.uint16) * 255
+    return (chroma // np.maximum(mx, 1)).astype(np.uint8)
+
+
+def _median3(a: np.ndarray, axis: int) -> np.ndarray:
+    """Median of each element and its two neighbours along ``axis`` (edges mirrored)."""
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (1, 1)
+    p = np.pad(a, pad, mode="reflect")
+    n = a.shape[axis]
+    lo, mid, hi = (np.take(p, np.arange(i, i + n), axis=axis) for i in range(3))
+    return np.maximum(np.minimum(lo, mid), np.minimum(np.maximum(lo, mid), hi))
+
+
+def smooth3(a: np.ndarray) -> np.ndarray:
+    """Separable 3×3 median (median of 3 along rows, then along columns): removes isolated
+    specks like a 3×3 median at a fraction of its cost."""
+    return _median3(_median3(a, 0), 1)
 
 
 def _disk(radius_px: float) -> np.ndarray:
@@ -89,16 +106,18 @@ def tissue_mask(
     saturation is never below the floor; pixels whose brightest channel is below ``dark_value``
     are not tissue when ``exclude_dark``.
     """
-    sat = ndimage.median_filter(saturation(rgb), size=3)
-    if float(sat.max()) < saturation_floor:
+    sat = smooth3(saturation(rgb))
+    floor = saturation_floor * 255
+    if int(sat.max()) < floor:
         return np.zeros(sat.shape, dtype=bool)
     from skimage.filters import threshold_otsu
 
-    threshold = max(float(threshold_otsu(sat)), saturation_floor)
+    threshold = max(float(threshold_otsu(sat)), floor)
     mask = sat > threshold
     if exclude_dark:
-        mask &= rgb.max(axis=2) >= dark_value * 255
-    log.debug("tissue threshold: saturation > %.3f", threshold)
+        brightest = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+        mask &= brightest >= dark_value * 255
+    log.debug("tissue threshold: saturation > %.3f", threshold / 255)
     px_um2 = mpp * mpp
     close = _disk(close_radius_um / mpp)
     if close.size > 1:
