@@ -34,8 +34,12 @@ format: install
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES) --resources gpu=1
 
+# Benchmarks print figures and write bench/results/*.md (minutes to an hour on 2 cores).
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_tile.py
+	$(PY) bench/bench_infer.py
+	$(PY) bench/bench_export.py
+	$(PY) bench/bench_methods.py
 
 clean-demo:
 	rm -rf results/demo
