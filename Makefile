@@ -32,7 +32,7 @@ format: install
 	$(VENV)/bin/ruff check --fix wsi_lpd pipelines tests bench
 
 demo: install
-	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES) --resources gpu=1
+	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES) --resources gpu=1 --rerun-incomplete
 
 # Benchmarks print figures and write bench/results/*.md (minutes to an hour on 2 cores).
 bench: install

@@ -234,9 +234,33 @@ def demo_outputs() -> list[str]:
 # ---- input and param functions named by the rules ------------------------------------------
 
 
+ZARR_ROOT = "zarr.json"
+
+
+def store_of(path: str) -> str:
+    """The zarr store whose root `zarr.json` stands for it in the DAG."""
+    return os.path.dirname(path)
+
+
+def mosaic_store(wildcards, input) -> str:
+    return store_of(input.mosaic)
+
+
+def patch_store(wildcards, input) -> str:
+    return store_of(input.patches)
+
+
+def output_store(wildcards, output) -> str:
+    return store_of(output.store)
+
+
 def output_dir(wildcards, output) -> str:
-    """The folder the job's outputs go to (the stage's `--out`)."""
-    return os.path.commonpath([os.path.dirname(f) for f in output])
+    """The folder the job's outputs go to (the stage's `--out`); a store counts as its folder."""
+    dirs = [
+        store_of(store_of(f)) if os.path.basename(f) == ZARR_ROOT else os.path.dirname(f)
+        for f in output
+    ]
+    return os.path.commonpath(dirs)
 
 
 def slide_file(wildcards) -> str:
@@ -294,7 +318,8 @@ def demo_flags() -> str:
 
 def write_config_copy() -> None:
     """Write the validated config to CONFIG_COPY for the stages; untouched when unchanged."""
-    text = yaml.safe_dump(json.loads(json.dumps(dict(config))), sort_keys=False)
+    plain = json.loads(json.dumps(dict(config)))
+    text = yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, allow_unicode=True)
     target = Path(CONFIG_COPY)
     if target.is_file() and target.read_text() == text:
         return

@@ -3,7 +3,7 @@
 
 rule evaluate:
     input:
-        mosaic=f"{RESULTS}/mosaics/{{slide}}.ome.zarr",
+        mosaic=f"{RESULTS}/mosaics/{{slide}}.ome.zarr/zarr.json",
         truth=truth_file,
     output:
         metrics=f"{RESULTS}/evaluate/{{slide}}/metrics.json",
@@ -15,11 +15,12 @@ rule evaluate:
     params:
         cli=WSI_LPD,
         out=output_dir,
+        mosaic=mosaic_store,
         config=CONFIG_COPY,
         settings=config["evaluate"],
     conda:
         CONDA_ENV
     threads: THREADS["evaluate"]
     shell:
-        "{params.cli} evaluate --pred {input.mosaic:q} --truth {input.truth:q} --out {params.out:q}"
+        "{params.cli} evaluate --pred {params.mosaic:q} --truth {input.truth:q} --out {params.out:q}"
         " --config {params.config:q} > {log:q} 2>&1"

@@ -3,7 +3,7 @@
 
 rule export:
     input:
-        mosaic=f"{RESULTS}/mosaics/{{slide}}.ome.zarr",
+        mosaic=f"{RESULTS}/mosaics/{{slide}}.ome.zarr/zarr.json",
         slide=slide_file,
     output:
         geojson=f"{RESULTS}/geojson/{{slide}}{GEOJSON_SUFFIX}",
@@ -16,11 +16,12 @@ rule export:
     params:
         cli=WSI_LPD,
         out=output_dir,
+        mosaic=mosaic_store,
         config=CONFIG_COPY,
         settings=config["export"],
     conda:
         CONDA_ENV
     threads: THREADS["export"]
     shell:
-        "{params.cli} export {input.mosaic:q} --out {params.out:q} --slide {input.slide:q}"
+        "{params.cli} export {params.mosaic:q} --out {params.out:q} --slide {input.slide:q}"
         " --config {params.config:q} > {log:q} 2>&1"

@@ -7,7 +7,8 @@ rule infer:
         tiles=f"{RESULTS}/tiles/{{slide}}",
         model=MODEL,
     output:
-        mosaic=directory(f"{RESULTS}/mosaics/{{slide}}.ome.zarr"),
+        # the store's root metadata stands for the mosaic (no Snakemake file inside it)
+        store=f"{RESULTS}/mosaics/{{slide}}.ome.zarr/zarr.json",
         meta=f"{RESULTS}/mosaics/{{slide}}.run.json",
     log:
         f"{LOGS}/infer/{{slide}}.log",

@@ -8,7 +8,8 @@ if not CHECKPOINT:
             annotations=train_annotations(),
             truth=train_truths(),
         output:
-            directory(f"{RESULTS}/patches/train.zarr"),
+            # the store's root metadata stands for the store (no Snakemake file inside it)
+            store=f"{RESULTS}/patches/train.zarr/zarr.json",
         log:
             f"{LOGS}/patches/_cohort.log",
         benchmark:
@@ -18,6 +19,7 @@ if not CHECKPOINT:
             tiles=repeated_flag("--tiles", train_tiles()),
             annotations=repeated_flag("--annotations", train_annotations()),
             truth=repeated_flag("--truth", train_truths()),
+            out=output_store,
             config=CONFIG_COPY,
             settings={"patches": config["patches"], "classes": config["classes"]},
         conda:
@@ -25,4 +27,4 @@ if not CHECKPOINT:
         threads: THREADS["patches"]
         shell:
             "{params.cli} patches {params.tiles} {params.annotations} {params.truth}"
-            " --out {output:q} --config {params.config:q} > {log:q} 2>&1"
+            " --out {params.out:q} --config {params.config:q} > {log:q} 2>&1"

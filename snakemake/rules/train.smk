@@ -4,7 +4,7 @@ if not CHECKPOINT:
 
     rule train:
         input:
-            patches=f"{RESULTS}/patches/train.zarr",
+            patches=f"{RESULTS}/patches/train.zarr/zarr.json",
             model_config=MODEL_CONFIG,
         output:
             model=MODEL,
@@ -17,6 +17,7 @@ if not CHECKPOINT:
         params:
             cli=WSI_LPD,
             out=output_dir,
+            patches=patch_store,
             device=config["train"]["device"],
             flags=train_flags(),
         conda:
@@ -25,5 +26,5 @@ if not CHECKPOINT:
         resources:
             gpu=1,
         shell:
-            "{params.cli} train --patches {input.patches:q} --config {input.model_config:q}"
+            "{params.cli} train --patches {params.patches:q} --config {input.model_config:q}"
             " --out {params.out:q} --device {params.device} {params.flags} > {log:q} 2>&1"
