@@ -74,13 +74,13 @@ _HEAD_NAMES = {"classifier", "fc", "_fc", "head", "last_linear"}
 
 
 class Encoder(nn.Module):
-    """Four-stage feature extractor: ``forward(x: B×3×H×W) -> [B×C_s×(H/r_s)×(W/r_s)] * 4``."""
+    """Four-stage feature extractor: ``forward(x: B×3×H×W) -> [B×C_s×(H/r_s)×(W/r_s)] * 4``.
+
+    Subclasses set ``out_channels`` and ``reductions`` and implement ``forward``.
+    """
 
     out_channels: list[int]
     reductions: list[int]
-
-    def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
 
 
 class MitEncoder(Encoder):
