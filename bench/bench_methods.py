@@ -103,7 +103,7 @@ def make_store(work: Path, slides: list[dict[str, Any]], mpp: float, patch_px: i
     return store
 
 
-def variant_config(name: str, iters: int, batch: int) -> TrainConfig:
+def variant_config(name: str, iters: int, batch: int) -> Any:
     raw = yaml.safe_load(BASE_CONFIG.read_text())
     spec = VARIANTS[name]
     if spec["method"] == "hisynseg":
@@ -113,6 +113,10 @@ def variant_config(name: str, iters: int, batch: int) -> TrainConfig:
     raw["model"].setdefault("head", {}).update(spec.get("head", {}))
     raw.setdefault("loss", {}).update(spec.get("loss", {}))
     raw["train"].update(max_iters=iters, batch_size=batch, workers=0, val_fraction=0.0)
+    if spec["method"] == "hisynseg":
+        from wsi_lpd.hisynseg.training import HisynSegConfig
+
+        return HisynSegConfig.from_mapping(raw)
     return TrainConfig.from_mapping(raw)
 
 
@@ -168,10 +172,10 @@ def evaluate(model_path: Path, slides: list[dict[str, Any]], work: Path) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/wsi-lpd-bench-methods"))
-    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--mpp", type=float, default=1.0)
-    parser.add_argument("--patch-px", type=int, default=128)
+    parser.add_argument("--mpp", type=float, default=2.0)
+    parser.add_argument("--patch-px", type=int, default=112)
     parser.add_argument("--slide-px", type=int, default=4096)
     parser.add_argument("--n-train", type=int, default=4)
     parser.add_argument("--n-test", type=int, default=2)
