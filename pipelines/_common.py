@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -136,8 +136,13 @@ def write_run_metadata(
     return path
 
 
-def load_config_section(config: str | os.PathLike | None, section: str) -> dict[str, Any]:
-    """Read one top-level section of a YAML config (``{}`` when no config is given)."""
+def load_config_section(
+    config: str | os.PathLike | None, section: str, allowed: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """Read one top-level section of a YAML config (``{}`` when no config is given).
+
+    With ``allowed``, a key outside it raises ``ConfigError`` naming the file, section and key.
+    """
     if config is None:
         return {}
     path = Path(config)
@@ -152,6 +157,9 @@ def load_config_section(config: str | os.PathLike | None, section: str) -> dict[
     value = data.get(section, {})
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: section {section!r} must be a mapping")
+    unknown = sorted(set(value) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) in section {section!r}: {', '.join(unknown)}")
     return value
 
 

@@ -208,10 +208,7 @@ def command(
 
     setup_logging(verbose)
     started = time.time()
-    section = load_config_section(config, "evaluate")
-    unknown = sorted(set(section) - set(CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"{config}: unknown key(s) in section 'evaluate': {', '.join(unknown)}")
+    section = load_config_section(config, "evaluate", CONFIG_KEYS)
     opts = merge_options(
         section,
         pred=pred or None,

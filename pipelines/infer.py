@@ -33,12 +33,8 @@ DEFAULTS: dict[str, Any] = {
 
 def _options(config: Path | None, **flags: Any) -> dict[str, Any]:
     """Defaults < config section ``infer`` < flags; unknown config keys are refused."""
-    from wsi_lpd.errors import ConfigError
 
-    section = load_config_section(config, "infer")
-    unknown = sorted(set(section) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"{config}: unknown key(s) in section infer: {', '.join(unknown)}")
+    section = load_config_section(config, "infer", DEFAULTS)
     return {**DEFAULTS, **merge_options(section, **flags)}
 
 

@@ -89,10 +89,7 @@ def command(
 
     setup_logging(verbose)
     started = time.time()
-    section = load_config_section(config, "patches")
-    unknown = sorted(set(section) - set(CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"{config}: unknown key(s) in section 'patches': {', '.join(unknown)}")
+    section = load_config_section(config, "patches", CONFIG_KEYS)
     opts = merge_options(
         section,
         tiles=tiles or None,
