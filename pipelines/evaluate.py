@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pipelines._common import (
-    atomic_file,
     load_config_section,
     merge_options,
     one_line_errors,
@@ -20,6 +19,7 @@ from pipelines._common import (
     write_run_metadata,
 )
 from wsi_lpd.errors import ConfigError
+from wsi_lpd.io import atomic_file
 
 if TYPE_CHECKING:
     import numpy as np

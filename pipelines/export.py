@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import typer
 
 from pipelines._common import (
-    atomic_file,
     load_config_section,
     merge_options,
     one_line_errors,
@@ -21,6 +20,7 @@ from pipelines._common import (
     write_run_metadata,
 )
 from wsi_lpd.errors import ConfigError
+from wsi_lpd.io import atomic_file
 
 log = logging.getLogger("wsi_lpd.export")
 

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pipelines._common import (
-    atomic_file,
     load_config_section,
     merge_options,
     one_line_errors,
     setup_logging,
 )
 from wsi_lpd.errors import ConfigError
+from wsi_lpd.io import atomic_file
 
 if TYPE_CHECKING:
     from wsi_lpd.report import Failure, ModelInfo, ReportData, SlideRow

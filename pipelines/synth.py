@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from pipelines._common import (
-    atomic_file,
     load_config_section,
     merge_options,
     one_line_errors,
@@ -18,6 +17,7 @@ from pipelines._common import (
     write_run_metadata,
 )
 from wsi_lpd.errors import ConfigError
+from wsi_lpd.io import atomic_file
 
 _DEFAULTS = {
     "n_slides": 1,

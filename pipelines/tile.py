@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 
 from pipelines._common import (
-    atomic_dir,
     file_checksum,
     load_config_section,
     merge_options,
@@ -19,6 +18,7 @@ from pipelines._common import (
     write_run_metadata,
 )
 from wsi_lpd.errors import ConfigError, SlideNotFoundError
+from wsi_lpd.io import atomic_dir
 
 log = logging.getLogger("wsi_lpd.tile")
 
