@@ -45,3 +45,11 @@ class DatasetError(WsiLpdError, ValueError):
 
 class NoTissueWarning(UserWarning):
     """No tissue was detected on a slide; its tile grid is empty."""
+
+
+class TrainingError(WsiLpdError, RuntimeError):
+    """Training could not go on (e.g. a worker process of a distributed run failed)."""
+
+
+class TrainingDivergedError(TrainingError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the iteration."""

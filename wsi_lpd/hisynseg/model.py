@@ -44,24 +44,17 @@ from torch import Tensor, nn
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import ConfigError
+from wsi_lpd.config import parse_section
+from wsi_lpd.model.config import (
+    BackgroundConfig,
+    HisynSegModelConfig,
+    HisynSegPredictConfig,
+    parse_model_config,
+)
 from wsi_lpd.model.encoders import Encoder, build_encoder
-from wsi_lpd.model.predict import MASK_ABSENT, validate_predict_config
+from wsi_lpd.model.predict import apply_crf, drop_untrained
 
 log = logging.getLogger(__name__)
-
-MODEL_KEYS = ("encoder", "decoder", "head", "background", "predict")
-DECODER_DEFAULTS: dict[str, Any] = {"channels": 128}
-HEAD_DEFAULTS: dict[str, Any] = {"dropout": 0.5}
-BACKGROUND_DEFAULTS: dict[str, Any] = {
-    "rule": "saturation",
-    "saturation_threshold": 0.05,
-    "dark_value": 0.15,
-    "smooth_px": 5,
-    "softness": 0.01,
-}
-BACKGROUND_RULES = ("saturation", "none")
-PREDICT_KEYS = ("mask_absent", "label_threshold", "tta", "crf")
-
 
 @dataclass
 class HisynSegOutput:
@@ -128,12 +121,17 @@ class HisynSegModel(nn.Module):
         self.cam_head = nn.Sequential(
             nn.Dropout(dropout), nn.Conv2d(encoder.out_channels[-1], num_classes, 1)
         )
-        self.background = {**BACKGROUND_DEFAULTS, **(background or {})}
-        merged = validate_predict_config(predict_config or {})
-        #: the keys hisynseg uses (+ ``normalisation`` once known); others are ignored
-        self.predict_config: dict[str, Any] = {
-            k: v for k, v in merged.items() if k in (*PREDICT_KEYS, "normalisation")
-        }
+        self.background = parse_section(
+            BackgroundConfig, background, None, "model.background"
+        ).model_dump()
+        given = dict(predict_config or {})
+        norm = given.pop("normalisation", None)
+        #: the predict settings (+ ``normalisation`` once known)
+        self.predict_config: dict[str, Any] = parse_section(
+            HisynSegPredictConfig, given, None, "model.predict"
+        ).model_dump()
+        if norm is not None:
+            self.predict_config["normalisation"] = norm
 
     def forward(self, images: Tensor) -> HisynSegOutput:
         """images: normalised B×3×H×W."""
@@ -239,92 +237,28 @@ class HisynSegModel(nn.Module):
         finally:
             self.train(was_training)
         if cfg.get("crf"):
-            from wsi_lpd.model.predict import apply_crf
-
             probs = apply_crf(probs, images, cfg.get("normalisation"))
-        return probs
+        return drop_untrained(probs, getattr(self, "untrained_classes", ()))
 
 
-def _section(config: Mapping[str, Any], key: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    section = config.get(key) or {}
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"model.{key}: must be a mapping, got {type(section).__name__}")
-    unknown = sorted(set(section) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"model.{key}.{unknown[0]}: unknown key; allowed: {', '.join(sorted(defaults))}"
-        )
-    return {**defaults, **section}
-
-
-def _number(section: Mapping[str, Any], key: str, where: str, low: float, high: float) -> float:
-    value = section[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ConfigError(f"{where}.{key}: expected a number in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def parse_model_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a hisynseg ``model_config`` -> {decoder, head, background, predict} (defaults)."""
-    if not isinstance(model_config, Mapping):
-        raise ConfigError(f"model: must be a mapping, got {type(model_config).__name__}")
-    unknown = sorted(set(model_config) - set(MODEL_KEYS))
-    if unknown:
-        raise ConfigError(f"model.{unknown[0]}: unknown key; allowed: {', '.join(MODEL_KEYS)}")
-    if "encoder" not in model_config:
-        raise ConfigError("model.encoder: missing (the encoder config is required)")
-    decoder = _section(model_config, "decoder", DECODER_DEFAULTS)
-    channels = decoder["channels"]
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ConfigError(f"model.decoder.channels: expected an integer >= 1, got {channels!r}")
-    head = _section(model_config, "head", HEAD_DEFAULTS)
-    _number(head, "dropout", "model.head", 0.0, 0.99)
-    bg = _section(model_config, "background", BACKGROUND_DEFAULTS)
-    if bg["rule"] not in BACKGROUND_RULES:
-        raise ConfigError(f"model.background.rule: expected saturation or none, got {bg['rule']!r}")
-    for key in ("saturation_threshold", "dark_value"):
-        _number(bg, key, "model.background", 0.0, 1.0)
-    _number(bg, "softness", "model.background", 1e-6, 1.0)
-    k = bg["smooth_px"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
-        raise ConfigError(f"model.background.smooth_px: expected an odd integer >= 1, got {k!r}")
-    predict = model_config.get("predict") or {}
-    if not isinstance(predict, Mapping):
-        raise ConfigError("model.predict: must be a mapping")
-    unknown = sorted(set(predict) - set(PREDICT_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"model.predict.{unknown[0]}: unknown key for hisynseg; allowed: "
-            f"{', '.join(PREDICT_KEYS)}"
-        )
-    if predict.get("mask_absent", "predicted") not in MASK_ABSENT:
-        raise ConfigError(
-            f"model.predict.mask_absent: expected predicted or none, got {predict['mask_absent']!r}"
-        )
-    return {
-        "decoder": decoder,
-        "head": head,
-        "background": bg,
-        "predict": validate_predict_config(predict, "model.predict"),
-    }
-
-
-def build_hisynseg(model_config: Mapping[str, Any], classes: ClassList) -> HisynSegModel:
-    """Builder registered as method ``hisynseg`` in :mod:`wsi_lpd.model.build`."""
-    parsed = parse_model_config(model_config)
-    encoder = build_encoder(dict(model_config["encoder"]))
+def build_hisynseg(
+    model_config: Mapping[str, Any] | HisynSegModelConfig, classes: ClassList
+) -> HisynSegModel:
+    """Builder of method ``hisynseg`` (see :func:`wsi_lpd.model.build.build_model`)."""
+    cfg = parse_model_config("hisynseg", model_config)
+    assert isinstance(cfg, HisynSegModelConfig) and cfg.encoder is not None
     model = HisynSegModel(
-        encoder,
+        build_encoder(cfg.encoder),
         classes.num_foreground,
-        decoder_channels=int(parsed["decoder"]["channels"]),
-        dropout=float(parsed["head"]["dropout"]),
-        background=parsed["background"],
-        predict_config=parsed["predict"],
+        decoder_channels=cfg.decoder.channels,
+        dropout=cfg.head.dropout,
+        background=cfg.background.model_dump(),
+        predict_config=cfg.predict.model_dump(),
     )
     log.info(
         "built hisynseg model: %d classes, decoder %d channels, background rule %s",
         classes.num_foreground,
-        parsed["decoder"]["channels"],
-        parsed["background"]["rule"],
+        cfg.decoder.channels,
+        cfg.background.rule,
     )
     return model

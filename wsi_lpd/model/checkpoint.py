@@ -4,7 +4,7 @@ A plain dict (docs/contracts.md)::
 
     format: "wsi-lpd-model/1"; method; classes (ClassList.to_dict()); mpp; patch_px;
     normalisation: {"mean": [r, g, b], "std": [r, g, b]}; model_config; predict;
-    state_dict; training
+    state_dict; training; untrained_classes (names, optional); augmentation (optional)
 
 Only plain types (dict, list, str, int, float, bool, None) and tensors are stored, so the file loads
 with ``torch.load(..., weights_only=True)``. Rebuilding never loads pretrained encoder weights (the
@@ -30,7 +30,6 @@ from torch import nn
 from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import CheckpointError, ConfigError
 from wsi_lpd.model.build import MODEL_REGISTRY, build_model
-from wsi_lpd.model.predict import validate_predict_config
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +92,14 @@ def save_checkpoint(
     model_config: Mapping[str, Any],
     predict_config: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
+    untrained_classes: list[str] | None = None,
+    augmentation: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model.pt`` atomically (temp file + rename); ``predict_config`` None → the model's.
 
-    ``classes``: a ClassList or its ``to_dict()`` form. Raises ConfigError on non-plain values.
+    ``classes``: a ClassList or its ``to_dict()`` form. ``untrained_classes``: foreground class
+    names the training data could not teach (never predicted); ``augmentation``: the training
+    augmentation. Raises ConfigError on non-plain values.
     """
     path = Path(path)
     if not isinstance(classes, ClassList):
@@ -124,6 +127,8 @@ def save_checkpoint(
         "predict": _plain(predict, "predict"),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "training": _plain(training or {}, "training"),
+        "untrained_classes": _plain(list(untrained_classes or []), "untrained_classes"),
+        "augmentation": _plain(dict(augmentation or {}), "augmentation"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -196,14 +201,22 @@ def load_model(
         encoder_cfg["weights"] = None  # the state dict carries the weights
         if "pretrained" in encoder_cfg:
             encoder_cfg["pretrained"] = False  # never download on rebuild
+    if isinstance(model_config, dict):
+        model_config["predict"] = dict(ckpt["predict"] or {})
+    untrained = list(ckpt.get("untrained_classes") or [])
+    unknown = sorted(set(untrained) - set(classes.foreground_names))
+    if unknown:
+        raise CheckpointError(f"{path}: untrained_classes {unknown} are not among its classes")
     try:
         model = build_model(method, model_config, classes)
-        predict = validate_predict_config(ckpt["predict"] or {}, "predict")
     except ConfigError as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model ({exc})") from exc
     _load_state(model, ckpt["state_dict"], path)
     if hasattr(model, "predict_config"):
-        model.predict_config = {**predict, "normalisation": ckpt["normalisation"]}
+        model.predict_config = {**model.predict_config, "normalisation": ckpt["normalisation"]}
+    model.untrained_classes = [classes.foreground_names.index(n) for n in untrained]
+    if untrained:
+        log.warning("%s: classes %s were not trained and are never predicted", path, untrained)
     model.to(device).eval()
     contract = {k: v for k, v in ckpt.items() if k != "state_dict"}
     log.info("loaded %s model from %s (%s)", method, path, ", ".join(classes.foreground_names))

@@ -22,15 +22,21 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
 from wsi_lpd.errors import CheckpointError, ConfigError
+from wsi_lpd.model.config import (
+    EncoderConfig,
+    MitEncoderConfig,
+    parse_encoder_config,
+)
 from wsi_lpd.model.mit import (
-    MIT_PRESETS,
     LoadReport,
     apply_state_dict,
     load_mit_weights,
@@ -59,17 +65,6 @@ PACKAGE_WEIGHTS: dict[str, tuple[str, str]] = {
     ),
 }
 
-_MIT_KEYS = {"type", "variant", "strides", "drop_path", "weights"}
-_TIMM_KEYS = {
-    "type",
-    "name",
-    "out_indices",
-    "output_stride",
-    "weights",
-    "key_mapping",
-    "pretrained",
-}
-_TIMM_KEYS |= {"drop_path"}
 _HEAD_NAMES = {"classifier", "fc", "_fc", "head", "last_linear"}
 
 
@@ -247,77 +242,25 @@ def efficientnet_lite0_classifier(
     return model.eval()
 
 
-def _int_list(config: Mapping, key: str, default: list[int], length: int = 4) -> list[int]:
-    value = config.get(key, default)
-    if (
-        not isinstance(value, (list, tuple))
-        or len(value) != length
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
-    ):
-        raise ConfigError(f"encoder.{key}: expected {length} non-negative integers, got {value!r}")
-    return [int(v) for v in value]
-
-
-def _float(config: Mapping, key: str, default: float, low: float, high: float) -> float:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
-        raise ConfigError(f"encoder.{key}: expected a number in [{low}, {high}), got {value!r}")
-    return float(value)
-
-
-def _weights(config: Mapping) -> str | None:
-    value = config.get("weights")
-    if value is not None and not isinstance(value, (str, Path)):
-        raise ConfigError(f"encoder.weights: expected null or a path, got {value!r}")
-    return None if value is None else str(value)
-
-
-def _check_keys(config: Mapping, allowed: set[str]) -> None:
-    unknown = sorted(set(config) - allowed)
-    if unknown:
-        raise ConfigError(f"encoder.{unknown[0]}: unknown key (allowed: {sorted(allowed)})")
-
-
-def build_encoder(config: Mapping) -> Encoder:
-    """Build a MiT or timm encoder from its config mapping (see the module docstring)."""
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"encoder: expected a mapping, got {type(config).__name__}")
-    kind = config.get("type")
-    if kind == "mit":
-        _check_keys(config, _MIT_KEYS)
-        variant = config.get("variant", "mit_b1")
-        if variant not in MIT_PRESETS:
-            raise ConfigError(f"encoder.variant: {variant!r} is not one of {sorted(MIT_PRESETS)}")
-        strides = _int_list(config, "strides", [4, 2, 2, 1])
-        if min(strides) < 1:
-            raise ConfigError(f"encoder.strides: strides must be ≥ 1, got {strides}")
-        drop_path = _float(config, "drop_path", 0.1, 0.0, 1.0)
-        encoder: Encoder = MitEncoder(variant, strides, drop_path, _weights(config))
-    elif kind == "timm":
-        _check_keys(config, _TIMM_KEYS)
-        name = config.get("name")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"encoder.name: expected a timm model name, got {name!r}")
-        out_indices = _int_list(config, "out_indices", [1, 2, 3, 4])
-        output_stride = config.get("output_stride")
-        if output_stride is not None and output_stride not in (8, 16, 32):
-            raise ConfigError(
-                f"encoder.output_stride: expected 8, 16, 32 or null, got {output_stride!r}"
-            )
-        key_mapping = config.get("key_mapping", "by_name")
-        if key_mapping not in ("by_name", "by_order"):
-            raise ConfigError(
-                f"encoder.key_mapping: expected by_name or by_order, got {key_mapping!r}"
-            )
-        pretrained = config.get("pretrained", False)
-        if not isinstance(pretrained, bool):
-            raise ConfigError(f"encoder.pretrained: expected true or false, got {pretrained!r}")
-        drop_path = _float(config, "drop_path", 0.0, 0.0, 1.0)
-        encoder = TimmEncoder(
-            name, out_indices, output_stride, _weights(config), key_mapping, pretrained, drop_path
-        )
+def build_encoder(
+    config: Mapping[str, Any] | EncoderConfig,
+    source: str | os.PathLike | None = None,
+    section: str = "encoder",
+) -> Encoder:
+    """Build a MiT or timm encoder from its config (see the module docstring)."""
+    cfg = parse_encoder_config(config, source, section)
+    if isinstance(cfg, MitEncoderConfig):
+        encoder: Encoder = MitEncoder(cfg.variant, list(cfg.strides), cfg.drop_path, cfg.weights)
     else:
-        raise ConfigError(f"encoder.type: expected 'mit' or 'timm', got {kind!r}")
+        encoder = TimmEncoder(
+            cfg.name,
+            list(cfg.out_indices),
+            cfg.output_stride,
+            cfg.weights,
+            cfg.key_mapping,
+            cfg.pretrained,
+            cfg.drop_path,
+        )
     log.info(
         "encoder %s: out_channels=%s reductions=%s params=%d",
         type(encoder).__name__,

@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wsi_lpd.config import parse_section
 from wsi_lpd.errors import ConfigError
+from wsi_lpd.model.config import LossConfig, loss_defaults
 from wsi_lpd.model.lpd import LPDOutput, merge_mean
 
 log = logging.getLogger(__name__)
@@ -279,17 +281,15 @@ class LPDLoss:
 
     @classmethod
     def from_config(
-        cls, config: Mapping[str, Any], num_classes: int, region_encoder: nn.Module | None = None
+        cls,
+        config: Mapping[str, Any] | LossConfig,
+        num_classes: int,
+        region_encoder: nn.Module | None = None,
     ) -> LPDLoss:
-        """Build from a ``loss`` config section (keys = this class's keyword arguments)."""
-        allowed = set(LOSS_DEFAULTS)
-        unknown = sorted(set(config) - allowed)
-        if unknown:
-            raise ConfigError(
-                f"loss.{unknown[0]}: unknown key; allowed: {', '.join(sorted(allowed))}"
-            )
-        merged = {**LOSS_DEFAULTS, **config}
-        return cls(num_classes, region_encoder=region_encoder, **merged)
+        """Build from a ``loss`` section (:class:`wsi_lpd.model.config.LossConfig` fields)."""
+        if not isinstance(config, LossConfig):
+            config = parse_section(LossConfig, config, None, "loss")
+        return cls(num_classes, region_encoder=region_encoder, **config.model_dump())
 
     def __call__(
         self, output: LPDOutput, images: Tensor, labels: Tensor, iteration: int
@@ -344,33 +344,10 @@ class LPDLoss:
         )
 
 
-LOSS_DEFAULTS: dict[str, Any] = {
-    "stage_weights": [0.0, 0.1, 1.0, 1.0],
-    "lambda_div": 0.5,
-    "lambda_sim": 0.1,
-    "warmup_iters": 3000,
-    "div_mode": "intent",
-    "div_temperature": 1.0,
-    "div_use_logit_scale": False,
-    "bg_score": 0.2,
-    "sim_tau": 0.07,
-    "sim_mask_alpha": 0.5,
-    "sim_minmax_normalise": False,
-    "sim_activation_penalty": 5e-4,
-}
-
-
 def default_loss_config(method: str) -> dict[str, Any]:
-    """Loss defaults per method.
+    """Loss defaults per method (:func:`wsi_lpd.model.config.loss_defaults`).
 
     ``lpd``: the paper; ``cam``: L_cls only; ``pbip``: no L_div, no warm-up, min–max normalised
     FG/BG images.
     """
-    cfg = dict(LOSS_DEFAULTS)
-    if method == "cam":
-        cfg.update(lambda_div=0.0, lambda_sim=0.0, warmup_iters=0)
-    elif method == "pbip":
-        cfg.update(lambda_div=0.0, warmup_iters=0, sim_minmax_normalise=True)
-    elif method != "lpd":
-        raise ConfigError(f"method: no loss defaults for {method!r}")
-    return cfg
+    return loss_defaults(method)

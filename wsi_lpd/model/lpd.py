@@ -28,10 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsi_lpd.errors import ConfigError, DatasetError
+from wsi_lpd.model.merge import merge_mean, merge_softmax_weighted
+from wsi_lpd.model.predict import predict_probs
 
 log = logging.getLogger(__name__)
 
 METHODS = ("lpd", "cam", "pbip")
+__all__ = ["METHODS", "LPDModel", "LPDOutput", "merge_mean", "merge_softmax_weighted"]
 
 
 @dataclass
@@ -69,26 +72,6 @@ class AdaptiveLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """[N, D] -> [N, C_s]."""
         return self.fc2(F.relu(self.fc1(x)))
-
-
-def merge_mean(x: Tensor, num_classes: int) -> Tensor:
-    """Parent score = mean over the K subclasses: [B, C·K, ...] -> [B, C, ...] (training)."""
-    return _split_subclasses(x, num_classes).mean(dim=2)
-
-
-def merge_softmax_weighted(x: Tensor, num_classes: int) -> Tensor:
-    """Parent = Σ_k softmax_k(x)·x_k over the K subclasses: [B, C·K, ...] -> [B, C, ...] (test)."""
-    xs = _split_subclasses(x, num_classes)
-    return (torch.softmax(xs, dim=2) * xs).sum(dim=2)
-
-
-def _split_subclasses(x: Tensor, num_classes: int) -> Tensor:
-    b, ck = x.shape[:2]
-    if ck % num_classes:
-        raise ConfigError(
-            f"merge: {ck} subclass channels are not a multiple of {num_classes} classes"
-        )
-    return x.reshape(b, num_classes, ck // num_classes, *x.shape[2:])
 
 
 class LPDModel(nn.Module):
@@ -182,8 +165,6 @@ class LPDModel(nn.Module):
 
     def predict(self, images: Tensor, image_labels: Tensor | None = None) -> Tensor:
         """Class probabilities [B, C+1, H, W] (C foreground then background), summing to 1."""
-        from wsi_lpd.model.predict import predict_probs
-
         return predict_probs(self, images, image_labels=image_labels, **self.predict_config)
 
 

@@ -20,20 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsi_lpd.errors import ConfigError
-from wsi_lpd.model.lpd import merge_softmax_weighted
+from wsi_lpd.model.merge import merge_softmax_weighted
 
 log = logging.getLogger(__name__)
 
 MASK_ABSENT = ("predicted", "none")
 TTA_INTENSITIES = (0.9, 1.0, 1.1)
-PREDICT_DEFAULTS: dict[str, Any] = {
-    "mask_absent": "predicted",
-    "stage_weights": [0.0, 0.3, 0.3, 0.4],
-    "bg_power": 10.0,
-    "tta": False,
-    "crf": False,
-    "label_threshold": 0.5,
-}
 
 
 def predicted_labels(logits4: Tensor, num_classes: int, threshold: float = 0.5) -> Tensor:
@@ -127,7 +119,21 @@ def predict_probs(
         model.train(was_training)
     if crf:
         probs = apply_crf(probs, images, normalisation)
-    return probs
+    return drop_untrained(probs, getattr(model, "untrained_classes", ()))
+
+
+def drop_untrained(probs: Tensor, untrained: Sequence[int]) -> Tensor:
+    """Zero the probability channels of classes the model never learnt, then renormalise.
+
+    ``probs`` [B, C+1, H, W]; ``untrained``: foreground class indices (the checkpoint's
+    ``untrained_classes``). Their channels can then never win an argmax.
+    """
+    if not len(untrained):
+        return probs
+    keep = torch.ones(probs.shape[1], dtype=probs.dtype, device=probs.device)
+    keep[list(untrained)] = 0
+    probs = probs * keep.view(1, -1, *([1] * (probs.ndim - 2)))
+    return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def _resolve_labels(
@@ -186,29 +192,3 @@ def _denormalise(images: Tensor, normalisation: Mapping[str, Sequence[float]] | 
         hi = x.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
         x = (x - lo) / (hi - lo + 1e-8)
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def validate_predict_config(config: Mapping[str, Any], where: str = "predict") -> dict[str, Any]:
-    """Check a predict section (keys of :data:`PREDICT_DEFAULTS`); return it with defaults."""
-    unknown = sorted(set(config) - set(PREDICT_DEFAULTS) - {"normalisation"})
-    if unknown:
-        raise ConfigError(
-            f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(sorted(PREDICT_DEFAULTS))}"
-        )
-    merged = {**PREDICT_DEFAULTS, **config}
-    if merged["mask_absent"] not in MASK_ABSENT:
-        raise ConfigError(
-            f"{where}.mask_absent: must be predicted or none, got {merged['mask_absent']!r}"
-        )
-    weights = merged["stage_weights"]
-    if not isinstance(weights, Sequence) or len(weights) != 4:
-        raise ConfigError(f"{where}.stage_weights: need a list of 4 numbers, got {weights!r}")
-    merged["stage_weights"] = [float(v) for v in weights]
-    for key in ("bg_power", "label_threshold"):
-        if isinstance(merged[key], bool) or not isinstance(merged[key], int | float):
-            raise ConfigError(f"{where}.{key}: must be a number, got {merged[key]!r}")
-        merged[key] = float(merged[key])
-    for key in ("tta", "crf"):
-        if not isinstance(merged[key], bool):
-            raise ConfigError(f"{where}.{key}: must be true or false, got {merged[key]!r}")
-    return merged
