@@ -15,6 +15,7 @@ from wsi_lpd.model.losses import (
     classification_loss,
     default_loss_config,
     diversity_loss,
+    diversity_terms,
     jeffreys_divergence,
     pseudo_mask,
     select_subclasses,
@@ -198,7 +199,7 @@ def test_warmup_gives_cls_only() -> None:
     torch.testing.assert_close(before["total"], before["cls"])
     after = {k: v.detach() for k, v in loss_fn(model(images), images, labels, 5).items()}
     assert float(after["div"]) > 0.0 and float(after["sim"]) != 0.0
-    assert set(after) == {"total", "cls", "div", "sim"}
+    assert set(after) == {"total", "cls", "div", "sim", "div_jd"}
 
 
 def test_optimiser_steps_lower_total_loss() -> None:
@@ -227,3 +228,155 @@ def test_loss_config_validation() -> None:
     assert default_loss_config("cam")["lambda_div"] == 0.0
     assert default_loss_config("pbip")["sim_minmax_normalise"] is True
     LPDLoss.from_config(default_loss_config("cam"), C)
+
+
+def test_masked_classification_loss_ignores_unknown_entries() -> None:
+    gen = torch.Generator().manual_seed(1)
+    logits = [torch.randn(3, C * K, generator=gen).requires_grad_(True) for _ in range(4)]
+    labels = torch.tensor([[1.0, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0]])
+    known = torch.tensor([[1.0, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 0]])
+
+    def loss_and_grads(y: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        loss = classification_loss(logits, y, known=known)
+        return loss, torch.autograd.grad(loss, logits[1:])
+
+    loss, grads = loss_and_grads(labels)
+    flipped = labels.clone()
+    flipped[known == 0] = 1.0 - flipped[known == 0]
+    loss2, grads2 = loss_and_grads(flipped)
+    assert torch.equal(loss, loss2)
+    assert all(torch.equal(g, g2) for g, g2 in zip(grads, grads2, strict=True))
+    # mean over the known entries
+    z4 = logits[3].detach().view(3, C, K).mean(-1)
+    bce = F.binary_cross_entropy_with_logits(z4, labels, reduction="none")
+    z3 = logits[2].detach().view(3, C, K).mean(-1)
+    bce3 = F.binary_cross_entropy_with_logits(z3, labels, reduction="none")
+    z2 = logits[1].detach().view(3, C, K).mean(-1)
+    bce2 = F.binary_cross_entropy_with_logits(z2, labels, reduction="none")
+    expected = sum(w * b[known.bool()].mean() for w, b in ((0.1, bce2), (1, bce3), (1, bce)))
+    torch.testing.assert_close(loss.detach(), expected)
+    # all known is the plain loss; nothing known is 0
+    plain = classification_loss(logits, labels)
+    torch.testing.assert_close(
+        classification_loss(logits, labels, known=torch.ones_like(labels)), plain, rtol=0, atol=1e-7
+    )
+    assert (
+        float(classification_loss(logits, labels, known=torch.zeros_like(labels)).detach()) == 0.0
+    )
+    # pos_weight is BCE's
+    pw = torch.tensor([2.0, 1.0, 0.5, 3.0])
+    ref = sum(
+        w
+        * F.binary_cross_entropy_with_logits(
+            z.detach().view(3, C, K).mean(-1), labels, pos_weight=pw
+        )
+        for w, z in zip((0, 0.1, 1, 1), logits, strict=True)
+    )
+    torch.testing.assert_close(classification_loss(logits, labels, pos_weight=pw).detach(), ref)
+
+
+def test_lpd_loss_passes_known_and_pos_weight() -> None:
+    model = _model()
+    images, labels = _batch()
+    out = model(images)
+    known = torch.ones_like(labels)
+    known[0, 1] = 0.0
+    pw = [1.0, 2.0, 1.0, 1.0]
+    terms = LPDLoss(C, lambda_sim=0.0, warmup_iters=9, pos_weight=pw)(out, images, labels, 0, known)
+    expected = classification_loss(out.logits, labels, known=known, pos_weight=torch.tensor(pw))
+    torch.testing.assert_close(terms["cls"], expected)
+    with pytest.raises(ConfigError, match="pos_weight"):
+        LPDLoss(C, lambda_sim=0.0, pos_weight=[1.0, 2.0])
+
+
+def test_diversity_regions_positive_only_and_min_size() -> None:
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(1, D, 4, 4, generator=gen)
+    protos = torch.randn(C * K, D, generator=gen)
+    mask = torch.zeros(1, 4, 4, dtype=torch.long)
+    mask[0, :2] = 1  # class 0: 8 px
+    mask[0, 2, :2] = 2  # class 1: 2 px
+    both = diversity_terms(feats, protos, mask, C)
+    only0 = diversity_terms(feats, protos, mask, C, labels=torch.tensor([[1.0, 0, 0, 0]]))
+    big = diversity_terms(feats, protos, mask, C, min_region_px=3)
+    torch.testing.assert_close(only0[0], big[0])
+    torch.testing.assert_close(only0[1], big[1])
+    assert not torch.isclose(both[0], only0[0])
+    # class 0 alone, by hand: one pair, single softmax over its 8 px
+    f = F.normalize(feats.flatten(2)[0], dim=0)[:, :8]
+    p = F.normalize(protos[:2], dim=1)
+    v = torch.softmax(p @ f, dim=1)
+    dj = float(jeffreys_divergence(v[0], v[1]))
+    assert math.isclose(float(only0[0]), math.exp(-dj), rel_tol=1e-5)
+    assert math.isclose(float(only0[1]), dj, rel_tol=1e-5)
+    # no valid region: 0 loss and 0 divergence
+    none = diversity_terms(feats, protos, mask, C, labels=torch.zeros(1, C))
+    assert float(none[0]) == 0.0 and float(none[1]) == 0.0
+
+
+def test_logit_scale_temperature_is_detached() -> None:
+    model = _model()
+    images, labels = _batch()
+    out = model(images)
+    terms = LPDLoss(C, lambda_sim=0.0, warmup_iters=0, div_temperature="logit_scale")(
+        out, images, labels, 0
+    )
+    (g_scale, g_proto) = torch.autograd.grad(
+        terms["div"], [model.logit_scales, model.prototypes], allow_unused=True
+    )
+    assert g_scale is None or float(g_scale.abs().sum()) == 0.0
+    assert g_proto is not None and float(g_proto.abs().sum()) > 0
+    assert float(terms["div_jd"]) > 0.0
+    assert LPDLoss(C, lambda_sim=0.0).div_use_logit_scale  # intent default
+    assert not LPDLoss(C, lambda_sim=0.0, div_mode="parity").div_use_logit_scale
+    with pytest.raises(ConfigError, match="div_temperature"):
+        LPDLoss(C, lambda_sim=0.0, div_temperature="cam")
+
+
+def _separation(temperature: float | str, steps: int = 20) -> tuple[float, float, float, float]:
+    """L_div alone (Adam on prototypes + stage-4 adapter) from near-collapsed prototypes, on the
+    fixed stage-4 features of 4 random images with one class per quadrant.
+
+    Returns (mean same-class cosine of projected prototypes before, after; L_div before, after).
+    """
+    torch.manual_seed(0)
+    k = 3
+    model = LPDModel(_encoder(), C, prototypes_per_class=k, prototype_dim=D)
+    with torch.no_grad():
+        base = torch.randn(C, 1, D)
+        model.prototypes.copy_((base + 0.01 * torch.randn(C, k, D)).reshape(C * k, D))
+        images = torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+        feats = model.encoder(images)[3]  # [4, C_4, 8, 8]
+    mask = torch.ones(4, 8, 8, dtype=torch.long)
+    mask[:, :4, 4:], mask[:, 4:, :4], mask[:, 4:, 4:] = 2, 3, 4
+    scale = 1.0 / model.logit_scales[3] if temperature == "logit_scale" else float(temperature)
+    params = [model.prototypes, *model.adapters[3].parameters()]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    iu = torch.triu_indices(k, k, offset=1)
+
+    def div_loss() -> torch.Tensor:
+        protos = model.adapters[3](model.prototypes)
+        return diversity_loss(feats, protos, mask, C, temperature=scale, labels=torch.ones(4, C))
+
+    def mean_cos() -> float:
+        with torch.no_grad():
+            q = F.normalize(model.adapters[3](model.prototypes), dim=1).reshape(C, k, -1)
+            return float((q @ q.transpose(1, 2))[:, iu[0], iu[1]].mean())
+
+    cos0, div0 = mean_cos(), float(div_loss().detach())
+    for _ in range(steps):
+        div = div_loss()
+        opt.zero_grad()
+        div.backward()
+        opt.step()
+    return cos0, mean_cos(), div0, float(div_loss().detach())
+
+
+def test_diversity_at_logit_scale_separates_collapsed_prototypes() -> None:
+    cos0, cos1, div0, div1 = _separation("logit_scale")
+    assert cos0 > 0.99 and div0 > 0.99
+    assert cos1 < cos0 - 0.3
+    assert div1 < 0.5
+    # at temperature 1 (the official code's scale) the activation distributions stay nearly equal
+    # over the same 20 steps, although the prototype directions move
+    assert _separation(1.0)[3] > 0.85

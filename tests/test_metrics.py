@@ -112,3 +112,20 @@ def test_mosaic_vs_mask_nearest_on_truth_grid() -> None:
     assert cm[1, 2] == 4 + 3
     assert cm[0, 2] == 2
     assert cm.sum() == 25
+
+
+def test_label_scores_hand_computed() -> None:
+    from wsi_lpd.metrics import average_precision, label_scores
+
+    probs = np.array([[0.9, 0.2, 0.6], [0.4, 0.7, 0.1], [0.8, 0.6, 0.3], [0.3, 0.1, 0.9]])
+    labels = np.array([[1, 0, -1], [0, 1, -1], [1, -1, -1], [1, 0, -1]])
+    scores = label_scores(probs, labels)
+    # class 0: TP 2, FP 0, FN 1 -> F1 0.8; AP (1 + 1 + 3/4) / 3
+    # class 1 (row 2 unknown, its 0.6 is no false positive): F1 1, AP 1; class 2: no known positive
+    assert scores["classes"] == 2
+    assert np.isclose(scores["f1"], (0.8 + 1.0) / 2)
+    assert np.isclose(scores["map"], ((1 + 1 + 0.75) / 3 + 1.0) / 2)
+    # tied scores form one threshold step: precision 1/2 at recall 1
+    assert np.isclose(average_precision(np.array([0.5, 0.5]), np.array([1, 0])), 0.5)
+    assert average_precision(np.array([0.5]), np.array([0])) is None
+    assert np.isnan(label_scores(probs, -np.ones_like(labels))["f1"])

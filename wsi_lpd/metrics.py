@@ -328,3 +328,59 @@ def model_confusion(
                     pooled += part
             start += n
     return pooled, per_group
+
+
+# ----------------------------------------------------------------------------------------------
+# Image-level (patch label) scores
+
+
+def average_precision(scores: np.ndarray, truth: np.ndarray) -> float | None:
+    """AP = Σ_n (R_n − R_{n−1})·P_n over the distinct score thresholds (tied scores form one step);
+    ``None`` without a positive."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    truth = np.asarray(truth).reshape(-1).astype(bool)
+    n_pos = int(truth.sum())
+    if n_pos == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], truth[order]
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]  # last index of each threshold
+    tp = np.cumsum(t)[last]
+    precision = tp / (last + 1)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def label_scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Image-level scores of predicted class probabilities against three-state labels.
+
+    ``probs`` (N, C) in [0, 1]; ``labels`` (N, C) 1 positive, 0 negative, −1 unknown. Per class,
+    over its known entries only: F1 of ``probs > 0.5`` and average precision. Classes with no
+    known positive are skipped. Returns ``{"f1", "map", "classes"}``: macro means (NaN when no
+    class is scored) and the number of classes scored.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    if probs.shape != labels.shape or probs.ndim != 2:
+        raise ValueError(f"probs {probs.shape} and labels {labels.shape} must both be (N, C)")
+    f1s: list[float] = []
+    aps: list[float] = []
+    for c in range(labels.shape[1]):
+        known = labels[:, c] >= 0
+        truth = labels[known, c] == 1
+        if not truth.any():
+            continue
+        pred = probs[known, c] > 0.5
+        tp = int((pred & truth).sum())
+        fp = int((pred & ~truth).sum())
+        fn = int((~pred & truth).sum())
+        f1s.append(2.0 * tp / (2 * tp + fp + fn))
+        ap = average_precision(probs[known, c], truth)
+        assert ap is not None
+        aps.append(ap)
+    nan = float("nan")
+    return {
+        "f1": float(np.mean(f1s)) if f1s else nan,
+        "map": float(np.mean(aps)) if aps else nan,
+        "classes": float(len(f1s)),
+    }

@@ -44,24 +44,41 @@ def classification_loss(
     logits: Sequence[Tensor],
     labels: Tensor,
     stage_weights: Sequence[float] = (0.0, 0.1, 1.0, 1.0),
+    known: Tensor | None = None,
+    pos_weight: Tensor | None = None,
 ) -> Tensor:
     """L_cls = Σ_s w_s·BCE-with-logits(mean_k z_s[c, k], y_c).
 
     logits: 4 × [B, C·K]; labels: [B, C] multi-hot. Stages with weight 0 are skipped.
+    ``known`` [B, C] (1 known, 0 unknown): masked BCE, the mean over known entries only (entries
+    with known = 0 contribute nothing to loss or gradient; 0 when nothing is known). ``pos_weight``
+    [C]: weight of the positive term per class (BCE ``pos_weight``).
     """
     if len(stage_weights) != len(logits):
         raise ConfigError(
             f"loss.stage_weights: {len(stage_weights)} weights for {len(logits)} stages"
         )
     num_classes = labels.shape[1]
+    if known is not None and known.shape != labels.shape:
+        raise ConfigError(
+            f"loss: known of shape {tuple(known.shape)}, labels {tuple(labels.shape)}"
+        )
     target = labels.float()
     total = logits[-1].new_zeros(())
     for w, z in zip(stage_weights, logits, strict=True):
-        if w:
-            _subclasses(z, num_classes)
-            total = total + w * F.binary_cross_entropy_with_logits(
-                merge_mean(z, num_classes), target
+        if not w:
+            continue
+        _subclasses(z, num_classes)
+        merged = merge_mean(z, num_classes)
+        if known is None:
+            term = F.binary_cross_entropy_with_logits(merged, target, pos_weight=pos_weight)
+        else:
+            mask = known.to(merged.dtype)
+            per_entry = F.binary_cross_entropy_with_logits(
+                merged, target, pos_weight=pos_weight, reduction="none"
             )
+            term = (per_entry * mask).sum() / mask.sum().clamp_min(1.0)
+        total = total + w * term
     return total
 
 
@@ -92,7 +109,7 @@ def _masked_softmax(x: Tensor, region: Tensor) -> Tensor:
     return torch.softmax(filled, dim=-1) * region
 
 
-def diversity_loss(
+def diversity_terms(
     features: Tensor,
     prototypes: Tensor,
     mask: Tensor,
@@ -100,13 +117,13 @@ def diversity_loss(
     *,
     mode: str = "intent",
     temperature: float | Tensor = 1.0,
-) -> Tensor:
-    """L_div: mean over same-class prototype pairs i<j of exp(−D_J(v_i, v_j)).
+    labels: Tensor | None = None,
+    min_region_px: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """(L_div, mean D_J): see :func:`diversity_loss`.
 
-    features [B, C_f, h, w] (stage-4 map); prototypes [C·K, C_f] (``intent``: projected stage-4
-    prototypes; ``parity``: raw P with D = C_4); mask [B, h, w] from :func:`pseudo_mask`.
-    v_k = softmax over the region Ω_c of cos(F(u), P_k)/temperature. Per image: mean over classes
-    whose region is non-empty; L_div = Σ_b image loss / B. K = 1 gives 0.
+    The second value (no grad) is the Jeffrey's divergence averaged over the prototype pairs of
+    every valid region (image, class); 0 when no region is valid.
     """
     if mode not in DIV_MODES:
         raise ConfigError(
@@ -123,24 +140,65 @@ def diversity_loss(
             f"diversity_loss: {prototypes.shape[0]} prototypes for {num_classes} classes"
         )
     b = features.shape[0]
+    zero = features.new_zeros(())
     if k < 2:
-        return features.new_zeros(())
+        return zero, zero.detach()
+    if isinstance(temperature, Tensor):
+        temperature = temperature.detach()
     f = F.normalize(features.flatten(2), dim=1)  # [B, C_f, N]
     p = F.normalize(prototypes, dim=1).reshape(num_classes, k, -1)  # [C, K, C_f]
     cos = torch.einsum("ckd,bdn->bckn", p, f) / temperature  # [B, C, K, N]
     offset = 1 if mode == "intent" else 0
     ids = torch.arange(num_classes, device=mask.device) + offset
     region = (mask.flatten(1)[:, None, :] == ids[None, :, None]).unsqueeze(2)  # [B, C, 1, N]
-    region = region.expand_as(cos)
+    valid = region[:, :, 0, :].sum(dim=-1) >= max(1, int(min_region_px))  # [B, C]
+    if labels is not None:
+        valid = valid & (labels > 0.5)
+    region = (region & valid[:, :, None, None]).expand_as(cos)
     v = _masked_softmax(cos, region)
     if mode == "parity":
         v = _masked_softmax(v, region)
     dj = jeffreys_divergence(v.unsqueeze(3), v.unsqueeze(2))  # [B, C, K, K]
     iu = torch.triu_indices(k, k, offset=1, device=v.device)
-    sim = torch.exp(-dj[:, :, iu[0], iu[1]]).mean(dim=-1)  # [B, C]
-    present = region[:, :, 0, :].any(dim=-1).float()  # [B, C]
+    pair_dj = dj[:, :, iu[0], iu[1]]  # [B, C, K(K-1)/2]
+    sim = torch.exp(-pair_dj).mean(dim=-1)  # [B, C]
+    present = valid.to(sim.dtype)
     per_image = (sim * present).sum(dim=1) / present.sum(dim=1).clamp_min(1.0)
-    return per_image.sum() / b
+    mean_dj = (pair_dj.detach().mean(dim=-1) * present).sum() / present.sum().clamp_min(1.0)
+    return per_image.sum() / b, mean_dj
+
+
+def diversity_loss(
+    features: Tensor,
+    prototypes: Tensor,
+    mask: Tensor,
+    num_classes: int,
+    *,
+    mode: str = "intent",
+    temperature: float | Tensor = 1.0,
+    labels: Tensor | None = None,
+    min_region_px: int = 1,
+) -> Tensor:
+    """L_div: mean over same-class prototype pairs i<j of exp(−D_J(v_i, v_j)).
+
+    features [B, C_f, h, w] (stage-4 map); prototypes [C·K, C_f] (``intent``: projected stage-4
+    prototypes; ``parity``: raw P with D = C_4); mask [B, h, w] from :func:`pseudo_mask`.
+    v_k = softmax over the region Ω_c of cos(F(u), P_k)/temperature (a tensor temperature is
+    detached: L_div never moves it). A region (image b, class c) is valid when it has at least
+    ``min_region_px`` pixels and, with ``labels`` [B, C], when c is positive in image b. Per image:
+    mean over its valid regions; L_div = Σ_b image loss / B. K = 1 gives 0.
+    """
+    loss, _ = diversity_terms(
+        features,
+        prototypes,
+        mask,
+        num_classes,
+        mode=mode,
+        temperature=temperature,
+        labels=labels,
+        min_region_px=min_region_px,
+    )
+    return loss
 
 
 def select_subclasses(logits4: Tensor, labels: Tensor) -> Tensor:
@@ -229,8 +287,17 @@ class LPDLoss:
     """L_cls + λ_div·L_div + λ_sim·(L_sim + penalty), with a warm-up of L_cls only.
 
     ``region_encoder`` (needed when λ_sim > 0) is frozen here (eval, no parameter grads).
-    Call with ``(output, images, labels, iteration)``; returns ``{"total", "cls", "div", "sim"}``
-    scalar tensors (``div``/``sim`` are 0 before warm-up or when their λ is 0).
+    Call with ``(output, images, labels, iteration, known=None)``; returns ``{"total", "cls",
+    "div", "sim", "div_jd"}`` scalar tensors (``div``/``sim`` are 0 before warm-up or when their λ
+    is 0; ``div_jd`` is the mean Jeffrey's divergence over the valid L_div regions, a metric).
+
+    L_div options: ``div_temperature`` a float T > 0 or ``"logit_scale"`` (T = 1/t_4, detached,
+    so the cosines are scaled exactly like the stage-4 CAM and L_div cannot move t_4;
+    ``div_use_logit_scale=True`` means the same); None: ``"logit_scale"`` in ``intent`` mode, 1 in
+    ``parity`` mode. In ``intent`` mode only regions of classes
+    positive in the image label count (``div_positive_only``) and regions under
+    ``div_min_region_px`` stage-4 pixels are skipped; ``parity`` mode ignores both (exact code
+    parity). ``pos_weight`` [C]: BCE positive weight per class for L_cls.
     """
 
     def __init__(
@@ -242,14 +309,17 @@ class LPDLoss:
         lambda_sim: float = 0.1,
         warmup_iters: int = 3000,
         div_mode: str = "intent",
-        div_temperature: float = 1.0,
+        div_temperature: float | str | None = None,
         div_use_logit_scale: bool = False,
+        div_positive_only: bool = True,
+        div_min_region_px: int = 4,
         bg_score: float = 0.2,
         region_encoder: nn.Module | None = None,
         sim_tau: float = 0.07,
         sim_mask_alpha: float = 0.5,
         sim_minmax_normalise: bool = False,
         sim_activation_penalty: float = 5e-4,
+        pos_weight: Sequence[float] | Tensor | None = None,
     ) -> None:
         if div_mode not in DIV_MODES:
             raise ConfigError(f"loss.div_mode: unknown {div_mode!r}; expected intent or parity")
@@ -257,8 +327,20 @@ class LPDLoss:
             raise ConfigError(f"loss.stage_weights: need 4 weights, got {list(stage_weights)}")
         if lambda_sim > 0 and region_encoder is None:
             raise ConfigError("loss.lambda_sim: > 0 needs a region encoder for L_sim")
+        if div_temperature is None:
+            div_temperature = "logit_scale" if div_mode == "intent" else 1.0
+        if isinstance(div_temperature, str):
+            if div_temperature != "logit_scale":
+                raise ConfigError(
+                    f"loss.div_temperature: expected a number > 0 or 'logit_scale' "
+                    f"(got {div_temperature!r})"
+                )
+            div_use_logit_scale = True
+            div_temperature = 1.0
         if div_temperature <= 0:
             raise ConfigError(f"loss.div_temperature: must be > 0, got {div_temperature}")
+        if div_min_region_px < 1:
+            raise ConfigError(f"loss.div_min_region_px: must be >= 1, got {div_min_region_px}")
         self.num_classes = num_classes
         self.stage_weights = tuple(float(w) for w in stage_weights)
         self.lambda_div = float(lambda_div)
@@ -267,7 +349,14 @@ class LPDLoss:
         self.div_mode = div_mode
         self.div_temperature = float(div_temperature)
         self.div_use_logit_scale = bool(div_use_logit_scale)
+        self.div_positive_only = bool(div_positive_only)
+        self.div_min_region_px = int(div_min_region_px)
         self.bg_score = float(bg_score)
+        self.pos_weight = None if pos_weight is None else torch.as_tensor(pos_weight).float()
+        if self.pos_weight is not None and self.pos_weight.shape != (num_classes,):
+            raise ConfigError(
+                f"loss.pos_weight: need {num_classes} values, got {tuple(self.pos_weight.shape)}"
+            )
         self.sim_kwargs = {
             "tau": float(sim_tau),
             "mask_alpha": float(sim_mask_alpha),
@@ -292,20 +381,29 @@ class LPDLoss:
         return cls(num_classes, region_encoder=region_encoder, **config.model_dump())
 
     def __call__(
-        self, output: LPDOutput, images: Tensor, labels: Tensor, iteration: int
+        self,
+        output: LPDOutput,
+        images: Tensor,
+        labels: Tensor,
+        iteration: int,
+        known: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Loss terms for one batch; labels [B, C] multi-hot, images [B, 3, H, W] normalised."""
+        """Loss terms for one batch; labels [B, C] 0/1, known [B, C] 0/1 (None: all known),
+        images [B, 3, H, W] normalised."""
         if labels.ndim != 2 or labels.shape[1] != self.num_classes:
             raise ConfigError(
                 f"loss: labels of shape {tuple(labels.shape)}, expected [B, {self.num_classes}]"
             )
-        cls_loss = classification_loss(output.logits, labels, self.stage_weights)
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(labels.device)
+        cls_loss = classification_loss(
+            output.logits, labels, self.stage_weights, known=known, pos_weight=pos_weight
+        )
         zero = cls_loss.new_zeros(())
-        div, sim = zero, zero
+        div, sim, div_jd = zero, zero, zero
         if iteration >= self.warmup_iters:
             cam4 = output.cams[3]
             if self.lambda_div > 0:
-                div = self._diversity(output)
+                div, div_jd = self._diversity(output, labels)
             if self.lambda_sim > 0:
                 assert self.region_encoder is not None
                 sim = similarity_loss(
@@ -318,15 +416,20 @@ class LPDLoss:
                     **self.sim_kwargs,
                 )
         total = cls_loss + self.lambda_div * div + self.lambda_sim * sim
-        return {"total": total, "cls": cls_loss, "div": div, "sim": sim}
+        return {"total": total, "cls": cls_loss, "div": div, "sim": sim, "div_jd": div_jd}
 
-    def _diversity(self, output: LPDOutput) -> Tensor:
+    def _diversity(self, output: LPDOutput, labels: Tensor) -> tuple[Tensor, Tensor]:
         mask = pseudo_mask(output.cams[3], self.num_classes, bg_score=self.bg_score)
         temperature: float | Tensor = self.div_temperature
         if self.div_use_logit_scale:
-            temperature = 1.0 / output.logit_scales[3]
+            temperature = 1.0 / output.logit_scales[3].detach()
+        region_kwargs: dict[str, Any] = {}
         if self.div_mode == "intent":
             protos = output.prototypes[3]
+            region_kwargs = {
+                "labels": labels if self.div_positive_only else None,
+                "min_region_px": self.div_min_region_px,
+            }
         else:
             protos = output.raw_prototypes
             if protos.shape[1] != output.features[3].shape[1]:
@@ -334,13 +437,14 @@ class LPDLoss:
                     f"head.prototype_dim: parity L_div needs prototype_dim == stage-4 width "
                     f"({protos.shape[1]} != {output.features[3].shape[1]})"
                 )
-        return diversity_loss(
+        return diversity_terms(
             output.features[3],
             protos,
             mask,
             self.num_classes,
             mode=self.div_mode,
             temperature=temperature,
+            **region_kwargs,
         )
 
 
