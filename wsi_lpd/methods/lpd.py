@@ -47,7 +47,7 @@ class RegionEncoder(nn.Module):
 class LPDMethod(Method):
     """``lpd`` (learnable prototypes, L_cls + λ_div·L_div + λ_sim·L_sim) and ``cam`` (K = 1)."""
 
-    loss_keys = ("total", "cls", "div", "sim")
+    loss_keys = ("total", "cls", "div", "sim", "div_jd")
 
     def __init__(self, config: TrainingConfig, classes: ClassList) -> None:
         super().__init__(config, classes)
@@ -74,7 +74,9 @@ class LPDMethod(Method):
     def losses(self, batches: Mapping[str, Batch], iteration: int) -> dict[str, Tensor]:
         batch = batches["train"]
         output = self.runner(batch["image"])
-        return self.criterion(output, batch["image"], batch["labels"], iteration)
+        return self.criterion(
+            output, batch["image"], batch["labels"], iteration, known=batch.get("known")
+        )
 
     def label_logits(self, images: Tensor) -> Tensor:
         return merge_softmax_weighted(self.model(images).logits[3], self.classes.num_foreground)

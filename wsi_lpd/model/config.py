@@ -230,8 +230,11 @@ class LossConfig(Section):
     lambda_sim: float = Field(0.1, ge=0.0)
     warmup_iters: int = Field(3000, ge=0)
     div_mode: Literal["intent", "parity"] = "intent"
-    div_temperature: float = Field(1.0, gt=0.0)
+    #: a number > 0, or "logit_scale" (1/t_4, detached); None: logit_scale (intent), 1 (parity)
+    div_temperature: Annotated[float, Field(gt=0.0)] | Literal["logit_scale"] | None = None
     div_use_logit_scale: StrictBool = False
+    div_positive_only: StrictBool = True  # intent: only regions of classes in the image label
+    div_min_region_px: int = Field(4, ge=1)  # intent: skip smaller stage-4 regions
     bg_score: float = 0.2
     sim_tau: float = Field(0.07, gt=0.0)
     sim_mask_alpha: Probability = 0.5
