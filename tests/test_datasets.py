@@ -63,7 +63,9 @@ def test_bcss_train_split(bcss_root: Path) -> None:
     ds = BcssWsssDataset(bcss_root, "train")
     assert len(ds) == 2 and ds.classes == BCSS_CLASSES and not ds.has_masks
     item = ds[0]
-    assert set(item) == {"image", "labels"}
+    assert set(item) == {"image", "labels", "known", "slide"}
+    torch.testing.assert_close(item["known"], torch.ones(4))
+    assert int(item["slide"]) == -1
     assert item["image"].dtype == torch.float32 and item["image"].shape == (3, PX, PX)
     torch.testing.assert_close(item["labels"], torch.tensor([1.0, 1.0, 0.0, 1.0]))
     mean, std = LPD_NORMALISATION["mean"], LPD_NORMALISATION["std"]
@@ -121,7 +123,7 @@ def _write_store(path: Path, n: int, with_masks: bool = True) -> None:
         for i in range(n):
             image = np.full((PX, PX, 3), i, dtype=np.uint8)
             mask = rng.integers(0, 5, size=(PX, PX), dtype=np.uint8) if with_masks else None
-            labels = np.array([i % 2, 1, 0, 0], dtype=np.uint8)
+            labels = np.array([i % 2, 1, 0, -1 if i > 10 else 0], dtype=np.int8)
             w.append(image, labels, (10 * i, 20 * i), s0 if i < n // 2 else s1, mask)
 
 
@@ -134,15 +136,20 @@ def test_patch_store_roundtrip_and_dataset(tmp_path: Path) -> None:
     np.testing.assert_array_equal(store.coords[18], [180, 360])
     assert int(store.slide_index[8]) == 0 and int(store.slide_index[9]) == 1
 
-    ds = PatchDataset(path, indices=[3, 18])
+    ds = PatchDataset(path, indices=[3, 18], slide_offset=5)
     assert len(ds) == 2
     item = ds[1]
-    assert set(item) == {"image", "labels", "mask"}
+    assert set(item) == {"image", "labels", "known", "slide", "mask"}
     torch.testing.assert_close(item["labels"], torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(item["known"], torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    assert item["slide"].dtype == torch.int64 and int(item["slide"]) == 6
+    np.testing.assert_array_equal(ds.labels, [[1, 1, 0, 0], [0, 1, 0, 0]])
+    np.testing.assert_array_equal(ds.known, [[1, 1, 1, 1], [1, 1, 1, 0]])
+    np.testing.assert_array_equal(ds.coords, [[30, 60], [180, 360]])
     expected = (18 / 255 - LPD_NORMALISATION["mean"][1]) / LPD_NORMALISATION["std"][1]
     assert float(item["image"][1, 0, 0]) == pytest.approx(expected, rel=1e-5)
     np.testing.assert_array_equal(item["mask"].numpy(), store.masks[18])
-    np.testing.assert_array_equal(ds.slide_index, [0, 1])
+    np.testing.assert_array_equal(ds.slide_index, [5, 6])
 
     loader = torch.utils.data.DataLoader(
         PatchDataset(path, augment=Augment(seed=1)), batch_size=4, num_workers=1

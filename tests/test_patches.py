@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import shapely
 import tifffile
 import typer
 from shapely.geometry import box
@@ -20,6 +22,7 @@ from wsi_lpd.patch_store import (
     build_patch_store_from_annotations,
     build_patch_store_from_csv,
     class_coverage,
+    label_states,
     open_patch_store,
 )
 from wsi_lpd.tiling import make_tile_grid
@@ -274,7 +277,8 @@ def test_stage_errors_leave_no_store(tmp_path: Path, tiles: Path) -> None:
 
 
 def test_store_from_synthetic_slide_matches_annotations(tmp_path: Path) -> None:
-    """End to end on `wsi_lpd.synth`: labels agree with a per-patch reference and the truth."""
+    """End to end on `wsi_lpd.synth`: three-state labels agree with a per-patch reference; with
+    the truth mask, labels come from the mask and are all known."""
     from shapely.geometry import box as shp_box
 
     from wsi_lpd.geojson import read_annotations
@@ -288,34 +292,97 @@ def test_store_from_synthetic_slide_matches_annotations(tmp_path: Path) -> None:
     )
     (tmp_path / "tiles").mkdir()
     grid.save(tmp_path / "tiles" / "tiles.npz")
-    out = tmp_path / "syn.zarr"
-    build_patch_store_from_annotations(
+    build = functools.partial(
+        build_patch_store_from_annotations,
         [tmp_path / "tiles"],
         [syn.annotations_path],
-        out,
-        BCSS_CLASSES,
-        truth_masks=[syn.mask_path],
+        classes=BCSS_CLASSES,
         progress=False,
     )
-    store = open_patch_store(out)
+    build(out=tmp_path / "ann.zarr")
+    store = open_patch_store(tmp_path / "ann.zarr")
     # Reference: per tile, per class, annotated area fraction by plain shapely, one by one.
     anns = read_annotations(syn.annotations_path)
+    union = shapely.union_all([a.geometry for a in anns])
     expected: dict[tuple[int, int], list[int]] = {}
     for x, y in zip(grid.x, grid.y, strict=True):
         tile = shp_box(x, y, x + 128, y + 128)
         frac = [
             sum(a.geometry.intersection(tile).area for a in anns if a.class_name == name)
             / tile.area
-            for name in BCSS_CLASSES.names
+            for name in BCSS_CLASSES.foreground_names
         ]
-        if max(frac) >= 0.1:
-            expected[(int(x), int(y))] = [int(f >= 0.1) for f in frac[:4]]
+        complete = union.intersection(tile).area / tile.area >= 0.9
+        row = [1 if f >= 0.1 else (0 if complete else -1) for f in frac]
+        if any(v != -1 for v in row):
+            expected[(int(x), int(y))] = row
     coords = [tuple(int(v) for v in c) for c in store.coords[:]]
-    assert len(coords) == len(expected) > 10  # patches outside annotations are left out
-    labels = store.labels[:]
-    for c, row in zip(coords, labels, strict=True):
+    assert len(coords) == len(expected) > 10  # patches without a known label are left out
+    states = store.label_states()
+    for c, row in zip(coords, states, strict=True):
         assert list(row) == expected[c], c
-    assert labels.sum(axis=0).min() > 0  # every class occurs on this slide
-    for row, mask in zip(labels, store.masks[:], strict=True):  # labels are seen in the truth
-        if row.any():
-            assert np.isin(np.flatnonzero(row), np.unique(mask)).any()
+    assert (states == 1).sum(axis=0).min() > 0  # every class occurs on this slide
+
+    build(out=tmp_path / "truth.zarr", truth_masks=[syn.mask_path])
+    truth = open_patch_store(tmp_path / "truth.zarr")
+    assert truth.known().all()
+    for row, mask in zip(truth.label_states(), truth.masks[:], strict=True):
+        share = np.bincount(mask.reshape(-1), minlength=5)[:4] / mask.size
+        np.testing.assert_array_equal(row, (share >= 0.1).astype(np.int8))
+
+
+def test_partly_annotated_patch_has_unknown_labels(tmp_path: Path, tiles: Path) -> None:
+    """Half inside a TUM annotation, half unannotated: TUM positive, every other class unknown."""
+    ann = tmp_path / "half.geojson"
+    write_feature_collection(
+        ann,
+        [
+            feature(box(0, 0, 32, 64), "TUM", (200, 0, 0)),  # left half of tile (0, 0)
+            feature(box(128, 0, 192, 64), "TUM", (200, 0, 0)),  # all of tile (128, 0) …
+            feature(box(128, 0, 136, 64), "STR", (255, 165, 0)),  # … and 1/8 of it STR
+        ],
+    )
+    build_patch_store_from_annotations(
+        [tiles], [ann], tmp_path / "s.zarr", BCSS_CLASSES, progress=False
+    )
+    store = open_patch_store(tmp_path / "s.zarr")
+    assert [tuple(c) for c in store.coords[:]] == [(0, 0), (128, 0)]
+    np.testing.assert_array_equal(store.label_states(), [[1, -1, -1, -1], [1, 1, 0, 0]])
+    np.testing.assert_array_equal(store.positive(), [[1, 0, 0, 0], [1, 1, 0, 0]])
+    np.testing.assert_array_equal(store.known(), [[1, 0, 0, 0], [1, 1, 1, 1]])
+    np.testing.assert_allclose(store.patch_level0_px(), [64.0])
+    assert store.slide_mpp == [0.5]
+
+
+def test_label_states_follow_tissue_fraction() -> None:
+    """Negatives need the annotations to cover ≥ min_annotated_fraction of the patch's tissue."""
+    class_fraction = np.array([[0.5, 0.0], [0.5, 0.0], [0.0, 0.05], [0.0, 0.0]])
+    annotated = np.array([0.5, 0.5, 0.05, 0.0])
+    tissue = np.array([1.0, 0.5, 0.05, 0.0])
+    states = label_states(class_fraction, annotated, tissue, 0.1, 0.9)
+    np.testing.assert_array_equal(states, [[1, -1], [1, 0], [0, 0], [-1, -1]])
+
+
+def test_legacy_store_loads(tmp_path: Path) -> None:
+    """A ``wsi-lpd-patches/1`` store (uint8 multi-hot, no slide_mpp) reads as all known."""
+    import zarr
+
+    group = zarr.open_group(tmp_path / "old.zarr", mode="w")
+    group.create_array("images", data=np.zeros((2, 8, 8, 3), dtype=np.uint8))
+    group.create_array("labels", data=np.array([[1, 0, 0, 1], [0, 0, 0, 0]], dtype=np.uint8))
+    group.create_array("coords", data=np.array([[0, 0], [8, 0]], dtype=np.int64))
+    group.create_array("slide_index", data=np.zeros(2, dtype=np.int32))
+    group.attrs.update(
+        {
+            "format": "wsi-lpd-patches/1",
+            "classes": BCSS_CLASSES.to_dict(),
+            "mpp": 1.0,
+            "patch_px": 8,
+            "slides": ["old"],
+        }
+    )
+    store = open_patch_store(tmp_path / "old.zarr")
+    np.testing.assert_array_equal(store.label_states(), [[1, 0, 0, 1], [0, 0, 0, 0]])
+    assert store.known().all() and store.slide_mpp == [None]
+    assert np.isnan(store.patch_level0_px()).all()
+    np.testing.assert_array_equal(store.slide_indices(), [0, 0])

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
-from wsi_lpd.errors import ConfigError
+from wsi_lpd.errors import AnnotationError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,3 +112,83 @@ DEFAULT_COLORS: dict[str, tuple[int, int, int]] = {
 }
 
 BCSS_CLASSES = ClassList.from_names(["TUM", "STR", "LYM", "NEC"])
+
+
+QUPATH_CLASS_NAMES: dict[str, str] = {
+    "Tumor": "TUM",
+    "Stroma": "STR",
+    "Immune cells": "LYM",
+    "Necrosis": "NEC",
+}
+"""QuPath's built-in classification names → the default model class names."""
+
+UnknownClassPolicy = Literal["ignore", "refuse"]
+
+
+@dataclass(frozen=True)
+class ClassMapping:
+    """Annotation class names (QuPath's) → model class names of ``classes``.
+
+    A name resolves, in order, through ``class_map`` (exact, then case-insensitive; a ``None``
+    value drops that annotation class on purpose), the model's own names (exact, then
+    case-insensitive) and :data:`QUPATH_CLASS_NAMES` when its target is a model class. Any other
+    name follows ``unknown_classes``: ``ignore`` (counted, logged once per file by
+    :meth:`report`) or ``refuse`` (``AnnotationError`` naming the class and the file).
+    """
+
+    classes: ClassList
+    class_map: Mapping[str, str | None] = field(default_factory=dict)
+    unknown_classes: UnknownClassPolicy = "ignore"
+
+    def __post_init__(self) -> None:
+        if self.unknown_classes not in ("ignore", "refuse"):
+            raise ConfigError(
+                f"unknown_classes: must be 'ignore' or 'refuse', got {self.unknown_classes!r}"
+            )
+        for source, target in self.class_map.items():
+            if target is not None and target not in self.classes.names:
+                raise ConfigError(
+                    f"class_map.{source}: {target!r} is not a class "
+                    f"({', '.join(self.classes.names)})"
+                )
+
+    def resolve(self, name: str) -> str | None:
+        """The model class name of annotation class ``name``; None when it maps to nothing."""
+        lowered = name.casefold()
+        for table in (self.class_map, {n: n for n in self.classes.names}, self._qupath()):
+            if name in table:
+                return table[name]
+            for source, target in table.items():
+                if source.casefold() == lowered:
+                    return target
+        return None
+
+    def _qupath(self) -> dict[str, str]:
+        return {k: v for k, v in QUPATH_CLASS_NAMES.items() if v in self.classes.names}
+
+    def is_mapped(self, name: str) -> bool:
+        """Whether ``name`` has an explicit entry (``class_map`` may map a name to None)."""
+        return any(source.casefold() == name.casefold() for source in self.class_map)
+
+    def indices(self, names: Iterable[str | None], source: object) -> list[int | None]:
+        """Index into ``classes.all`` per annotation class name (None: dropped or unclassified).
+
+        Unknown names are refused (``AnnotationError`` naming ``source``) or ignored with one
+        warning per name and file, giving its count.
+        """
+        out: list[int | None] = []
+        ignored: Counter[str] = Counter()
+        for name in names:
+            target = None if name is None else self.resolve(name)
+            if name is not None and target is None and not self.is_mapped(name):
+                if self.unknown_classes == "refuse":
+                    raise AnnotationError(
+                        f"{source}: annotation class {name!r} is not a model class "
+                        f"({', '.join(self.classes.names)}); map it in patches.class_map or "
+                        "set patches.unknown_classes: ignore"
+                    )
+                ignored[name] += 1
+            out.append(None if target is None else self.classes.index(target))
+        for name, count in sorted(ignored.items()):
+            log.warning("%s: ignored %d annotation(s) of class %r", source, count, name)
+        return out

@@ -1,8 +1,10 @@
 """Torch datasets: patch stores (:mod:`wsi_lpd.patch_store`) and BCSS-WSSS / LUAD-HistoSeg folders.
 
-Every item is ``dict(image=float32 3×H×W normalised, labels=float32 C multi-hot, mask=int64 H×W)``;
-``mask`` (class indices, background = C) only when ground truth is known. Images are RGB in [0, 1]
-before ``(x - mean) / std``.
+Every item is ``dict(image=float32 3×H×W normalised, labels=float32 C (1 where positive),
+known=float32 C (1 where the label is known: positive or negative), slide=int64 slide index,
+mask=int64 H×W)``; ``mask`` (class indices, background = C) only when ground truth is known.
+Losses ignore ``labels`` where ``known`` is 0. ``slide`` is -1 where there is no slide (BCSS
+folders). Images are RGB in [0, 1] before ``(x - mean) / std``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch.utils.data import Dataset
 from wsi_lpd.augment import Augment
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.errors import DatasetError
-from wsi_lpd.patch_store import PatchStore, open_patch_store
+from wsi_lpd.patch_store import POSITIVE, UNKNOWN, PatchStore, open_patch_store
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ def _worker_reseed(augment: Augment | None) -> None:
 def _item(
     image: np.ndarray,
     labels: np.ndarray,
+    known: np.ndarray,
+    slide: int,
     mask: np.ndarray | None,
     normalisation: Mapping[str, Sequence[float]],
     augment: Augment | None,
@@ -71,6 +75,8 @@ def _item(
     item = {
         "image": normalise(image, normalisation),
         "labels": torch.as_tensor(labels, dtype=torch.float32),
+        "known": torch.as_tensor(known, dtype=torch.float32),
+        "slide": torch.tensor(slide, dtype=torch.int64),
     }
     if mask is not None:
         item["mask"] = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
@@ -80,8 +86,11 @@ def _item(
 class PatchDataset(Dataset):
     """Items of a patch store; zarr is opened lazily in each process (safe with DataLoader workers).
 
-    ``indices`` selects a subset (e.g. a train/validation split); ``labels`` (N×C uint8 numpy)
-    and ``slide_index`` of the selection are loaded eagerly for samplers and splits.
+    ``indices`` selects a subset (e.g. a train/validation split). Loaded eagerly for samplers and
+    splits, for the selection: ``labels`` (N×C uint8, 1 where positive), ``known`` (N×C uint8),
+    ``slide_index`` (N,) int64 (plus ``slide_offset``, so stores concatenated with distinct
+    offsets keep distinct slides), ``coords`` (N×2 int64 level-0 px); per slide of the store:
+    ``patch_level0_px`` (NaN where unknown).
     """
 
     def __init__(
@@ -90,6 +99,7 @@ class PatchDataset(Dataset):
         normalisation: Mapping[str, Sequence[float]] = LPD_NORMALISATION,
         augment: Augment | None = None,
         indices: Sequence[int] | np.ndarray | None = None,
+        slide_offset: int = 0,
     ) -> None:
         self.store_path = Path(store_path)
         store = open_patch_store(self.store_path)
@@ -102,8 +112,13 @@ class PatchDataset(Dataset):
         self.patch_px = store.patch_px
         self.slides = store.slides
         self.has_masks = store.has_masks
-        self.labels = np.asarray(store.labels[:])[self.indices]
-        self.slide_index = np.asarray(store.slide_index[:])[self.indices]
+        states = store.label_states()[self.indices]
+        self.labels = (states == POSITIVE).astype(np.uint8)
+        self.known = (states != UNKNOWN).astype(np.uint8)
+        self.slide_offset = int(slide_offset)
+        self.slide_index = store.slide_indices()[self.indices] + self.slide_offset
+        self.coords = store.coords_level0()[self.indices]
+        self.patch_level0_px = store.patch_level0_px()
         self.normalisation = normalisation
         self.augment = augment
         self._store: PatchStore | None = None
@@ -129,7 +144,15 @@ class PatchDataset(Dataset):
         j = int(self.indices[i])
         image = np.asarray(store.images[j])
         mask = np.asarray(store.masks[j]) if store.masks is not None else None
-        return _item(image, self.labels[i], mask, self.normalisation, self.augment)
+        return _item(
+            image,
+            self.labels[i],
+            self.known[i],
+            int(self.slide_index[i]),
+            mask,
+            self.normalisation,
+            self.augment,
+        )
 
 
 def parse_label_suffix(name: str, num_classes: int) -> np.ndarray:
@@ -189,8 +212,9 @@ class BcssWsssDataset(Dataset):
     ``[1101]`` / ``[1 1 0 1]``, no masks. ``valid``/``test``: ``root/{valid|val|test}/img/*.png``
     with masks of the same name in ``mask/`` (values 0..C-1 tissue, C background); labels = tissue
     classes in the mask (read with the mask, so ``labels`` — N×C uint8 — is eager for ``train``
-    only, ``None`` otherwise). ``classes`` defaults to the layout's classes (``bcss``: TUM STR LYM
-    NEC; ``luad``: TE NEC LYM TAS).
+    only, ``None`` otherwise; ``known`` likewise, all ones: folder labels are fully known).
+    ``classes`` defaults to the layout's classes (``bcss``: TUM STR LYM NEC; ``luad``: TE NEC
+    LYM TAS).
     """
 
     def __init__(
@@ -234,6 +258,7 @@ class BcssWsssDataset(Dataset):
             if missing:
                 raise DatasetError(f"{missing[0]}: mask missing ({len(missing)} image(s) lack one)")
             self.labels = None
+        self.known = None if self.labels is None else np.ones_like(self.labels)
         self.has_masks = self.masks is not None
         log.info("%s %s: %d images", self.root, split, len(self.images))
 
@@ -243,16 +268,17 @@ class BcssWsssDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         _worker_reseed(self.augment)
         image = read_png_rgb(self.images[i])
+        known = np.ones(self.classes.num_foreground, dtype=np.uint8)
         if self.masks is None:
             assert self.labels is not None
-            return _item(image, self.labels[i], None, self.normalisation, self.augment)
+            return _item(image, self.labels[i], known, -1, None, self.normalisation, self.augment)
         mask = read_index_mask(self.masks[i], self.classes.num_foreground)
         if mask.shape != image.shape[:2]:
             raise DatasetError(
                 f"{self.masks[i]}: mask {mask.shape} does not match image {image.shape[:2]}"
             )
         labels = mask_labels(mask, self.classes.num_foreground)
-        return _item(image, labels, mask, self.normalisation, self.augment)
+        return _item(image, labels, known, -1, mask, self.normalisation, self.augment)
 
 
 def mask_labels(mask: np.ndarray, num_foreground: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
@@ -58,25 +59,62 @@ def _class_name(properties: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _features(data: Any) -> Iterable[Mapping[str, Any]]:
+GEOMETRY_TYPES = (
+    "Point",
+    "MultiPoint",
+    "LineString",
+    "MultiLineString",
+    "Polygon",
+    "MultiPolygon",
+    "GeometryCollection",
+)
+
+
+def _features(data: Any, path: Path) -> Iterable[Mapping[str, Any]]:
+    """Features of a FeatureCollection, a Feature, a bare geometry or a JSON array of them.
+
+    Anything else (valid JSON that is not GeoJSON) raises ``AnnotationError`` naming ``path``.
+    """
     if isinstance(data, list):
         for item in data:
-            yield from _features(item)
-    elif isinstance(data, Mapping):
-        kind = data.get("type")
-        if kind == "FeatureCollection":
-            yield from _features(data.get("features", []))
-        elif kind == "Feature":
-            yield data
-        elif kind is not None:  # a bare geometry
-            yield {"type": "Feature", "geometry": data, "properties": {}}
+            yield from _features(item, path)
+        return
+    kind = data.get("type") if isinstance(data, Mapping) else None
+    if kind == "FeatureCollection" and isinstance(data.get("features", []), list):
+        yield from _features(data.get("features", []), path)
+    elif kind == "Feature":
+        yield data
+    elif kind in GEOMETRY_TYPES:
+        yield {"type": "Feature", "geometry": data, "properties": {}}
+    else:
+        shown = f"type {kind!r}" if kind is not None else f"a JSON {type(data).__name__}"
+        raise AnnotationError(
+            f"{path}: not GeoJSON (found {shown}; "
+            "expected a FeatureCollection, Feature or geometry)"
+        )
 
 
-def read_annotations(path: str | os.PathLike) -> list[Annotation]:
+def qupath_offset_px(slide: Any) -> tuple[int, int]:
+    """Level-0 (dx, dy) to add to QuPath coordinates of ``slide`` to get slide level-0 px.
+
+    QuPath shows a cropped slide (OpenSlide ``bounds-x``/``bounds-y``, e.g. MRXS) from its bounds,
+    so its coordinates are relative to them: the rule of ``export --subtract-bounds``, reversed.
+    ``slide`` is anything with ``bounds`` = (x, y, w, h) level-0 px (:class:`wsi_lpd.slide.Slide`);
+    (0, 0) for an uncropped slide.
+    """
+    x, y = slide.bounds[:2]
+    return int(x), int(y)
+
+
+def read_annotations(
+    path: str | os.PathLike, offset_px: tuple[float, float] = (0.0, 0.0)
+) -> list[Annotation]:
     """Read polygon annotations from a QuPath GeoJSON export (``.geojson``, ``.json``, ``.gz``).
 
+    ``offset_px`` (level-0 px, from :func:`qupath_offset_px`) is added to every coordinate.
     Non-polygonal geometries are skipped with a warning; invalid polygons are repaired with
-    ``make_valid`` (keeping their polygonal part).
+    ``make_valid`` (keeping their polygonal part). Valid JSON that is not GeoJSON raises
+    ``AnnotationError`` naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -84,11 +122,14 @@ def read_annotations(path: str | os.PathLike) -> list[Annotation]:
     try:
         with _open_text(path, "r") as fh:
             data = json.load(fh)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, EOFError) as exc:
         raise AnnotationError(f"{path}: not readable as GeoJSON ({exc})") from exc
+    dx, dy = float(offset_px[0]), float(offset_px[1])
     out: list[Annotation] = []
     skipped = 0
-    for i, feat in enumerate(_features(data)):
+    for i, feat in enumerate(_features(data, path)):
+        if not isinstance(feat, Mapping):
+            raise AnnotationError(f"{path}: feature {i} is not a JSON object")
         geom_data = feat.get("geometry")
         if geom_data is None:
             skipped += 1
@@ -101,7 +142,10 @@ def read_annotations(path: str | os.PathLike) -> list[Annotation]:
         if geom is None or geom.is_empty:
             skipped += 1
             continue
-        props = dict(feat.get("properties") or {})
+        if dx or dy:
+            geom = shapely.transform(geom, lambda xy: xy + np.array([dx, dy]))
+        raw_props = feat.get("properties")
+        props = dict(raw_props) if isinstance(raw_props, Mapping) else {}
         out.append(Annotation(geom, _class_name(props), props))
     if skipped:
         log.warning("%s: skipped %d feature(s) without a polygonal geometry", path, skipped)
