@@ -17,7 +17,8 @@ from wsi_lpd.classes import ClassList
 from wsi_lpd.datasets import LPD_NORMALISATION, PatchDataset
 from wsi_lpd.model.checkpoint import load_model
 from wsi_lpd.patch_store import PatchStoreWriter
-from wsi_lpd.training import TrainConfig, poly_lr, train
+from wsi_lpd.model.config import TrainingConfig, training_config_from_mapping
+from wsi_lpd.training import poly_lr, train
 
 CLASSES = ClassList.from_names(["A", "B"])
 PATCH = 32
@@ -59,10 +60,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _config(**train_overrides: object) -> TrainConfig:
+def _config(**train_overrides: object) -> TrainingConfig:
     raw = yaml.safe_load(TINY.read_text())
     raw["train"].update(train_overrides)
-    return TrainConfig.from_mapping(raw)
+    return training_config_from_mapping(raw)
 
 
 def test_poly_schedule_decays_to_zero() -> None:
@@ -86,7 +87,8 @@ def test_train_writes_checkpoint_log_and_curves(store: Path, tmp_path: Path) -> 
         out_dir=tmp_path,
     )
     assert result.iterations == 6
-    assert result.best_miou is not None and 0.0 <= result.best_miou <= 1.0
+    assert result.best_metric == "val_mIoU"
+    assert result.best_score is not None and 0.0 <= result.best_score <= 1.0
     for name in ("model.pt", "last.pt", "train_log.csv", "curves.png"):
         assert (tmp_path / name).stat().st_size > 0
     with open(tmp_path / "train_log.csv") as fh:
@@ -96,7 +98,8 @@ def test_train_writes_checkpoint_log_and_curves(store: Path, tmp_path: Path) -> 
     assert rows[-1]["val_mIoU"] != ""
     model, contract = load_model(tmp_path / "model.pt")
     assert contract["mpp"] == 1.0 and contract["patch_px"] == PATCH
-    assert contract["training"]["best_val_mIoU"] == pytest.approx(result.best_miou)
+    assert contract["training"]["best_score"] == pytest.approx(result.best_score)
+    assert contract["untrained_classes"] == [] and contract["augmentation"]["hflip_p"] == 0.5
     probs = model.predict(data[0]["image"][None])
     assert probs.shape == (1, 3, PATCH, PATCH)
     assert torch.allclose(probs.sum(1), torch.ones(1, PATCH, PATCH), atol=1e-5)
@@ -138,8 +141,8 @@ def test_baselines_train_in_the_same_engine(store: Path, tmp_path: Path, method:
     raw = yaml.safe_load(TINY.read_text())
     raw["model"]["head"]["prototypes_per_class"] = 1 if method == "cam" else 2
     raw["train"].update(max_iters=2, pbip_features_per_class=4)
-    config = TrainConfig.from_mapping(raw, method=method)
-    assert config.loss["lambda_div"] == 0.0
+    config = training_config_from_mapping(raw, method=method)
+    assert config.loss is not None and config.loss.lambda_div == 0.0
     data = PatchDataset(store, LPD_NORMALISATION)
     train(
         config,
@@ -168,7 +171,7 @@ def test_train_stage_cli(store: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         _app(),
         [
-            "--config",
+            "--model-config",
             str(TINY),
             "--patches",
             str(store),
@@ -182,6 +185,7 @@ def test_train_stage_cli(store: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert (out / "model.pt").is_file() and (out / "run.json").is_file()
+    assert "validation split" in result.output
 
 
 def test_train_stage_rejects_bad_inputs(store: Path, tmp_path: Path) -> None:
@@ -206,3 +210,159 @@ def test_train_stage_rejects_bad_inputs(store: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "train.lr2" in result.output
+
+
+def _write_config(tmp_path: Path, **train: object) -> Path:
+    raw = yaml.safe_load(TINY.read_text())
+    raw["train"].update(train)
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("abc", "train.lr: Input should be a valid number"), (-1e-3, "train.lr: Input should be")],
+)
+def test_mistyped_config_value_is_one_line_naming_file_and_key(
+    store: Path, tmp_path: Path, value: object, problem: str
+) -> None:
+    path = _write_config(tmp_path, lr=value)
+    result = CliRunner().invoke(
+        _app(), ["--model-config", str(path), "--patches", str(store), "--out", str(tmp_path / "m")]
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"{path}: {problem}" in lines[0], result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_numbers_written_as_strings_are_numbers_and_ranges_are_checked(tmp_path: Path) -> None:
+    from wsi_lpd.errors import ConfigError
+    from wsi_lpd.model.config import load_training_config
+
+    assert load_training_config(_write_config(tmp_path, lr="5e-5")).train.lr == 5e-5
+    for key, value in (("max_iters", -1), ("epochs", 0), ("batch_size", 0), ("val_fraction", 1.5)):
+        with pytest.raises(ConfigError, match=rf"x\.yaml: train\.{key}: "):
+            load_training_config(_write_config(tmp_path, **{key: value}))
+
+
+def test_nan_loss_is_a_typed_error_naming_the_iteration(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsi_lpd.errors import TrainingDivergedError
+    from wsi_lpd.methods.lpd import LPDMethod
+
+    def nan_losses(self, batches, iteration):  # noqa: ANN001, ANN202
+        out = self.runner(batches["train"]["image"])
+        return {"total": out.logits[3].sum() * float("nan")}
+
+    monkeypatch.setattr(LPDMethod, "losses", nan_losses)
+    data = PatchDataset(store, LPD_NORMALISATION)
+    with pytest.raises(TrainingDivergedError, match="at iteration 1 "):
+        train(
+            _config(max_iters=2),
+            data,
+            None,
+            CLASSES,
+            mpp=1.0,
+            patch_px=PATCH,
+            normalisation=LPD_NORMALISATION,
+            out_dir=tmp_path / "m",
+        )
+    assert not (tmp_path / "m").exists()
+
+
+def test_killed_run_leaves_no_output_and_resumes_from_its_state(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsi_lpd.methods.lpd import LPDMethod
+    from wsi_lpd.training import state_dir
+
+    torch.set_num_threads(1)
+    data = PatchDataset(store, LPD_NORMALISATION)  # 24 patches / batch 4: 6 iterations per epoch
+    original = LPDMethod.losses
+
+    def killed_at_8(self, batches, iteration):  # noqa: ANN001, ANN202
+        if iteration == 7:
+            raise KeyboardInterrupt
+        return original(self, batches, iteration)
+
+    monkeypatch.setattr(LPDMethod, "losses", killed_at_8)
+    out = tmp_path / "m"
+    kwargs = dict(mpp=1.0, patch_px=PATCH, normalisation=LPD_NORMALISATION, out_dir=out)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(max_iters=10), data, None, CLASSES, **kwargs)
+    assert not out.exists() and (state_dir(out) / "last.pt").is_file()
+    monkeypatch.setattr(LPDMethod, "losses", original)
+    result = train(_config(max_iters=10), data, None, CLASSES, resume=True, **kwargs)
+    assert [r["iteration"] for r in result.history] == [2, 4, 6, 8, 10]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "curves.png",
+        "last.pt",
+        "model.pt",
+        "train_log.csv",
+    ]
+    assert not state_dir(out).exists()
+
+
+def test_untrained_class_never_crashes_and_is_never_predicted(
+    store: Path, tmp_path: Path
+) -> None:
+    """Store classes A, B; config trained on A, B, C: C has no patch (lpd) and pbip survives."""
+    torch.set_num_threads(1)
+    classes = ClassList.from_names(["A", "B", "C"])
+    data = PatchDataset(store, LPD_NORMALISATION)
+    data.labels = np.concatenate([data.labels, np.zeros((len(data), 1), np.uint8)], axis=1)
+    data.known = np.ones_like(data.labels)
+    for method in ("lpd", "pbip"):
+        raw = yaml.safe_load(TINY.read_text())
+        raw["train"].update(max_iters=2, pbip_features_per_class=4)
+        cfg = training_config_from_mapping(raw, method=method)
+        out = tmp_path / method
+        train(
+            cfg,
+            data,
+            None,
+            classes,
+            mpp=1.0,
+            patch_px=PATCH,
+            normalisation=LPD_NORMALISATION,
+            out_dir=out,
+        )
+        model, contract = load_model(out / "model.pt")
+        assert contract["untrained_classes"] == ["C"]
+        probs = model.predict(torch.randn(2, 3, PATCH, PATCH))
+        assert float(probs[:, 2].max()) == 0.0
+        assert torch.allclose(probs.sum(1), torch.ones(2, PATCH, PATCH), atol=1e-5)
+
+
+def test_label_validation_without_masks_and_class_balance(store: Path, tmp_path: Path) -> None:
+    """No masks: best checkpoint by label F1 on held-out patches; class_balance: sampler."""
+    torch.set_num_threads(1)
+    data = PatchDataset(store, LPD_NORMALISATION, indices=np.arange(18))
+    val = PatchDataset(store, LPD_NORMALISATION, indices=np.arange(18, 24))
+    val.has_masks = False
+    result = train(
+        _config(max_iters=4, class_balance="sampler"),
+        data,
+        val,
+        CLASSES,
+        mpp=1.0,
+        patch_px=PATCH,
+        normalisation=LPD_NORMALISATION,
+        out_dir=tmp_path / "m",
+    )
+    assert result.best_metric == "val_F1"
+    with open(tmp_path / "m" / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[-1]["val_F1"] != "" and rows[-1]["val_mIoU"] == ""
+
+
+def test_train_config_flag_is_a_deprecated_alias(store: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        _app(),
+        ["--config", str(TINY), "--patches", str(store), "--out", str(tmp_path / "m"), "--max-iters", "1", "--workers", "0"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "--config is deprecated" in result.output

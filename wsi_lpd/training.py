@@ -46,7 +46,7 @@ from wsi_lpd.metrics import confusion_matrix, label_scores, segmentation_scores
 from wsi_lpd.model.checkpoint import save_checkpoint
 from wsi_lpd.model.config import TrainingConfig
 from wsi_lpd.sampling import class_balanced_weights, pos_weight_from_labels, untrained_classes
-from wsi_lpd.training_data import dataset_labels
+from wsi_lpd.training_data import TrainingData, dataset_labels
 
 log = logging.getLogger(__name__)
 
@@ -598,3 +598,40 @@ def plot_curves(
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+@dataclass
+class TrainJob:
+    """Everything one training process needs (picklable: sent to spawned processes)."""
+
+    config: TrainingConfig
+    data: TrainingData
+    out_dir: Path
+    device: str = "auto"
+    resume: bool = False
+    finalise: Callable[[Path, TrainResult], None] | None = None
+
+
+def run_job(job: TrainJob) -> TrainResult:
+    """Train ``job`` in this process (joining a torchrun-style process group when the
+    environment describes one)."""
+    distributed.init_from_env(job.device)
+    d = job.data
+    return train(
+        job.config,
+        d.train_set,
+        d.val_set,
+        d.classes,
+        mpp=d.mpp,
+        patch_px=d.patch_px,
+        normalisation=d.normalisation,
+        out_dir=job.out_dir,
+        device=job.device,
+        resume=job.resume,
+        finalise=job.finalise,
+    )
+
+
+def launch_training(job: TrainJob, nproc: int = 1) -> None:
+    """Run ``job`` in ``nproc`` data-parallel processes (1: here)."""
+    distributed.launch(nproc, job.device, run_job, job)

@@ -59,18 +59,6 @@ def bezier_params(s: HisynSegSection) -> BezierParams:
     return BezierParams(points=s.bezier_points, rad=s.bezier_rad, edgy=s.bezier_edgy)
 
 
-def dataset_labels(dataset: Dataset) -> np.ndarray:
-    """The (N, C) multi-hot labels of a training set (``.labels``, or its parts' for a concat)."""
-    labels = getattr(dataset, "labels", None)
-    if labels is None and isinstance(dataset, ConcatDataset):
-        labels = np.concatenate([dataset_labels(d) for d in dataset.datasets])
-    if labels is None and isinstance(dataset, Subset):
-        labels = dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
-    if labels is None:
-        raise DatasetError(f"{type(dataset).__name__}: training set has no .labels (N×C) array")
-    return np.asarray(labels)
-
-
 def raw_image_source(
     dataset: Dataset, normalisation: Mapping[str, Any]
 ) -> Callable[[int], np.ndarray]:

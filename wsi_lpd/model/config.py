@@ -418,6 +418,8 @@ def training_config_from_mapping(
     if method not in METHODS:
         raise ConfigError(f"{where}model.method: expected one of {', '.join(METHODS)} (got {method!r})")
     model = parse_model_config(method, model_config, source, "model")
+    data_section = parse_section(DataSection, data.get("data"), source, "data")
+    train = parse_section(TrainSection, data.get("train"), source, "train")
     if method == "hisynseg":
         for section in ("loss", "region_encoder"):
             if data.get(section):
@@ -443,8 +445,8 @@ def training_config_from_mapping(
         model_config=model_config,
         loss=loss,
         region_encoder=region,
-        data=parse_section(DataSection, data.get("data"), source, "data"),
-        train=parse_section(TrainSection, data.get("train"), source, "train"),
+        data=data_section,
+        train=train,
         hisynseg=hisynseg,
         source=None if source is None else os.fspath(source),
     )
