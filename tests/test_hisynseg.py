@@ -32,16 +32,11 @@ from wsi_lpd.hisynseg.synthesis import (
     mosaic_image,
     synthesise,
 )
-from wsi_lpd.hisynseg.training import (
-    HisynSegConfig,
-    consistency_loss,
-    dice_loss,
-    real_losses,
-    synthetic_losses,
-    train_hisynseg,
-)
+from wsi_lpd.hisynseg.losses import consistency_loss, dice_loss, real_losses, synthetic_losses
 from wsi_lpd.model.build import build_model
 from wsi_lpd.model.checkpoint import load_model
+from wsi_lpd.model.config import training_config_from_mapping
+from wsi_lpd.training import train
 from wsi_lpd.patch_store import PatchStoreWriter
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "model"
@@ -282,21 +277,24 @@ def test_predict_contract_and_white_is_background() -> None:
 
 def test_configs_parse_and_reject_unknown_keys() -> None:
     for name in ("hisynseg.yaml", "hisynseg_cpu_small.yaml", "hisynseg_tiny_test.yaml"):
-        cfg = HisynSegConfig.from_mapping(yaml.safe_load((CONFIGS / name).read_text()))
+        cfg = training_config_from_mapping(yaml.safe_load((CONFIGS / name).read_text()))
         assert cfg.method == "hisynseg"
-    paper = HisynSegConfig.from_mapping(yaml.safe_load((CONFIGS / "hisynseg.yaml").read_text()))
+    paper = training_config_from_mapping(yaml.safe_load((CONFIGS / "hisynseg.yaml").read_text()))
+    assert paper.hisynseg is not None
     assert paper.train.lr == 1e-4 and paper.train.weight_decay == 0.05
     assert paper.train.batch_size == 32 and paper.train.epochs == 25
     assert paper.hisynseg.n_mosaic == paper.hisynseg.n_bezier == 7200
     raw = yaml.safe_load(TINY.read_text())
     raw["hisynseg"]["filter"]["epochz"] = 1
     with pytest.raises(ConfigError, match=r"hisynseg\.filter\.epochz"):
-        HisynSegConfig.from_mapping(raw)
+        training_config_from_mapping(raw)
     raw = yaml.safe_load(TINY.read_text())
     raw["model"]["decoder"]["width"] = 8
-    cfg = HisynSegConfig.from_mapping(raw)
     with pytest.raises(ConfigError, match=r"model\.decoder\.width"):
-        build_model("hisynseg", cfg.model_config, CLASSES)
+        training_config_from_mapping(raw)
+    raw["model"].pop("method")
+    with pytest.raises(ConfigError, match=r"model\.decoder\.width"):
+        build_model("hisynseg", raw["model"], CLASSES)
 
 
 # ---------------------------------------------------------------------------------- trainer
@@ -348,7 +346,7 @@ def trained(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = CliRunner().invoke(
         _app(),
         [
-            "--config",
+            "--model-config",
             str(TINY),
             "--patches",
             str(store),
@@ -414,18 +412,19 @@ def test_round2_and_resume(store: Path, tmp_path: Path) -> None:
     raw["hisynseg"].update(round2=True, n_mosaic=4, n_bezier=4)
     raw["hisynseg"]["filter"]["enabled"] = False
     raw["train"].update(max_iters=2)
-    cfg = HisynSegConfig.from_mapping(raw)
+    cfg = training_config_from_mapping(raw)
     data = PatchDataset(store, LPD_NORMALISATION)
-    kwargs = dict(mpp=1.0, patch_px=PATCH, normalisation=LPD_NORMALISATION, out_dir=tmp_path)
-    result = train_hisynseg(cfg, data, None, CLASSES, **kwargs)
+    out = tmp_path / "m"
+    kwargs = dict(mpp=1.0, patch_px=PATCH, normalisation=LPD_NORMALISATION, out_dir=out)
+    result = train(cfg, data, None, CLASSES, **kwargs)
     assert result.iterations == 4
     assert [(r["round"], r["iteration"]) for r in result.history] == [(1, 2), (2, 4)]
-    pseudo = PatchDataset(tmp_path / "round2.zarr", LPD_NORMALISATION)
+    pseudo = PatchDataset(out / "round2.zarr", LPD_NORMALISATION)
     assert len(pseudo) == len(data)
     single = np.flatnonzero(data.labels.sum(1) == 1)[0]
     mask = pseudo[int(single)]["mask"].numpy()
     cls = int(data.labels[single].argmax())
     assert set(np.unique(mask)) <= {cls, 2}  # true labels mask the absent class
     assert math.isfinite(result.history[-1]["dice_real"])
-    resumed = train_hisynseg(cfg, data, None, CLASSES, resume=True, **kwargs)
+    resumed = train(cfg, data, None, CLASSES, resume=True, **kwargs)
     assert resumed.iterations == 4 and len(resumed.history) == 2
