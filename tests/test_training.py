@@ -366,3 +366,29 @@ def test_train_config_flag_is_a_deprecated_alias(store: Path, tmp_path: Path) ->
     )
     assert result.exit_code == 0, result.output
     assert "--config is deprecated" in result.output
+
+
+def test_lpd_and_hisynseg_go_through_the_same_loop(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wsi_lpd.training as engine
+
+    torch.set_num_threads(1)
+    calls: list[tuple[str, int]] = []
+    original = engine.run_loop
+
+    def spy(method, run, state, offset):  # noqa: ANN001, ANN202
+        calls.append((method.name, method.round))
+        return original(method, run, state, offset)
+
+    monkeypatch.setattr(engine, "run_loop", spy)
+    data = PatchDataset(store, LPD_NORMALISATION)
+    kwargs = dict(mpp=1.0, patch_px=PATCH, normalisation=LPD_NORMALISATION)
+    train(_config(max_iters=2), data, None, CLASSES, out_dir=tmp_path / "lpd", **kwargs)
+    raw = yaml.safe_load((TINY.parent / "hisynseg_tiny_test.yaml").read_text())
+    raw["hisynseg"].update(round2=True, n_mosaic=4, n_bezier=4)
+    raw["hisynseg"]["filter"]["enabled"] = False
+    raw["train"].update(max_iters=1)
+    cfg = training_config_from_mapping(raw)
+    train(cfg, data, None, CLASSES, out_dir=tmp_path / "hisynseg", **kwargs)
+    assert calls == [("lpd", 1), ("hisynseg", 1), ("hisynseg", 2)]
