@@ -16,7 +16,9 @@ from pipelines._common import one_line_errors, setup_logging, write_run_metadata
 log = logging.getLogger("wsi_lpd.train")
 
 
-def _write_run(folder: Path, result: Any, *, parameters: dict, inputs: dict, started: float) -> None:
+def _write_run(
+    folder: Path, result: Any, *, parameters: dict, inputs: dict, started: float
+) -> None:
     """``run.json`` inside the folder about to be published."""
     write_run_metadata(
         folder,

@@ -20,6 +20,7 @@ from pipelines import train as train_stage
 from wsi_lpd.classes import ClassList
 from wsi_lpd.datasets import LPD_NORMALISATION, PatchDataset
 from wsi_lpd.errors import ConfigError, DatasetError
+from wsi_lpd.hisynseg.losses import consistency_loss, dice_loss, real_losses, synthetic_losses
 from wsi_lpd.hisynseg.model import HisynSegModel
 from wsi_lpd.hisynseg.realism import filter_realistic
 from wsi_lpd.hisynseg.synthesis import (
@@ -32,12 +33,11 @@ from wsi_lpd.hisynseg.synthesis import (
     mosaic_image,
     synthesise,
 )
-from wsi_lpd.hisynseg.losses import consistency_loss, dice_loss, real_losses, synthetic_losses
 from wsi_lpd.model.build import build_model
 from wsi_lpd.model.checkpoint import load_model
 from wsi_lpd.model.config import training_config_from_mapping
-from wsi_lpd.training import train
 from wsi_lpd.patch_store import PatchStoreWriter
+from wsi_lpd.training import train
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "model"
 TINY = CONFIGS / "hisynseg_tiny_test.yaml"

@@ -16,8 +16,8 @@ from pipelines import train as train_stage
 from wsi_lpd.classes import ClassList
 from wsi_lpd.datasets import LPD_NORMALISATION, PatchDataset
 from wsi_lpd.model.checkpoint import load_model
-from wsi_lpd.patch_store import PatchStoreWriter
 from wsi_lpd.model.config import TrainingConfig, training_config_from_mapping
+from wsi_lpd.patch_store import PatchStoreWriter
 from wsi_lpd.training import poly_lr, train
 
 CLASSES = ClassList.from_names(["A", "B"])
@@ -253,8 +253,8 @@ def test_nan_loss_is_a_typed_error_naming_the_iteration(
     from wsi_lpd.errors import TrainingDivergedError
     from wsi_lpd.methods.lpd import LPDMethod
 
-    def nan_losses(self, batches, iteration):  # noqa: ANN001, ANN202
-        out = self.runner(batches["train"]["image"])
+    def nan_losses(self, batches, iteration):
+        out = self.model(batches["train"]["image"])
         return {"total": out.logits[3].sum() * float("nan")}
 
     monkeypatch.setattr(LPDMethod, "losses", nan_losses)
@@ -283,7 +283,7 @@ def test_killed_run_leaves_no_output_and_resumes_from_its_state(
     data = PatchDataset(store, LPD_NORMALISATION)  # 24 patches / batch 4: 6 iterations per epoch
     original = LPDMethod.losses
 
-    def killed_at_8(self, batches, iteration):  # noqa: ANN001, ANN202
+    def killed_at_8(self, batches, iteration):
         if iteration == 7:
             raise KeyboardInterrupt
         return original(self, batches, iteration)
@@ -306,9 +306,7 @@ def test_killed_run_leaves_no_output_and_resumes_from_its_state(
     assert not state_dir(out).exists()
 
 
-def test_untrained_class_never_crashes_and_is_never_predicted(
-    store: Path, tmp_path: Path
-) -> None:
+def test_untrained_class_never_crashes_and_is_never_predicted(store: Path, tmp_path: Path) -> None:
     """Store classes A, B; config trained on A, B, C: C has no patch (lpd) and pbip survives."""
     torch.set_num_threads(1)
     classes = ClassList.from_names(["A", "B", "C"])
@@ -362,7 +360,18 @@ def test_label_validation_without_masks_and_class_balance(store: Path, tmp_path:
 def test_train_config_flag_is_a_deprecated_alias(store: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         _app(),
-        ["--config", str(TINY), "--patches", str(store), "--out", str(tmp_path / "m"), "--max-iters", "1", "--workers", "0"],
+        [
+            "--config",
+            str(TINY),
+            "--patches",
+            str(store),
+            "--out",
+            str(tmp_path / "m"),
+            "--max-iters",
+            "1",
+            "--workers",
+            "0",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "--config is deprecated" in result.output
@@ -377,7 +386,7 @@ def test_lpd_and_hisynseg_go_through_the_same_loop(
     calls: list[tuple[str, int]] = []
     original = engine.run_loop
 
-    def spy(method, run, state, offset):  # noqa: ANN001, ANN202
+    def spy(method, run, state, offset):
         calls.append((method.name, method.round))
         return original(method, run, state, offset)
 

@@ -3,7 +3,10 @@
 AdamW over the trainable parameters, poly learning-rate decay per iteration, AMP on CUDA, seeding,
 validation each epoch (pixel mIoU on patches with masks, else image-label F1 / mAP on held-out
 patches) keeping the best checkpoint, ``train_log.csv`` and ``curves.png``, resume, and
-data-parallel training over several processes (DistributedDataParallel; rank 0 alone writes).
+data-parallel training over several processes (gradients averaged by one all-reduce per step
+after the backward pass, as DistributedDataParallel does, but for any loss graph — the methods'
+graphs change with warm-up and zero stage weights, which DDP's bucket readiness cannot follow;
+rank 0 alone writes).
 
 Outputs. :func:`train` works in a resumable state folder beside the output,
 ``OUT/../.OUT.resume/`` (:func:`state_dir`: ``last.pt`` every epoch, the best ``model.pt``, method
@@ -327,11 +330,7 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
         for name, ds in sets.items()
     }
     if world > 1:
-        method.runner = nn.parallel.DistributedDataParallel(
-            method.network(),
-            device_ids=[dev.index] if dev.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
+        _broadcast_from_main(method.model)
     use_amp = bool(s.amp) and dev.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -353,6 +352,8 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
         _check_finite(losses["total"], it + 1, method.name, lr)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
+        if world > 1:
+            _average_gradients(params, world)
         scaler.step(optimizer)
         scaler.update()
         n_images = sum(int(b["image"].shape[0]) for b in batches.values()) * world
@@ -378,19 +379,54 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
             if ctx.is_main:
                 log.info("iteration %d/%d: %s", done, end, _fmt(row, method.loss_keys))
                 if run.progress:
-                    run.progress(done, offset + round_iters * (method.rounds - method.round + 1), row)
+                    run.progress(
+                        done, offset + round_iters * (method.rounds - method.round + 1), row
+                    )
         if end_of_epoch and run.val_loader is not None and run.metric is not None:
-            scores = evaluate(method, run.val_loader, ctx.classes, dev, s.val_label_mode, run.metric)
+            scores = evaluate(
+                method, run.val_loader, ctx.classes, dev, s.val_label_mode, run.metric
+            )
             state.history[-1].update(scores)
             score = scores.get(run.metric, float("nan"))
             log.info("iteration %d: validation %s", done, _fmt(scores, VAL_KEYS))
-            if np.isfinite(score) and done >= best_after and (state.best is None or score > state.best):
+            if (
+                np.isfinite(score)
+                and done >= best_after
+                and (state.best is None or score > state.best)
+            ):
                 state.best = score
                 _save_model(ctx.work_dir / BEST_NAME, method, run, done, score)
         if end_of_epoch and ctx.is_main:
             _save_state(ctx.work_dir / STATE_NAME, method, optimizer, state)
-    method.runner = method.network() if world > 1 else method.runner
     return round_iters
+
+
+def _broadcast_from_main(model: nn.Module) -> None:
+    """Every process starts from rank 0's weights and buffers."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+
+
+def _average_gradients(params: list[nn.Parameter], world: int) -> None:
+    """Data-parallel step: one coalesced all-reduce averages the gradients over the processes.
+
+    A parameter without a gradient on every process keeps none (as in one process: the
+    optimiser skips it); one with a gradient on some processes gets their sum / world (the
+    others contributed zeros: the mean over the global batch).
+    """
+    flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    device = grads[0].device
+    flat = torch.cat([flags.to(device), *(g.reshape(-1).float() for g in grads)])
+    dist.all_reduce(flat)
+    has, offset = flat[: len(params)], len(params)
+    for p, g, h in zip(params, grads, has.tolist(), strict=True):
+        n = g.numel()
+        if h == 0:
+            p.grad = None
+        else:
+            p.grad = (flat[offset : offset + n] / world).view_as(g).to(g.dtype)
+        offset += n
 
 
 def _fmt(row: Mapping[str, Any], keys: tuple[str, ...]) -> str:
@@ -482,9 +518,7 @@ def _prepare_state_dir(work: Path, out_dir: Path, resume: bool) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
 
-def _save_model(
-    path: Path, method: Method, run: Run, iteration: int, score: float | None
-) -> None:
+def _save_model(path: Path, method: Method, run: Run, iteration: int, score: float | None) -> None:
     c = run.contract
     save_checkpoint(
         path,

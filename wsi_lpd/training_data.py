@@ -83,8 +83,12 @@ def build_training_data(
         raise ConfigError("train: give either --patches STORE… or --bcss-dir DIR")
     if bcss_dir is not None:
         if dataset_mpp is None:
-            raise ConfigError("train: --dataset-mpp is needed with --bcss-dir (µm/px of the patches)")
-        train_set = BcssWsssDataset(bcss_dir, "train", layout=layout, normalisation=norm, augment=augment)
+            raise ConfigError(
+                "train: --dataset-mpp is needed with --bcss-dir (µm/px of the patches)"
+            )
+        train_set = BcssWsssDataset(
+            bcss_dir, "train", layout=layout, normalisation=norm, augment=augment
+        )
         val_set = BcssWsssDataset(bcss_dir, "valid", layout=layout, normalisation=norm)
         patch_px = int(train_set[0]["image"].shape[-1])
         return TrainingData(train_set, val_set, train_set.classes, dataset_mpp, patch_px, norm)

@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsi_lpd.classes import ClassList
-from wsi_lpd.errors import ConfigError
 from wsi_lpd.config import parse_section
+from wsi_lpd.errors import ConfigError
 from wsi_lpd.model.config import (
     BackgroundConfig,
     HisynSegModelConfig,
@@ -55,6 +55,7 @@ from wsi_lpd.model.encoders import Encoder, build_encoder
 from wsi_lpd.model.predict import apply_crf, drop_untrained
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class HisynSegOutput:

@@ -59,10 +59,9 @@ class TrainContext:
 class Method(ABC):
     """One training method: its model, its per-step losses, its prediction.
 
-    Subclasses set ``name``, ``loss_keys`` (logged columns, ``"total"`` first) and build
-    ``self.model`` in ``__init__``. ``runner`` is the module the engine runs forward through
-    (the model, or its DistributedDataParallel wrapper): :meth:`losses` must call it, never
-    ``self.model`` directly, so gradients are synchronised across processes.
+    Subclasses set ``name`` and ``loss_keys`` (logged columns, ``"total"`` first); the base
+    builds ``self.model``. The engine owns the optimiser and synchronises gradients across
+    processes after :meth:`losses`' backward pass.
     """
 
     name: str = ""
@@ -75,16 +74,11 @@ class Method(ABC):
         self.config = config
         self.classes = classes
         self.model: nn.Module = build_model(config.method, config.model, classes)
-        self.runner: nn.Module = self.network()
 
     def to(self, device: torch.device) -> Method:
         """Move the model (and any frozen helper) to ``device``."""
         self.model.to(device)
         return self
-
-    def network(self) -> nn.Module:
-        """The module whose ``forward`` one step calls once (wrapped for distributed runs)."""
-        return self.model
 
     def prepare(self, context: TrainContext) -> None:  # noqa: B027 - optional hook
         """Data-dependent setup before the first step (default: none)."""

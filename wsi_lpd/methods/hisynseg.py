@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from wsi_lpd.augment import Augment
@@ -41,17 +41,6 @@ from wsi_lpd.model.config import TrainingConfig
 log = logging.getLogger(__name__)
 
 SYNTHETIC, PSEUDO, STATS = "synthetic.zarr", "round2.zarr", "synthesis.json"
-
-
-class PairNet(nn.Module):
-    """Runs the model on a synthetic and a real batch in one forward call (one DDP forward)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x_syn: Tensor, x_real: Tensor) -> tuple[Any, Any]:
-        return self.model(x_syn), self.model(x_real)
 
 
 class HisynSegMethod(Method):
@@ -78,9 +67,6 @@ class HisynSegMethod(Method):
         self.rounds = 2 if self.settings.round2 else 1
         self.stats: dict[str, Any] = {}
 
-    def network(self) -> nn.Module:
-        return PairNet(self.model)
-
     def needs_single_label(self) -> bool:
         return True
 
@@ -101,7 +87,9 @@ class HisynSegMethod(Method):
             s, h = context.config.train, self.settings
             get_raw = raw_image_source(context.train_set, context.normalisation)
             labels = (context.labels == 1).astype(np.uint8)
-            pool = SingleLabelPool(labels, cached(get_raw, context.patch_px, h.pool_cache_mb), context.patch_px)
+            pool = SingleLabelPool(
+                labels, cached(get_raw, context.patch_px, h.pool_cache_mb), context.patch_px
+            )
             log.info(
                 "hisynseg: %d single-label patches (classes %s) for synthesis",
                 len(pool),
@@ -133,7 +121,7 @@ class HisynSegMethod(Method):
     def losses(self, batches: Mapping[str, Batch], iteration: int) -> dict[str, Tensor]:
         h, bg = self.settings, self.classes.background_index
         syn, real = batches["synthetic"], batches["real"]
-        out_syn, out_real = self.runner(syn["image"], real["image"])
+        out_syn, out_real = self.model(syn["image"]), self.model(real["image"])
         ls = synthetic_losses(out_syn, syn["labels"], syn["mask"], h.w1, h.w2, bg)
         if self.round == 1:
             lr = real_losses(out_real, real["labels"], h.w1, h.w3)

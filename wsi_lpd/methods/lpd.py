@@ -10,12 +10,11 @@ import torch
 from torch import Tensor, nn
 
 from wsi_lpd.classes import ClassList
+from wsi_lpd.methods.base import Batch, Method
 from wsi_lpd.model.config import EncoderConfig, TrainingConfig
 from wsi_lpd.model.encoders import build_encoder
 from wsi_lpd.model.losses import LPDLoss
 from wsi_lpd.model.merge import merge_softmax_weighted
-
-from wsi_lpd.methods.base import Batch, Method
 
 
 class RegionEncoder(nn.Module):
@@ -73,7 +72,7 @@ class LPDMethod(Method):
 
     def losses(self, batches: Mapping[str, Batch], iteration: int) -> dict[str, Tensor]:
         batch = batches["train"]
-        output = self.runner(batch["image"])
+        output = self.model(batch["image"])
         return self.criterion(
             output, batch["image"], batch["labels"], iteration, known=batch.get("known")
         )

@@ -70,7 +70,9 @@ MODEL_REGISTRY: dict[str, ModelBuilder] = {m: _build_prototype_model(m) for m in
 MODEL_REGISTRY["hisynseg"] = _build_hisynseg
 
 
-def register_model(method: str, builder: Callable[[Mapping[str, Any], ClassList], nn.Module]) -> None:
+def register_model(
+    method: str, builder: Callable[[Mapping[str, Any], ClassList], nn.Module]
+) -> None:
     """Add a method whose builder takes the raw ``model`` mapping; the model exposes ``predict``."""
     MODEL_REGISTRY[method] = builder
     _RAW_CONFIG.add(method)

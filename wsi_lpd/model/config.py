@@ -1,9 +1,9 @@
-"""The typed training/model config: one pydantic model per section, method defaults in one place.
+"""The typed training config: one pydantic model per section, method defaults in one place.
 
-A training YAML has the sections ``model`` (``method``, ``encoder``, ``head``, ``predict`` and, for
-HisynSeg, ``decoder`` / ``background``), ``loss`` (prototype methods), ``region_encoder`` (the frozen
-encoder behind L_sim), ``data``, ``train`` and ``hisynseg`` (HisynSeg only). Every error is one
-:class:`~wsi_lpd.errors.ConfigError` line ``file: section.key: problem (got value)``.
+A training YAML has the sections ``model`` (``method``, ``encoder``, ``head``, ``predict`` and,
+for HisynSeg, ``decoder`` / ``background``), ``loss`` (prototype methods), ``region_encoder``
+(the frozen encoder behind L_sim), ``data``, ``train`` and ``hisynseg`` (HisynSeg only). Every
+error is one :class:`~wsi_lpd.errors.ConfigError` line ``file: section.key: problem (got value)``.
 
 Method defaults (:data:`HEAD_DEFAULTS`, :data:`LOSS_DEFAULTS`, :data:`LOSS_FORCED`) live here and
 nowhere else: CAM has K = 1 and no prototype losses; PBIP has a fixed bank (no L_div, no warm-up,
@@ -53,12 +53,9 @@ class MitEncoderConfig(_Weights):
 
     type: Literal["mit"]
     variant: Literal[MIT_VARIANTS] = "mit_b1"  # type: ignore[valid-type]
-    strides: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=4, max_length=4)] = [
-        4,
-        2,
-        2,
-        1,
-    ]
+    strides: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=4, max_length=4)] = (
+        Field(default_factory=lambda: [4, 2, 2, 1])
+    )
     drop_path: float = Field(0.1, ge=0.0, lt=1.0)
     weights: str | None = None
 
@@ -68,9 +65,9 @@ class TimmEncoderConfig(_Weights):
 
     type: Literal["timm"]
     name: str = Field(min_length=1)
-    out_indices: Annotated[
-        list[Annotated[int, Field(ge=0)]], Field(min_length=4, max_length=4)
-    ] = [1, 2, 3, 4]
+    out_indices: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=4, max_length=4)] = (
+        Field(default_factory=lambda: [1, 2, 3, 4])
+    )
     output_stride: Literal[8, 16, 32] | None = None
     weights: str | None = None
     key_mapping: Literal["by_name", "by_order"] = "by_name"
@@ -104,7 +101,7 @@ class PredictConfig(Section):
     """``model.predict`` of the prototype methods (see :mod:`wsi_lpd.model.predict`)."""
 
     mask_absent: Literal["predicted", "none"] = "predicted"
-    stage_weights: StageWeights = [0.0, 0.3, 0.3, 0.4]
+    stage_weights: StageWeights = Field(default_factory=lambda: [0.0, 0.3, 0.3, 0.4])
     bg_power: float = Field(10.0, ge=0.0)
     tta: StrictBool = False
     crf: StrictBool = False
@@ -150,7 +147,7 @@ class HisynSegHeadConfig(Section):
 
 
 class BackgroundConfig(Section):
-    """The tissue rule that adds HisynSeg's background channel (see :mod:`wsi_lpd.hisynseg.model`)."""
+    """The tissue rule behind HisynSeg's background channel (:mod:`wsi_lpd.hisynseg.model`)."""
 
     rule: Literal["saturation", "none"] = "saturation"
     saturation_threshold: Probability = 0.05
@@ -225,7 +222,7 @@ def parse_model_config(
 class LossConfig(Section):
     """``loss``: L_cls + λ_div·L_div + λ_sim·L_sim after ``warmup_iters`` (LPDLoss arguments)."""
 
-    stage_weights: StageWeights = [0.0, 0.1, 1.0, 1.0]
+    stage_weights: StageWeights = Field(default_factory=lambda: [0.0, 0.1, 1.0, 1.0])
     lambda_div: float = Field(0.5, ge=0.0)
     lambda_sim: float = Field(0.1, ge=0.0)
     warmup_iters: int = Field(3000, ge=0)
@@ -303,7 +300,9 @@ class TrainSection(Section):
     val_label_mode: Literal["predicted", "given"] = "predicted"
     select_best_after_iters: int | None = Field(None, ge=0)  # None = the loss warm-up
     log_every: int = Field(10, ge=1)
-    augment: dict[str, float] = {"hflip_p": 0.5, "vflip_p": 0.5, "rot90_p": 0.5}
+    augment: dict[str, float] = Field(
+        default_factory=lambda: {"hflip_p": 0.5, "vflip_p": 0.5, "rot90_p": 0.5}
+    )
     class_balance: Literal["none", "sampler", "pos_weight"] = "none"
     pbip_features_per_class: int = Field(512, ge=1)  # single-label patches encoded for the bank
 
@@ -416,7 +415,9 @@ def training_config_from_mapping(
     model_config = {k: v for k, v in raw_model.items() if k != "method"}
     method = method or raw_model.get("method", "lpd")
     if method not in METHODS:
-        raise ConfigError(f"{where}model.method: expected one of {', '.join(METHODS)} (got {method!r})")
+        raise ConfigError(
+            f"{where}model.method: expected one of {', '.join(METHODS)} (got {method!r})"
+        )
     model = parse_model_config(method, model_config, source, "model")
     data_section = parse_section(DataSection, data.get("data"), source, "data")
     train = parse_section(TrainSection, data.get("train"), source, "train")
