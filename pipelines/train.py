@@ -29,6 +29,7 @@ def _write_run(
         iterations=result.iterations,
         best_metric=result.best_metric,
         best_score=result.best_score,
+        best_val_mIoU=result.best_score if result.best_metric == "val_mIoU" else None,
         untrained_classes=result.untrained_classes,
         images_per_s=round(result.images_per_s, 2),
     )

@@ -401,3 +401,20 @@ def test_lpd_and_hisynseg_go_through_the_same_loop(
     cfg = training_config_from_mapping(raw)
     train(cfg, data, None, CLASSES, out_dir=tmp_path / "hisynseg", **kwargs)
     assert calls == [("lpd", 1), ("hisynseg", 1), ("hisynseg", 2)]
+
+
+def test_paper_config_warns_loudly_without_mit_weights(caplog: pytest.LogCaptureFixture) -> None:
+    from wsi_lpd.model.config import load_training_config
+
+    paper = TINY.parent / "lpd_mit_b1.yaml"
+    with caplog.at_level("WARNING"):
+        cfg = load_training_config(paper)
+    assert cfg.train.batch_size == 10 and cfg.loss is not None and cfg.loss.lambda_sim == 0.1
+    assert any(
+        r.levelname == "WARNING" and str(paper) in r.message and "model.encoder.weights" in r.message
+        for r in caplog.records
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_training_config(TINY)  # mit_tiny is meant to start from random weights
+    assert not caplog.records

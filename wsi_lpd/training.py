@@ -222,7 +222,7 @@ def train(
         is_main=main,
         barrier=distributed.barrier,
     )
-    _apply_class_balance(method, labels, s.class_balance)
+    _apply_class_balance(method, labels, s.class_balance, config.source)
     method.prepare(context)
 
     val_loader, metric = None, None
@@ -454,7 +454,9 @@ def _three_state(labels: np.ndarray, classes: ClassList) -> np.ndarray:
     return arr.astype(np.int8)
 
 
-def _apply_class_balance(method: Method, labels: np.ndarray, mode: str) -> None:
+def _apply_class_balance(
+    method: Method, labels: np.ndarray, mode: str, source: str | None
+) -> None:
     """``sampler``: class-balanced draw weights; ``pos_weight``: BCE positive weights (L_cls)."""
     if mode == "sampler":
         method.sample_weights = class_balanced_weights(labels)  # type: ignore[attr-defined]
@@ -462,7 +464,11 @@ def _apply_class_balance(method: Method, labels: np.ndarray, mode: str) -> None:
     elif mode == "pos_weight":
         criterion = getattr(method, "criterion", None)
         if criterion is None:
-            raise ConfigError(f"train.class_balance: pos_weight needs L_cls (not {method.name})")
+            where = f"{source}: " if source else ""
+            raise ConfigError(
+                f"{where}train.class_balance: pos_weight weighs L_cls; {method.name} has none "
+                "(use sampler)"
+            )
         criterion.pos_weight = torch.as_tensor(pos_weight_from_labels(labels))
         log.info("class balance: L_cls pos_weight %s", criterion.pos_weight.tolist())
 
