@@ -411,7 +411,9 @@ def test_paper_config_warns_loudly_without_mit_weights(caplog: pytest.LogCapture
         cfg = load_training_config(paper)
     assert cfg.train.batch_size == 10 and cfg.loss is not None and cfg.loss.lambda_sim == 0.1
     assert any(
-        r.levelname == "WARNING" and str(paper) in r.message and "model.encoder.weights" in r.message
+        r.levelname == "WARNING"
+        and str(paper) in r.message
+        and "model.encoder.weights" in r.message
         for r in caplog.records
     )
     caplog.clear()

@@ -82,8 +82,20 @@ def _free_port() -> int:
 
 
 def _worker(
-    local_rank: int, nproc: int, port: int, device: str, fn: Callable[..., Any], args: tuple
+    local_rank: int,
+    nproc: int,
+    port: int,
+    device: str,
+    log_level: int,
+    fn: Callable[..., Any],
+    args: tuple,
 ) -> None:
+    logging.basicConfig(
+        level=log_level if local_rank == 0 else max(log_level, logging.WARNING),
+        format=f"%(asctime)s %(levelname)s [rank {local_rank}] %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
     os.environ.update(
         RANK=str(local_rank),
         LOCAL_RANK=str(local_rank),
@@ -111,7 +123,13 @@ def launch(nproc: int, device: str, fn: Callable[..., Any], *args: Any) -> None:
             f"--nproc {nproc}: only {torch.cuda.device_count()} CUDA device(s) visible"
         )
     try:
-        mp.spawn(_worker, args=(nproc, _free_port(), device, fn, args), nprocs=nproc, join=True)
+        level = logging.getLogger().getEffectiveLevel()
+        mp.spawn(
+            _worker,
+            args=(nproc, _free_port(), device, level, fn, args),
+            nprocs=nproc,
+            join=True,
+        )
     except mp.ProcessRaisedException as exc:
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
         raise TrainingError(f"a training process failed: {lines[-1] if lines else exc}") from None

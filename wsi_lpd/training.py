@@ -454,9 +454,7 @@ def _three_state(labels: np.ndarray, classes: ClassList) -> np.ndarray:
     return arr.astype(np.int8)
 
 
-def _apply_class_balance(
-    method: Method, labels: np.ndarray, mode: str, source: str | None
-) -> None:
+def _apply_class_balance(method: Method, labels: np.ndarray, mode: str, source: str | None) -> None:
     """``sampler``: class-balanced draw weights; ``pos_weight``: BCE positive weights (L_cls)."""
     if mode == "sampler":
         method.sample_weights = class_balanced_weights(labels)  # type: ignore[attr-defined]
