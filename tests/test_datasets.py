@@ -195,7 +195,9 @@ def test_colour_and_stain_jitter_change_colours_only() -> None:
     image = np.zeros((16, 16, 3), dtype=np.uint8)
     image[..., 0], image[..., 1], image[..., 2] = 200, 120, 180  # pinkish H&E-like
     mask = np.eye(16, dtype=np.uint8)
-    aug = Augment(hflip_p=0, vflip_p=0, rot90_p=0, hed_jitter=0.05, color_jitter=0.1, seed=2)
+    aug = Augment(
+        hflip_p=0, vflip_p=0, rot90_p=0, hed_jitter=0.05, hed_shift=0.005, color_jitter=0.1, seed=2
+    )
     out, out_mask = aug(image, mask)
     np.testing.assert_array_equal(out_mask, mask)
     diff = np.abs(out.astype(int) - image.astype(int))
