@@ -76,7 +76,7 @@ def command(
         float | None,
         typer.Option(
             help="Negatives only where all annotations cover this fraction of the patch's "
-            "tissue; elsewhere unknown [config default: 0.9]."
+            "tissue; elsewhere unknown (default 0.9)."
         ),
     ] = None,
     labels_csv: Annotated[

@@ -171,6 +171,9 @@ def test_patch_store_errors(tmp_path: Path) -> None:
     assert "mask" not in PatchDataset(tmp_path / "s.zarr")[0]
     with pytest.raises(DatasetError, match="indices outside"):
         PatchDataset(tmp_path / "s.zarr", indices=[5])
+    PatchStoreWriter(tmp_path / "empty.zarr", BCSS_CLASSES, 1.0, PX).close()
+    with pytest.raises(DatasetError, match=r"empty\.zarr: the patch store holds no patch"):
+        PatchDataset(tmp_path / "empty.zarr")
 
 
 def test_augment_keeps_image_and_mask_aligned() -> None:
