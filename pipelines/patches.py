@@ -69,7 +69,7 @@ def command(
         float | None,
         typer.Option(
             help="A class is positive where its annotations cover this fraction of a patch "
-            "[config default: 0.1]."
+            "(default 0.1)."
         ),
     ] = None,
     min_annotated_fraction: Annotated[
