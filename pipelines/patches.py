@@ -1,4 +1,4 @@
-"""Build a patch store (pixels + multi-hot labels) from tiles + QuPath annotations, or a CSV."""
+"""Build a patch store (pixels + three-state labels) from tiles + QuPath annotations, or a CSV."""
 
 from __future__ import annotations
 
@@ -11,43 +11,39 @@ from typing import Annotated, Any
 
 import typer
 
-from pipelines._common import (
-    load_config_section,
-    merge_options,
-    one_line_errors,
-    setup_logging,
-    write_run_metadata,
-)
+from pipelines._common import one_line_errors, setup_logging, write_run_metadata
+from wsi_lpd.classes import BCSS_CLASSES, ClassList, ClassMapping
+from wsi_lpd.config import PatchesSection, parse_section, read_yaml
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.io import atomic_dir
 
 log = logging.getLogger("wsi_lpd.patches")
-
-CONFIG_KEYS = (
-    "tiles",
-    "annotations",
-    "truth",
-    "min_class_fraction",
-    "labels_csv",
-    "mpp",
-    "patch_px",
-)
-
-
-def _as_list(value: Any, key: str) -> list[Path] | None:
-    if value is None or value == []:
-        return None
-    if isinstance(value, str | os.PathLike):
-        return [Path(value)]
-    if isinstance(value, list | tuple):
-        return [Path(v) for v in value]
-    raise ConfigError(f"patches.{key}: expected a path or a list of paths")
 
 
 def run_metadata_path(out: Path) -> Path:
     """``STORE.zarr`` → ``STORE.run.json`` beside it."""
     stem = out.name[: -len(".zarr")] if out.name.endswith(".zarr") else out.name
     return out.with_name(f"{stem}.run.json")
+
+
+def _options(
+    config: Path | None, flags: dict[str, Any]
+) -> tuple[PatchesSection, ClassList, ClassMapping]:
+    """The ``patches:`` section of ``config`` with the given flags on top, the class list and
+    the annotation class mapping."""
+
+    data = read_yaml(config) if config is not None else {}
+    section = parse_section(PatchesSection, data.get("patches"), config, "patches")
+    given = {k: v for k, v in flags.items() if v is not None and v != []}
+    if given:
+        merged = {**section.model_dump(exclude_unset=True), **given}
+        section = parse_section(PatchesSection, merged, "command line", "patches")
+    try:
+        classes = ClassList.from_dict(data["classes"]) if data.get("classes") else BCSS_CLASSES
+        mapping = ClassMapping(classes, section.class_map, section.unknown_classes)
+    except ConfigError as exc:
+        raise ConfigError(f"{config}: {exc}") from None
+    return section, classes, mapping
 
 
 @one_line_errors
@@ -65,12 +61,22 @@ def command(
     ] = None,
     truth: Annotated[
         list[Path] | None,
-        typer.Option("--truth", help="Ground-truth label mask per tile dir; stores patch masks."),
+        typer.Option(
+            "--truth", help="Ground-truth label mask per tile dir; labels from it, masks stored."
+        ),
     ] = None,
     min_class_fraction: Annotated[
         float | None,
         typer.Option(
-            help="Class present when its annotations cover this fraction of a patch (default 0.1)."
+            help="A class is positive where its annotations cover this fraction of a patch "
+            "(default 0.1)."
+        ),
+    ] = None,
+    min_annotated_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Negatives only where all annotations cover this fraction of the patch's "
+            "tissue; elsewhere unknown (default 0.9)."
         ),
     ] = None,
     labels_csv: Annotated[
@@ -80,70 +86,66 @@ def command(
     mpp: Annotated[float | None, typer.Option(help="CSV mode: patch resolution in µm/px.")] = None,
     patch_px: Annotated[int | None, typer.Option(help="CSV mode: patch side in px.")] = None,
     config: Annotated[
-        Path | None, typer.Option(help="YAML config; reads `patches:` and `classes:`.")
+        Path | None, typer.Option(help="Workflow YAML; reads `patches:` and `classes:`.")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    from wsi_lpd.classes import BCSS_CLASSES, ClassList
+    """Cut labelled patches (positive / negative / unknown per class) into a patch store."""
     from wsi_lpd.patch_store import build_patch_store_from_annotations, build_patch_store_from_csv
 
     setup_logging(verbose)
     started = time.time()
-    section = load_config_section(config, "patches", CONFIG_KEYS)
-    opts = merge_options(
-        section,
-        tiles=tiles or None,
-        annotations=annotations or None,
-        truth=truth or None,
-        min_class_fraction=min_class_fraction,
-        labels_csv=labels_csv,
-        mpp=mpp,
-        patch_px=patch_px,
+    opts, classes, mapping = _options(
+        config,
+        {
+            "tiles": tiles,
+            "annotations": annotations,
+            "truth": truth,
+            "min_class_fraction": min_class_fraction,
+            "min_annotated_fraction": min_annotated_fraction,
+            "labels_csv": labels_csv,
+            "mpp": mpp,
+            "patch_px": patch_px,
+        },
     )
-    class_section = load_config_section(config, "classes")
-    classes = ClassList.from_dict(class_section) if class_section else BCSS_CLASSES
-    tile_dirs = _as_list(opts.get("tiles"), "tiles")
-    annotation_paths = _as_list(opts.get("annotations"), "annotations")
-    truth_paths = _as_list(opts.get("truth"), "truth")
-    csv_path = opts.get("labels_csv")
-    fraction = float(opts.get("min_class_fraction", 0.1))
-
-    if (csv_path is None) == (tile_dirs is None):
+    if (opts.labels_csv is None) == (not opts.tiles):
         raise ConfigError("patches: give either --tiles with --annotations, or --labels-csv")
+    if opts.labels_csv is not None and (opts.mpp is None or opts.patch_px is None):
+        raise ConfigError("patches: --labels-csv needs --mpp and --patch-px")
+    if opts.tiles and not opts.annotations:
+        raise ConfigError("patches: --tiles needs --annotations (one per tile dir)")
     out = Path(out)
     with atomic_dir(out) as tmp:
-        if csv_path is not None:
-            if opts.get("mpp") is None or opts.get("patch_px") is None:
-                raise ConfigError("patches: --labels-csv needs --mpp and --patch-px")
+        if opts.labels_csv is not None:
+            assert opts.mpp is not None and opts.patch_px is not None
             summary = build_patch_store_from_csv(
-                csv_path, tmp, classes, float(opts["mpp"]), int(opts["patch_px"])
+                opts.labels_csv, tmp, classes, opts.mpp, opts.patch_px
             )
-            inputs: dict[str, Any] = {"labels_csv": str(csv_path)}
+            inputs: dict[str, Any] = {"labels_csv": str(opts.labels_csv)}
         else:
-            if annotation_paths is None:
-                raise ConfigError("patches: --tiles needs --annotations (one per tile dir)")
+            assert opts.tiles is not None and opts.annotations is not None
             summary = build_patch_store_from_annotations(
-                tile_dirs,
-                annotation_paths,
+                opts.tiles,
+                opts.annotations,
                 tmp,
                 classes,
-                min_class_fraction=fraction,
-                truth_masks=truth_paths,
+                min_class_fraction=opts.min_class_fraction,
+                truth_masks=opts.truth or None,
+                min_annotated_fraction=opts.min_annotated_fraction,
+                class_mapping=mapping,
+                qupath_bounds=opts.qupath_bounds,
             )
             inputs = {
-                "tiles": [str(p) for p in tile_dirs or []],
-                "annotations": [str(p) for p in annotation_paths],
-                "truth": [str(p) for p in truth_paths or []],
+                "tiles": [str(p) for p in opts.tiles],
+                "annotations": [str(p) for p in opts.annotations],
+                "truth": [str(p) for p in opts.truth or []],
             }
     counts = ", ".join(f"{k} {v}" for k, v in summary["per_class"].items())
-    log.info("wrote %s: %d patches; label counts: %s", out, summary["patches"], counts)
-    if summary["patches"] == 0:
-        log.warning("%s: no patch was annotated; the store is empty", out)
+    log.info("wrote %s: %d patches; positive labels: %s", out, summary["patches"], counts)
     parameters = {
         "out": str(out),
-        "min_class_fraction": fraction,
+        **opts.model_dump(mode="json", exclude={"tiles", "annotations", "truth", "labels_csv"}),
         "classes": classes.to_dict(),
-        **{k: opts.get(k) for k in ("mpp", "patch_px") if opts.get(k) is not None},
     }
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.run-") as tmp_dir:
         written = write_run_metadata(

@@ -171,6 +171,9 @@ def test_patch_store_errors(tmp_path: Path) -> None:
     assert "mask" not in PatchDataset(tmp_path / "s.zarr")[0]
     with pytest.raises(DatasetError, match="indices outside"):
         PatchDataset(tmp_path / "s.zarr", indices=[5])
+    PatchStoreWriter(tmp_path / "empty.zarr", BCSS_CLASSES, 1.0, PX).close()
+    with pytest.raises(DatasetError, match=r"empty\.zarr: the patch store holds no patch"):
+        PatchDataset(tmp_path / "empty.zarr")
 
 
 def test_augment_keeps_image_and_mask_aligned() -> None:
@@ -195,7 +198,9 @@ def test_colour_and_stain_jitter_change_colours_only() -> None:
     image = np.zeros((16, 16, 3), dtype=np.uint8)
     image[..., 0], image[..., 1], image[..., 2] = 200, 120, 180  # pinkish H&E-like
     mask = np.eye(16, dtype=np.uint8)
-    aug = Augment(hflip_p=0, vflip_p=0, rot90_p=0, hed_jitter=0.05, color_jitter=0.1, seed=2)
+    aug = Augment(
+        hflip_p=0, vflip_p=0, rot90_p=0, hed_jitter=0.05, hed_shift=0.005, color_jitter=0.1, seed=2
+    )
     out, out_mask = aug(image, mask)
     np.testing.assert_array_equal(out_mask, mask)
     diff = np.abs(out.astype(int) - image.astype(int))

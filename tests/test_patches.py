@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,9 +16,9 @@ from shapely.geometry import box
 from typer.testing import CliRunner
 
 from pipelines import patches as patches_stage
-from wsi_lpd.classes import BCSS_CLASSES
+from wsi_lpd.classes import BCSS_CLASSES, ClassList, ClassMapping
 from wsi_lpd.errors import AnnotationError, DatasetError
-from wsi_lpd.geojson import feature, write_feature_collection
+from wsi_lpd.geojson import feature, qupath_offset_px, read_annotations, write_feature_collection
 from wsi_lpd.patch_store import (
     build_patch_store_from_annotations,
     build_patch_store_from_csv,
@@ -266,14 +267,176 @@ def test_stage_writes_store_and_run_json(tmp_path: Path, tiles: Path) -> None:
 
 def test_stage_errors_leave_no_store(tmp_path: Path, tiles: Path) -> None:
     ann = _annotations(tmp_path / "bad.geojson", [feature(box(0, 0, 9, 9), "FAT", (1, 2, 3))])
+    config = tmp_path / "refuse.yaml"
+    config.write_text("patches:\n  unknown_classes: refuse\n")
     out = tmp_path / "store.zarr"
-    code, output = _invoke("--tiles", tiles, "--annotations", ann, "--out", out)
+    code, output = _invoke("--tiles", tiles, "--annotations", ann, "--out", out, "--config", config)
     assert code == 1
-    assert output.startswith("wsi-lpd: error:") and "'FAT'" in output
+    assert output.startswith("wsi-lpd: error:") and "'FAT'" in output and "bad.geojson" in output
     assert output.count("\n") == 1
     assert not out.exists() and list(tmp_path.glob(".store.zarr*")) == []
     code, output = _invoke("--out", out)
     assert code == 1 and "either --tiles" in output
+    config.write_text("patches:\n  class_map: {Tumour: TUMOUR}\n")
+    code, output = _invoke("--tiles", tiles, "--annotations", ann, "--out", out, "--config", config)
+    assert code == 1 and output.count("\n") == 1
+    assert "refuse.yaml: patches.class_map.Tumour: 'TUMOUR' is not a class" in output
+    config.write_text("patches:\n  min_annotated_fraction: 1.5\n")
+    code, output = _invoke("--tiles", tiles, "--annotations", ann, "--out", out, "--config", config)
+    assert code == 1 and "refuse.yaml: patches.min_annotated_fraction:" in output
+
+
+def test_stage_ignores_unknown_classes_by_default_and_counts_them(
+    tmp_path: Path, tiles: Path
+) -> None:
+    extra = [feature(box(0, 0, 9, 9), "Region*", (1, 2, 3)) for _ in range(3)]
+    ann = _annotations(
+        tmp_path / "a.geojson", [*extra, feature(box(0, 0, 9, 9), "Other", (1, 2, 3))]
+    )
+    out = tmp_path / "store.zarr"
+    code, output = _invoke("--tiles", tiles, "--annotations", ann, "--out", out)
+    assert code == 0, output
+    assert len(open_patch_store(out)) == 4
+    assert "a.geojson: ignored 3 annotation(s) of class 'Region*'" in output
+    assert "a.geojson: ignored 1 annotation(s) of class 'Other'" in output
+
+
+def test_qupath_class_names_map_to_model_classes(tmp_path: Path, tiles: Path) -> None:
+    ann = tmp_path / "qupath.geojson"
+    write_feature_collection(
+        ann,
+        [
+            feature(box(0, 0, 64, 64), "Tumor", (200, 0, 0)),
+            feature(box(64, 0, 128, 64), "stroma", (255, 165, 0)),
+            feature(box(128, 0, 192, 64), "Immune cells", (0, 0, 200)),
+            feature(box(192, 0, 256, 64), "nec", (128, 0, 128)),
+            feature(box(0, 64, 64, 128), "Tumour", (200, 0, 0)),
+            feature(box(64, 64, 128, 128), "Ignore*", (1, 1, 1)),
+        ],
+    )
+    mapping = ClassMapping(BCSS_CLASSES, {"tumour": "TUM", "Ignore*": None}, "refuse")
+    build_patch_store_from_annotations(
+        [tiles], [ann], tmp_path / "s.zarr", BCSS_CLASSES, class_mapping=mapping, progress=False
+    )
+    store = open_patch_store(tmp_path / "s.zarr")
+    assert [tuple(c) for c in store.coords[:]] == [(0, 0), (64, 0), (128, 0), (192, 0), (0, 64)]
+    np.testing.assert_array_equal(store.positive(), np.eye(4, dtype=np.uint8)[[0, 1, 2, 3, 0]])
+
+
+def test_class_mapping_resolution_order() -> None:
+    classes = ClassList.from_names(["TUM", "Stroma"])
+    mapping = ClassMapping(classes, {"Tumor": "Stroma", "Fat": "BACK", "Region*": None})
+    assert mapping.resolve("Tumor") == "Stroma"  # the config's map wins over QuPath's names
+    assert mapping.resolve("tum") == "TUM" and mapping.resolve("STROMA") == "Stroma"
+    assert mapping.resolve("fat") == "BACK" and mapping.resolve("Region*") is None
+    assert mapping.resolve("Necrosis") is None  # NEC is not a model class here
+    assert mapping.indices(["Tumor", None, "Region*", "Necrosis"], "f.geojson") == [
+        1,
+        None,
+        None,
+        None,
+    ]
+    with pytest.raises(AnnotationError, match=r"f\.geojson: annotation class 'Necrosis'"):
+        ClassMapping(classes, unknown_classes="refuse").indices(["Necrosis"], "f.geojson")
+
+
+def test_annotations_shift_by_the_slide_bounds(
+    tmp_path: Path, tiles: Path, slide: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QuPath coordinates of a cropped slide are relative to its bounds: shifted to level 0."""
+    from wsi_lpd import geojson
+    from wsi_lpd.slide import open_slide
+
+    with open_slide(slide) as opened:
+        assert qupath_offset_px(opened) == (0, 0)  # an uncropped slide
+    assert qupath_offset_px(SimpleNamespace(bounds=(64, 128, 10, 10))) == (64, 128)
+    ann = tmp_path / "cropped.geojson"
+    write_feature_collection(ann, [feature(box(0, 0, 64, 64), "TUM", (200, 0, 0))])
+    assert read_annotations(ann, offset_px=(64, 128))[0].geometry.bounds == (64, 128, 128, 192)
+    monkeypatch.setattr(geojson, "qupath_offset_px", lambda _slide: (64, 128))
+    build = functools.partial(
+        build_patch_store_from_annotations, [tiles], [ann], classes=BCSS_CLASSES, progress=False
+    )
+    build(out=tmp_path / "shifted.zarr")
+    build(out=tmp_path / "raw.zarr", qupath_bounds=False)
+    assert [tuple(c) for c in open_patch_store(tmp_path / "shifted.zarr").coords[:]] == [(64, 128)]
+    assert [tuple(c) for c in open_patch_store(tmp_path / "raw.zarr").coords[:]] == [(0, 0)]
+
+
+def _second_tiles(tmp_path: Path, slide: Path) -> Path:
+    grid = make_tile_grid(
+        SLIDE_PX, SLIDE_PX, 0.5, None, 1.0, 32, slide_id="s2", slide_path=str(slide)
+    )
+    out = tmp_path / "tiles2"
+    out.mkdir()
+    grid.save(out / "tiles.npz")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            {
+                "type": "FeatureCollection",
+                "features": [feature(box(1000, 1000, 1200, 1200), "TUM", (200, 0, 0))],
+            },
+            r"ann\.geojson: no patch for slide 's1': all 1 annotation polygon\(s\) lie outside "
+            r"the slide \(0\.\.256 x 0\.\.256 level-0 px\)",
+        ),
+        ({"type": "FeatureCollection", "features": []}, r"ann\.geojson: .*holds no polygon"),
+        (
+            {
+                "type": "FeatureCollection",
+                "features": [feature(box(0, 0, 3, 3), "TUM", (200, 0, 0))],
+            },
+            r"ann\.geojson: no patch for slide 's1': no tissue tile of 16 is covered enough",
+        ),
+        (
+            {
+                "type": "FeatureCollection",
+                "features": [feature(box(0, 0, 64, 64), "Region*", (1, 2, 3))],
+            },
+            r"ann\.geojson: .*none of its 1 annotation\(s\) has a model class",
+        ),
+        ({"slides": ["a", "b"]}, r"ann\.geojson: not GeoJSON \(found a JSON dict"),
+        ([1, 2], r"ann\.geojson: not GeoJSON \(found a JSON int"),
+        ({"type": "Topology"}, r"ann\.geojson: not GeoJSON \(found type 'Topology'"),
+    ],
+)
+def test_annotation_files_that_give_no_patch_fail_naming_the_file(
+    tmp_path: Path, tiles: Path, content: object, message: str
+) -> None:
+    ann = tmp_path / "ann.geojson"
+    ann.write_text(json.dumps(content))
+    mapping = ClassMapping(BCSS_CLASSES)  # unknown classes ignored
+    with pytest.raises(AnnotationError, match=message):
+        build_patch_store_from_annotations(
+            [tiles], [ann], tmp_path / "s.zarr", BCSS_CLASSES, class_mapping=mapping
+        )
+    assert not (tmp_path / "s.zarr").exists()  # nothing written before the check
+
+
+def test_a_slide_without_patches_warns_when_others_give_patches(
+    tmp_path: Path, tiles: Path, slide: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outside = tmp_path / "outside.geojson"
+    write_feature_collection(outside, [feature(box(900, 900, 990, 990), "TUM", (200, 0, 0))])
+    good = _annotations(tmp_path / "good.geojson")
+    summary = build_patch_store_from_annotations(
+        [tiles, _second_tiles(tmp_path, slide)],
+        [good, outside],
+        tmp_path / "s.zarr",
+        BCSS_CLASSES,
+        progress=False,
+    )
+    assert summary["per_slide"] == {"s1": 4, "s2": 0}
+    assert "outside.geojson: no patch for slide 's2': all 1 annotation polygon(s)" in caplog.text
+    code, output = _invoke(
+        "--tiles", tiles, "--annotations", outside, "--out", tmp_path / "stage.zarr"
+    )
+    assert code == 1 and output.count("\n") == 1 and "outside.geojson" in output
+    assert not (tmp_path / "stage.zarr").exists()
 
 
 def test_store_from_synthetic_slide_matches_annotations(tmp_path: Path) -> None:

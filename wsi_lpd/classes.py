@@ -132,8 +132,8 @@ class ClassMapping:
     A name resolves, in order, through ``class_map`` (exact, then case-insensitive; a ``None``
     value drops that annotation class on purpose), the model's own names (exact, then
     case-insensitive) and :data:`QUPATH_CLASS_NAMES` when its target is a model class. Any other
-    name follows ``unknown_classes``: ``ignore`` (counted, logged once per file by
-    :meth:`report`) or ``refuse`` (``AnnotationError`` naming the class and the file).
+    name follows ``unknown_classes``: ``ignore`` (a warning per class name and file, with its
+    count) or ``refuse`` (``AnnotationError`` naming the class and the file).
     """
 
     classes: ClassList
@@ -143,12 +143,13 @@ class ClassMapping:
     def __post_init__(self) -> None:
         if self.unknown_classes not in ("ignore", "refuse"):
             raise ConfigError(
-                f"unknown_classes: must be 'ignore' or 'refuse', got {self.unknown_classes!r}"
+                "patches.unknown_classes: must be 'ignore' or 'refuse', "
+                f"got {self.unknown_classes!r}"
             )
         for source, target in self.class_map.items():
             if target is not None and target not in self.classes.names:
                 raise ConfigError(
-                    f"class_map.{source}: {target!r} is not a class "
+                    f"patches.class_map.{source}: {target!r} is not a class "
                     f"({', '.join(self.classes.names)})"
                 )
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from wsi_lpd.errors import ConfigError
 
@@ -92,3 +92,39 @@ def load_section(model: type[S], path: str | os.PathLike | None, section: str) -
     if path is None:
         return parse_section(model, {}, None, section)
     return parse_section(model, read_yaml(path).get(section), path, section)
+
+
+# --- patches section
+
+
+def _one_or_many(value: Any) -> Any:
+    """A single path where a list of paths is expected becomes a one-item list."""
+    return [value] if isinstance(value, str | os.PathLike) else value
+
+
+class PatchesSection(Section):
+    """``patches:`` — building the patch store (``wsi-lpd patches``); flags override these.
+
+    Inputs: ``tiles`` + ``annotations`` (+ ``truth`` masks), paired by order, or ``labels_csv`` with
+    ``mpp`` (µm/px) and ``patch_px``. Labels: ``min_class_fraction`` of the patch area makes a
+    class positive; negatives need the annotations to cover ``min_annotated_fraction`` of the
+    patch's tissue, otherwise unknown. ``class_map`` maps annotation class names to model classes
+    (QuPath's Tumor/Stroma/Immune cells/Necrosis and case-insensitive model names are accepted
+    without it; a null value drops that class); ``unknown_classes`` decides the rest: ``ignore``
+    (counted in the log) or ``refuse``. ``qupath_bounds``: annotation coordinates are relative to
+    a cropped slide's bounds (QuPath's convention) and are shifted to level-0 px.
+    """
+
+    tiles: list[Path] | None = None
+    annotations: list[Path] | None = None
+    truth: list[Path] | None = None
+    labels_csv: Path | None = None
+    mpp: float | None = Field(default=None, gt=0)
+    patch_px: int | None = Field(default=None, ge=1)
+    min_class_fraction: float = Field(default=0.1, gt=0, le=1)
+    min_annotated_fraction: float = Field(default=0.9, gt=0, le=1)
+    class_map: dict[str, str | None] = Field(default_factory=dict)
+    unknown_classes: Literal["ignore", "refuse"] = "ignore"
+    qupath_bounds: bool = True
+
+    _paths = field_validator("tiles", "annotations", "truth", mode="before")(_one_or_many)

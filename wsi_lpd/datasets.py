@@ -104,6 +104,8 @@ class PatchDataset(Dataset):
         self.store_path = Path(store_path)
         store = open_patch_store(self.store_path)
         n = len(store)
+        if n == 0:
+            raise DatasetError(f"{self.store_path}: the patch store holds no patch")
         self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n):
             raise DatasetError(f"{self.store_path}: indices outside 0..{n - 1}")
