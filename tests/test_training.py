@@ -242,7 +242,14 @@ def test_numbers_written_as_strings_are_numbers_and_ranges_are_checked(tmp_path:
     from wsi_lpd.model.config import load_training_config
 
     assert load_training_config(_write_config(tmp_path, lr="5e-5")).train.lr == 5e-5
-    for key, value in (("max_iters", -1), ("epochs", 0), ("batch_size", 0), ("val_fraction", 1.5)):
+    for key, value in (
+        ("max_iters", -1),
+        ("epochs", 0),
+        ("batch_size", 0),
+        ("val_fraction", 1.5),
+        ("augment", {"stain_strength": 2}),
+        ("class_balance", "oversample"),
+    ):
         with pytest.raises(ConfigError, match=rf"x\.yaml: train\.{key}: "):
             load_training_config(_write_config(tmp_path, **{key: value}))
 

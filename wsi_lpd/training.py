@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from wsi_lpd import distributed
+from wsi_lpd.augment import Augment
 from wsi_lpd.classes import ClassList
 from wsi_lpd.device import resolve_device
 from wsi_lpd.errors import CheckpointError, ConfigError, DatasetError, TrainingDivergedError
@@ -237,7 +238,7 @@ def train(
         "normalisation": dict(normalisation),
         "model_config": config.model_config,
         "untrained_classes": untrained,
-        "augmentation": dict(s.augment),
+        "augmentation": Augment.from_dict(s.augment).to_dict(),
     }
     run = Run(context, val_loader, metric, contract, progress)
     state = LoopState()

@@ -78,7 +78,7 @@ def build_training_data(
     """Open the training (and validation) data named on the command line."""
     s = config.train
     norm = normalisation_of(config)
-    augment = Augment(seed=s.seed, **s.augment)  # type: ignore[arg-type]
+    augment = Augment.from_dict(s.augment, seed=s.seed)
     if bool(patches) == bool(bcss_dir):
         raise ConfigError("train: give either --patches STORE… or --bcss-dir DIR")
     if bcss_dir is not None:

@@ -72,7 +72,7 @@ class HisynSegMethod(Method):
 
     def _augment(self, offset: int) -> Augment:
         s = self.config.train
-        return Augment(seed=s.seed + offset, **s.augment)  # type: ignore[arg-type]
+        return Augment.from_dict(s.augment, seed=s.seed + offset)
 
     def prepare(self, context: TrainContext) -> None:
         """Synthesise and filter (rank 0; reused when resuming), then open the stores."""

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictBool, field_validator, model_validator
 
+from wsi_lpd.augment import Augment
 from wsi_lpd.config import Section, parse_section, read_yaml
 from wsi_lpd.errors import ConfigError
 
@@ -300,7 +301,8 @@ class TrainSection(Section):
     val_label_mode: Literal["predicted", "given"] = "predicted"
     select_best_after_iters: int | None = Field(None, ge=0)  # None = the loss warm-up
     log_every: int = Field(10, ge=1)
-    augment: dict[str, float] = Field(
+    #: :class:`wsi_lpd.augment.Augment` settings (flips, rotations, ``stain_strength``, …)
+    augment: dict[str, float | None] = Field(
         default_factory=lambda: {"hflip_p": 0.5, "vflip_p": 0.5, "rot90_p": 0.5}
     )
     class_balance: Literal["none", "sampler", "pos_weight"] = "none"
@@ -308,12 +310,10 @@ class TrainSection(Section):
 
     @field_validator("augment")
     @classmethod
-    def _augment(cls, value: dict[str, float]) -> dict[str, float]:
-        from wsi_lpd.augment import Augment
-
+    def _augment(cls, value: dict[str, float | None]) -> dict[str, float | None]:
         try:
-            Augment(**value)  # type: ignore[arg-type]
-        except (TypeError, ValueError) as exc:
+            Augment.from_dict(value)
+        except ValueError as exc:  # ConfigError names augment.<key>
             raise ValueError(str(exc)) from None
         return value
 
