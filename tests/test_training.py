@@ -314,15 +314,21 @@ def test_killed_run_leaves_no_output_and_resumes_from_its_state(
 
 
 def test_untrained_class_never_crashes_and_is_never_predicted(store: Path, tmp_path: Path) -> None:
-    """Store classes A, B; config trained on A, B, C: C has no patch (lpd) and pbip survives."""
+    """Store classes A, B; trained as A, B, C: C has no patch; lpd, pbip and hisynseg survive."""
     torch.set_num_threads(1)
     classes = ClassList.from_names(["A", "B", "C"])
     data = PatchDataset(store, LPD_NORMALISATION)
     data.labels = np.concatenate([data.labels, np.zeros((len(data), 1), np.uint8)], axis=1)
     data.known = np.ones_like(data.labels)
-    for method in ("lpd", "pbip"):
-        raw = yaml.safe_load(TINY.read_text())
-        raw["train"].update(max_iters=2, pbip_features_per_class=4)
+    for method in ("lpd", "pbip", "hisynseg"):
+        if method == "hisynseg":
+            raw = yaml.safe_load((TINY.parent / "hisynseg_tiny_test.yaml").read_text())
+            raw["hisynseg"].update(n_mosaic=4, n_bezier=4)
+            raw["hisynseg"]["filter"]["enabled"] = False
+            raw["train"].update(max_iters=1)
+        else:
+            raw = yaml.safe_load(TINY.read_text())
+            raw["train"].update(max_iters=2, pbip_features_per_class=4)
         cfg = training_config_from_mapping(raw, method=method)
         out = tmp_path / method
         train(

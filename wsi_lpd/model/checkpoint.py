@@ -19,7 +19,6 @@ import hashlib
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from torch import nn
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import CheckpointError, ConfigError
+from wsi_lpd.io import atomic_file
 from wsi_lpd.model.build import MODEL_REGISTRY, build_model
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ def save_checkpoint(
     untrained_classes: list[str] | None = None,
     augmentation: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``model.pt`` atomically (temp file + rename); ``predict_config`` None → the model's.
+    """Write ``model.pt`` atomically (:func:`wsi_lpd.io.atomic_file`); ``predict_config`` None →
+    the model's.
 
     ``classes``: a ClassList or its ``to_dict()`` form. ``untrained_classes``: foreground class
     names the training data could not teach (never predicted); ``augmentation``: the training
@@ -130,18 +131,9 @@ def save_checkpoint(
         "untrained_classes": _plain(list(untrained_classes or []), "untrained_classes"),
         "augmentation": _plain(dict(augmentation or {}), "augmentation"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
+    os.chmod(path, 0o644)
     log.info("saved %s checkpoint %s", method, path)
     return path
 
