@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import shapely
+import shapely.affinity
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
+from wsi_lpd.errors import AnnotationError, ConfigError
 from wsi_lpd.geojson import feature, read_annotations, write_feature_collection
 from wsi_lpd.slide import Slide
 
@@ -196,7 +198,7 @@ def detect_tissue(
     ``mpp`` is the µm/px of the thumbnail the detection runs on (4–16 is sensible).
     """
     if not mpp > 0:
-        raise ValueError(f"{slide.path}: tissue mpp must be positive, got {mpp}")
+        raise ConfigError(f"{slide.path}: tissue mpp must be positive, got {mpp}")
     rgb = slide.thumbnail(mpp, progress=progress)
     mask = tissue_mask(
         rgb,
@@ -270,7 +272,7 @@ def rasterize(
         row, x = row[order], x[order]
         start, stop = row[0::2], row[1::2]
         if not np.array_equal(start, stop):
-            raise ValueError("rasterize: ring crossings do not pair up (ring not closed?)")
+            raise AnnotationError("rasterize: ring crossings do not pair up (ring not closed?)")
         col0 = np.clip(np.ceil(x[0::2]), 0, w).astype(np.int64)
         col1 = np.clip(np.ceil(x[1::2]), 0, w).astype(np.int64)
         y0, y1 = int(start.min()), int(start.max()) + 1
@@ -290,3 +292,29 @@ def write_tissue_geojson(path: str | os.PathLike, tissue: BaseGeometry) -> int:
 def read_tissue_geojson(path: str | os.PathLike) -> MultiPolygon:
     """Union of all polygons of any class in a GeoJSON file, as a MultiPolygon in level-0 px."""
     return _as_multipolygon(p for a in read_annotations(path) for p in _polygons(a.geometry))
+
+
+def shift_by_bounds(geometry: BaseGeometry, bounds: tuple[int, int, int, int]) -> BaseGeometry:
+    """GeoJSON drawn on a slide cropped to its bounds (QuPath on MRXS & co.) moved to level-0
+    px: ``geometry`` shifted by the bounds' (x, y) offset; unchanged for an uncropped slide."""
+    x, y = bounds[0], bounds[1]
+    if x == 0 and y == 0:
+        return geometry
+    return shapely.affinity.translate(geometry, xoff=x, yoff=y)
+
+
+def read_roi_geojson(
+    path: str | os.PathLike, bounds: tuple[int, int, int, int] = (0, 0, 0, 0)
+) -> MultiPolygon:
+    """The region of interest: union of the polygons of any class in a GeoJSON file, in level-0
+    px (shifted by the slide ``bounds`` when the slide is cropped). ``AnnotationError`` naming
+    the file when it holds no polygon."""
+    roi = _as_multipolygon(_polygons(shift_by_bounds(read_tissue_geojson(path), bounds)))
+    if roi.is_empty:
+        raise AnnotationError(f"{path}: no polygon in the region of interest")
+    return roi
+
+
+def clip_to(tissue: BaseGeometry, region: BaseGeometry) -> MultiPolygon:
+    """``tissue`` limited to ``region`` (both level-0 px), as a valid MultiPolygon."""
+    return _as_multipolygon(_polygons(tissue.intersection(region)))
