@@ -128,7 +128,8 @@ def load_config_section(
     """Read one top-level section of a YAML config (``{}`` when no config is given).
 
     Untyped predecessor of :func:`section_with_flags`, kept while the train/patches/infer/
-    export/report stages still use it. With ``allowed``, a key outside it raises ``ConfigError`` naming the file, section and key.
+    export/report stages still use it. With ``allowed``, a key outside it raises
+    ``ConfigError`` naming the file, section and key.
     """
     if config is None:
         return {}

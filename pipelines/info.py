@@ -48,8 +48,8 @@ def _text(info: dict[str, Any]) -> str:
     ]
     for lv in info["levels"]:
         lines.append(
-            f"  {lv['level']}: {lv['width']} × {lv['height']} px, downsample {lv['downsample']:.3f},"
-            f" {lv['mpp']:.4f} µm/px"
+            f"  {lv['level']}: {lv['width']} × {lv['height']} px, "
+            f"downsample {lv['downsample']:.3f}, {lv['mpp']:.4f} µm/px"
         )
     lines.append(f"associated: {', '.join(info['associated_images']) or 'none'}")
     return "\n".join(lines)

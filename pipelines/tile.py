@@ -36,18 +36,25 @@ def command(
         str | None, typer.Option(help="Slide id.", show_default="file stem")
     ] = None,
     tile_mpp: Annotated[
-        float | None, typer.Option(help="Tile resolution, µm/px.", show_default=_default("tile_mpp"))
+        float | None,
+        typer.Option(help="Tile resolution, µm/px.", show_default=_default("tile_mpp")),
     ] = None,
     patch_px: Annotated[
-        int | None, typer.Option(help="Tile side in px at --tile-mpp.", show_default=_default("patch_px"))
+        int | None,
+        typer.Option(help="Tile side in px at --tile-mpp.", show_default=_default("patch_px")),
     ] = None,
     overlap: Annotated[
         float | None,
-        typer.Option(help="Overlap of neighbouring tiles, fraction of the tile.", show_default=_default("overlap")),
+        typer.Option(
+            help="Overlap of neighbouring tiles, fraction of the tile.",
+            show_default=_default("overlap"),
+        ),
     ] = None,
     min_tissue: Annotated[
         float | None,
-        typer.Option(help="Minimum tissue fraction of a kept tile.", show_default=_default("min_tissue")),
+        typer.Option(
+            help="Minimum tissue fraction of a kept tile.", show_default=_default("min_tissue")
+        ),
     ] = None,
     tissue_geojson: Annotated[
         Path | None, typer.Option(help="Use these polygons (any class) instead of detection.")
@@ -61,7 +68,10 @@ def command(
         typer.Option(help="Override the slide's level-0 µm/px.", show_default="from the file"),
     ] = None,
     tissue_mpp: Annotated[
-        float | None, typer.Option(help="Resolution of tissue detection, µm/px.", show_default=_default("tissue_mpp"))
+        float | None,
+        typer.Option(
+            help="Resolution of tissue detection, µm/px.", show_default=_default("tissue_mpp")
+        ),
     ] = None,
     config: Annotated[
         Path | None, typer.Option(help="Workflow YAML; reads section 'tile'.")

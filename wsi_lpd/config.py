@@ -10,6 +10,7 @@ modules that own them (e.g. :mod:`wsi_lpd.model.config`), always built with :fun
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -213,9 +214,7 @@ class SynthSection(Section):
     @model_validator(mode="after")
     def _mask_coarser(self) -> SynthSection:
         if self.mask_mpp < self.slide_mpp:
-            raise ValueError(
-                f"mask_mpp ({self.mask_mpp}) must be >= slide_mpp ({self.slide_mpp})"
-            )
+            raise ValueError(f"mask_mpp ({self.mask_mpp}) must be >= slide_mpp ({self.slide_mpp})")
         return self
 
 
@@ -274,10 +273,9 @@ class TileSection(Section):
         data = renamed_keys(data, "tile", {"mpp": "tile_mpp"})
         if isinstance(data, Mapping) and "overlap_px" in data:
             data = renamed_keys(data, "tile", {"overlap_px": "overlap"})
-            try:
+            # a value that is not a number is left as given: the field's validation names it
+            with contextlib.suppress(TypeError, ValueError, ZeroDivisionError):
                 data["overlap"] = float(data["overlap"]) / float(data.get("patch_px", 224))
-            except (TypeError, ValueError, ZeroDivisionError):
-                pass  # left as given: the field's own validation names the problem
         return data
 
     @property

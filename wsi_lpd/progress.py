@@ -52,7 +52,14 @@ class LogProgress(Generic[T]):
         done = f"{self.n}/{self.total}" if self.total else str(self.n)
         pct = f" ({100.0 * self.n / self.total:.0f} %)" if self.total else ""
         log.info(
-            "%s: %s %s%s, %.1f %s/s, %.0f s", self.desc, done, self.unit, pct, rate, self.unit, elapsed
+            "%s: %s %s%s, %.1f %s/s, %.0f s",
+            self.desc,
+            done,
+            self.unit,
+            pct,
+            rate,
+            self.unit,
+            elapsed,
         )
 
     def update(self, n: int = 1) -> None:
