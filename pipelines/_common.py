@@ -108,7 +108,7 @@ def write_run_metadata(
 
 
 def section_with_flags(
-    model: type[S], config: str | os.PathLike | None, section: str, **flags: Any
+    model: type[S], config: str | os.PathLike | None, section: str, /, **flags: Any
 ) -> S:
     """Section ``section`` of the workflow YAML ``config`` (defaults when None) as ``model``,
     overridden by the flags that were given (not None) and validated again.

@@ -14,7 +14,7 @@ from shapely.geometry import box
 from torch import nn
 from typer.testing import CliRunner
 
-from pipelines import evaluate
+from pipelines.cli import app
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.geojson import feature, write_feature_collection
 from wsi_lpd.model.build import register_model
@@ -27,14 +27,8 @@ METHOD = "test-red"
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    app.command()(evaluate.command)
-    return app
-
-
 def _run(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(_app(), [str(a) for a in args])
+    result = CliRunner().invoke(app, ["evaluate", *(str(a) for a in args)])
     return result.exit_code, result.output
 
 
@@ -162,7 +156,7 @@ def test_mode_b_class_mismatch(tmp_path: Path, model_path: Path) -> None:
         w.append(_patch(4), np.array([1, 0]), (0, 0), w.add_slide("s"), np.zeros((PX, PX)))
     code, output = _run("--model", model_path, "--patches", path, "--out", tmp_path / "ev")
     assert code == 1
-    assert "wsi-lpd: error:" in output and "differ from" in output
+    assert "wsi-lpd evaluate: error:" in output and "differ from" in output
     assert not (tmp_path / "ev" / "metrics.json").exists()
 
 
