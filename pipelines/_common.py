@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -46,6 +46,8 @@ def configure_logging(verbose: bool) -> None:
     """Called by the CLI boundary before a command runs: DEBUG with ``verbose``, else WARNING
     until the stage calls :func:`setup_logging` (so input refused up front prints no INFO line)."""
     _state["verbose"] = verbose
+    # tifffile logs what it cannot parse; the slide reader turns that into one error line
+    logging.getLogger("tifffile").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format=_FORMAT,
@@ -114,12 +116,34 @@ def section_with_flags(
     overridden by the flags that were given (not None) and validated again.
 
     Errors in the file name the file and key; errors in a flag name the option."""
-    base = load_section(model, config, section)
-    given = {k: v for k, v in flags.items() if v is not None}
-    if not given:
-        return base
-    merged = {**base.model_dump(), **given}
-    return parse_section(model, merged, "command line", section)
+    with _held_back("wsi_lpd.config") as held:  # deprecation warnings only for a valid section
+        base = load_section(model, config, section)
+        given = {k: v for k, v in flags.items() if v is not None}
+        if given:
+            base = parse_section(model, {**base.model_dump(), **given}, "command line", section)
+    for record in held:
+        logging.getLogger(record.name).handle(record)
+    return base
+
+
+@contextlib.contextmanager
+def _held_back(logger_name: str) -> Iterator[list[logging.LogRecord]]:
+    """Collect the records of ``logger_name`` instead of emitting them (dropped on error)."""
+    held: list[logging.LogRecord] = []
+    logger = logging.getLogger(logger_name)
+
+    class _Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    handler, propagate = _Hold(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield held
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def load_config_section(

@@ -363,9 +363,37 @@ def _tifffile_is_better(path: Path, openslide_levels: int) -> bool:
         return False
 
 
+def _check_tiff_complete(path: Path) -> None:
+    """``SlideReadError`` when a TIFF's image data runs past the end of the file (truncated copy):
+    compares the file size with the last tile/strip of every page (metadata only, no decoding)."""
+    import tifffile
+
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            end = max(
+                (
+                    o + n
+                    for p in pages
+                    for o, n in zip(p.dataoffsets, p.databytecounts, strict=False)
+                ),
+                default=0,
+            )
+    except Exception:  # not parseable by tifffile: the backends below say what is wrong
+        return
+    if end > size:
+        raise SlideReadError(
+            f"{path}: truncated TIFF (the file has {size} bytes, its image data runs to {end})"
+        )
+
+
 def _open_reader(path: Path) -> tuple[_Reader, dict[str, Any], str]:
     """Open ``path`` with OpenSlide, or tifffile where that reads the file better."""
     import openslide
+
+    if _is_tiff(path):
+        _check_tiff_complete(path)
 
     try:
         osr = openslide.OpenSlide(str(path))
