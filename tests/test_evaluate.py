@@ -287,3 +287,26 @@ def test_mode_b_real_lpd_model_smoke(tmp_path: Path) -> None:
         pooled = json.loads((tmp_path / mode / "metrics.json").read_text())["pooled"]
         assert pooled["pixels"] == 3 * 32 * 32
         assert 0.0 <= pooled["miou"] <= 1.0
+
+
+@pytest.mark.parametrize(("truth_scale", "mosaic_scale"), [(4.0, 2.0), (2.0, 4.0), (3.0, 2.0)])
+def test_parallel_bands_equal_the_serial_confusion(
+    monkeypatch: pytest.MonkeyPatch, truth_scale: float, mosaic_scale: float
+) -> None:
+    from wsi_lpd import evaluation
+    from wsi_lpd.metrics import mosaic_confusion_vs_annotations, mosaic_confusion_vs_mask
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (90, 70), dtype=np.uint8)
+    truth = rng.integers(0, 5, (int(90 * mosaic_scale / truth_scale) + 3, 50), dtype=np.uint8)
+    monkeypatch.setattr(evaluation, "BAND_PIXELS", 700)  # many small bands
+    serial = mosaic_confusion_vs_mask(labels, mosaic_scale, truth, truth_scale, 5, 4)
+    banded = evaluation.confusion_vs_mask(labels, mosaic_scale, truth, truth_scale, 5, 4, workers=3)
+    assert np.array_equal(serial, banded) and serial.sum() == truth.size
+
+    geoms = [box(10, 20, 100, 300), None, box(50, 150, 130, 170), None, None]
+    serial = mosaic_confusion_vs_annotations(labels, mosaic_scale, geoms, 5, rows_per_block=8)
+    banded = evaluation.confusion_vs_annotations(
+        labels, mosaic_scale, geoms, 5, workers=3, rows_per_block=8
+    )
+    assert np.array_equal(serial, banded) and serial.sum() > 0
