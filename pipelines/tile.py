@@ -106,7 +106,7 @@ def command(
     from wsi_lpd.tiling import check_patch_fits, make_tile_grid
     from wsi_lpd.tissue import (
         clip_to,
-        detect_tissue,
+        detect_tissue_with_thumbnail,
         read_roi_geojson,
         read_tissue_geojson,
         write_tissue_geojson,
@@ -129,11 +129,12 @@ def command(
             wsi.mpp,
             wsi.level_count,
         )
+        thumbnail = None
         if given is not None:
             tissue = given
             log.info("tissue from %s: %d polygon(s)", opts.tissue_geojson, len(tissue.geoms))
         else:
-            tissue = detect_tissue(
+            tissue, thumbnail = detect_tissue_with_thumbnail(
                 wsi,
                 opts.tissue_mpp,
                 min_object_um2=opts.min_object_um2,
@@ -142,6 +143,7 @@ def command(
                 open_radius_um=opts.open_radius_um,
                 saturation_floor=opts.saturation_floor,
                 exclude_dark=opts.exclude_dark,
+                progress=True,
             )
         if region is not None:
             tissue = clip_to(tissue, region)
@@ -166,7 +168,7 @@ def command(
         with atomic_dir(out) as tmp:
             grid.save(tmp / "tiles.npz")
             write_tissue_geojson(tmp / "tissue.geojson", tissue)
-            write_tile_qc(tmp / "qc.png", wsi, tissue, grid, opts.qc_long_side_px)
+            write_tile_qc(tmp / "qc.png", wsi, tissue, grid, opts.qc_long_side_px, thumbnail)
             write_run_metadata(
                 tmp,
                 "tile",

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from wsi_lpd.errors import (
     ConfigError,
@@ -627,7 +626,9 @@ class Slide:
         factor = mpp / self.mpp  # level-0 px per output px
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
         cells = [(x, y) for y in range(0, out_h, chunk) for x in range(0, out_w, chunk)]
-        for x, y in tqdm(cells, desc="thumbnail", unit="chunk", disable=not progress, leave=False):
+        from wsi_lpd.progress import progress as reporter
+
+        for x, y in reporter(cells, desc="thumbnail", unit="chunk", disable=not progress):
             cw, ch = min(chunk, out_w - x), min(chunk, out_h - y)
             out[y : y + ch, x : x + cw] = self._read(x * factor, y * factor, cw, ch, mpp)
         return out
