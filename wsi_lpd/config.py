@@ -138,11 +138,14 @@ def renamed_keys(data: Any, section: str, renames: Mapping[str, str]) -> Any:
     for old, new in renames.items():
         if old in out:
             _deprecation_log.warning(
-                "%s.%s is deprecated, use %s.%s (the old name goes in the next release)",
+                "%s.%s (--%s) is deprecated, use %s.%s (--%s); the old name goes in the next "
+                "release",
                 section,
                 old,
+                old.replace("_", "-"),
                 section,
                 new,
+                new.replace("_", "-"),
             )
             out[new] = out.pop(old)
     return out
