@@ -68,7 +68,8 @@ def test_deprecated_names_still_work_with_a_warning(tmp_path: Path, caplog) -> N
         effective = load_workflow_config(cfg).model_dump()
     assert effective["tile"]["tile_mpp"] == 0.5 and effective["tile"]["overlap"] == 0.25
     assert effective["synth"]["slide_mpp"] == 0.25
-    assert "tile.mpp is deprecated" in caplog.text and "synth.mpp is deprecated" in caplog.text
+    assert "tile.mpp (--mpp) is deprecated" in caplog.text
+    assert "synth.mpp (--mpp) is deprecated" in caplog.text
 
 
 def test_progress_logs_every_tenth_without_repeats(caplog) -> None:
