@@ -156,3 +156,23 @@ def test_errors_are_one_line_and_leave_nothing(
     }[case]
     assert expected in lines[0]
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_roi_limits_the_tiles_and_is_shifted_on_cropped_slides(make_tiff, tmp_path: Path) -> None:
+    from wsi_lpd.tissue import shift_by_bounds
+
+    slide, _ = make_tiff()
+    roi = tmp_path / "roi.geojson"
+    write_feature_collection(roi, [feature(box(0, 0, 512, 768), "Region*", (0, 0, 255))])
+    whole, half = tmp_path / "whole", tmp_path / "half"
+    assert run(slide, "--out", whole, "--patch-px", 32, "--min-tissue", 0.01).exit_code == 0
+    result = run(slide, "--out", half, "--patch-px", 32, "--min-tissue", 0.01, "--roi", roi)
+    assert result.exit_code == 0, result.stderr
+    all_tiles, roi_tiles = TileGrid.load(whole / "tiles.npz"), TileGrid.load(half / "tiles.npz")
+    assert 0 < len(roi_tiles) < len(all_tiles)
+    assert roi_tiles.x.max() < 512 and all_tiles.x.max() >= 512
+    assert json.loads((half / "run.json").read_text())["parameters"]["roi"] == str(roi)
+
+    moved = shift_by_bounds(box(0, 0, 10, 10), (100, 50, 800, 600))
+    assert moved.bounds == (100, 50, 110, 60)
+    assert shift_by_bounds(box(0, 0, 10, 10), (0, 0, 800, 600)).bounds == (0, 0, 10, 10)

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import ConfigError
 
 S = TypeVar("S", bound=BaseModel)
@@ -181,6 +182,10 @@ class ClassesSection(Section):
         default_factory=_default_foreground
     )
     background: TissueClassEntry = TissueClassEntry(name="BACK", color=(255, 255, 255))
+
+    def class_list(self) -> ClassList:
+        """The :class:`~wsi_lpd.classes.ClassList` these entries describe."""
+        return ClassList.from_dict(self.model_dump())
 
     @model_validator(mode="after")
     def _unique(self) -> ClassesSection:
