@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
+from typer.core import TyperGroup
 
 from pipelines._common import configure_logging
 
@@ -36,12 +36,41 @@ COMMANDS = (
     "config",
 )
 
+# click's error classes as typer exposes them (typer may vendor its own click)
+ClickError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
 VerboseOption = Annotated[
     bool, typer.Option("--verbose", "-v", help="Debug logging; full traceback on error.")
 ]
 
+
+class OneLineGroup(TyperGroup):
+    """The command group: usage errors (bad flag value, missing argument) also end in one line
+    ``wsi-lpd <stage>: error: <problem>`` and exit 1, like every other error."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `wsi-lpd`: the help text
+                exc.show()
+                sys.exit(exc.exit_code)
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "wsi-lpd"
+            hint = f" (see '{where} --help')" if isinstance(exc, UsageError) else ""
+            print(f"{where}: error: {_one_line(exc.format_message())}{hint}", file=sys.stderr)
+            sys.exit(1)
+        except typer.Abort:
+            print("wsi-lpd: error: aborted", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
     name="wsi-lpd",
+    cls=OneLineGroup,
     help="Whole-slide LPD: tile, patches, train, infer, export to QuPath, evaluate, report.",
     no_args_is_help=True,
     add_completion=False,
@@ -123,7 +152,7 @@ def boundary(stage: str, func: Callable[..., Any]) -> Callable[..., Any]:
             kwargs["verbose"] = verbose
         try:
             return func(*args, **kwargs)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except (typer.Exit, typer.Abort, ClickError):
             raise
         except SystemExit as exc:
             if exc.code in (None, 0):

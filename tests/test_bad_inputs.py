@@ -66,6 +66,7 @@ TILE_CASES = {
         "tile.patch_px",
     ),
     "negative flag": lambda tmp, s: ([s, "--min-tissue", "-1"], "tile.min_tissue"),
+    "flag not a number": lambda tmp, s: ([s, "--tile-mpp", "abc"], "'--tile-mpp'"),
     "overlap of a whole tile": lambda tmp, s: ([s, "--overlap", "1"], "tile.overlap"),
     "unknown key": lambda tmp, s: (
         [s, "--config", _yaml(tmp, "tile:\n  patch_size: 224\n")],

@@ -203,7 +203,7 @@ def polygonize(
     for idx, slc in enumerate(ndimage.find_objects(labels), start=1):
         if slc is None:
             continue
-        piece = np.pad(labels[slc] == idx, 1).astype(np.float32)
+        piece = np.pad(labels[slc] == idx, 1)  # find_contours converts to float64 itself
         rings = [c for c in find_contours(piece, 0.5) if len(c) >= 4]
         if not rings:
             continue
