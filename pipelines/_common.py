@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 import yaml
 
 from wsi_lpd.config import S, load_section, parse_section
-from wsi_lpd.errors import ConfigError
+from wsi_lpd.errors import ConfigError, WsiLpdError
 from wsi_lpd.io import write_json
 
 log = logging.getLogger("wsi_lpd")
@@ -184,6 +185,16 @@ def merge_options(section: Mapping[str, Any], **flags: Any) -> dict[str, Any]:
 
 
 def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """No-op kept while stages still decorate their command with it: the one error boundary of
-    every command is in :mod:`pipelines.cli`."""
-    return func
+    """Transitional: the old per-command decorator (``wsi-lpd: error: …``), kept only while the
+    train/patches/infer/export/report stages still use it. The one error boundary of every
+    command is :func:`pipelines.cli.boundary`; a stage drops this decorator when it moves there."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except (WsiLpdError, FileNotFoundError) as exc:
+            print(f"wsi-lpd: error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    return wrapper
