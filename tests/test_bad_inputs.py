@@ -223,3 +223,20 @@ def test_evaluate_refuses(mosaic: Path, tmp_path: Path) -> None:
         assert_refused(invoke("evaluate", "--out", out, *args), "evaluate", names)
         assert not out.exists()
     no_leftovers(tmp_path)
+
+
+def test_an_unexpected_exception_is_one_line_naming_the_input(
+    slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wsi_lpd.tissue
+
+    def crash(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(wsi_lpd.tissue, "detect_tissue_with_thumbnail", crash)
+    out = tmp_path / "out"
+    result = invoke("tile", slide, "--out", out)
+    line = next(ln for ln in result.stderr.splitlines() if "error:" in ln)
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert line == f"wsi-lpd tile: error: {slide}: RuntimeError: boom second line"
+    assert not out.exists()
