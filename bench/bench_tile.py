@@ -6,8 +6,9 @@ layout, several times faster to write than the textured slide and just as good h
 detection and tiling only look at a coarse level. Then runs, each in its own child process so
 that its peak RSS (the child's ``VmHWM``) is its own:
 
-  (a) the tile stage in-process (``pipelines.tile.command``: open, tissue at 8 µm/px, grid at
-      1 µm/px 224 px, tiles.npz, tissue.geojson, ~1024 px qc.png, run.json), with its steps timed;
+  (a) the tile stage in-process (``pipelines.tile.command``: open, one read of the coarsest level
+      serving 8 µm/px, tissue mask and polygons on it, grid at 1 µm/px 224 px, tiles.npz,
+      tissue.geojson, ~1024 px qc.png shrunk from the same thumbnail, run.json), steps timed;
   (b) ``openslide.OpenSlide(path).get_thumbnail((1024, 1024))``, the floor for any reader.
 
 Prints a table (wall s including interpreter start and imports, peak RSS MiB, tiles, ratio a/b)
@@ -53,7 +54,7 @@ from pathlib import Path
 t0 = time.perf_counter()
 import numpy as np
 import pipelines.tile as stage
-import wsi_lpd.slide, wsi_lpd.tiling, wsi_lpd.tissue
+import wsi_lpd.overlay, wsi_lpd.slide, wsi_lpd.tiling, wsi_lpd.tissue
 from wsi_lpd.tiling import TileGrid
 slide_path, out, thumb_px, tissue_mpp, mpp, patch_px = sys.argv[1:7]
 steps = {"import": time.perf_counter() - t0}
@@ -70,15 +71,17 @@ def timed(module, name, label):
     setattr(module, name, wrapper)
 
 timed(wsi_lpd.slide, "open_slide", "open")
-timed(wsi_lpd.tissue, "detect_tissue", "detect_tissue")
+timed(wsi_lpd.slide.Slide, "thumbnail", "read_thumbnail")
+timed(wsi_lpd.tissue, "tissue_mask", "tissue_mask")
+timed(wsi_lpd.tissue, "polygonize", "polygonize")
 timed(wsi_lpd.tiling, "make_tile_grid", "make_tile_grid")
 timed(wsi_lpd.tissue, "write_tissue_geojson", "tissue_geojson")
-timed(stage, "write_qc_png", "qc_png")
+timed(wsi_lpd.overlay, "write_tile_qc", "qc_png")
 config = Path(out).with_name(Path(out).name + ".config.yaml")
 config.write_text(json.dumps({"tile": {"qc_long_side_px": int(thumb_px)}}))  # YAML ⊃ JSON
 t = time.perf_counter()
-stage.command(slide=Path(slide_path), out=Path(out), mpp=float(mpp), patch_px=int(patch_px),
-              tissue_mpp=float(tissue_mpp), config=config)
+stage.command(slide=Path(slide_path), out=Path(out), tile_mpp=float(mpp),
+              patch_px=int(patch_px), tissue_mpp=float(tissue_mpp), config=config)
 steps["stage_total"] = time.perf_counter() - t
 logging.disable(logging.CRITICAL)
 grid = TileGrid.load(Path(out) / "tiles.npz")

@@ -1,24 +1,25 @@
-"""I/O plumbing shared by the stages: atomic outputs, run metadata, config sections, logging."""
+"""Plumbing shared by the stages: run metadata, config sections with flags, logging verbosity."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
+from wsi_lpd.config import S, load_section, parse_section
 from wsi_lpd.errors import ConfigError, WsiLpdError
+from wsi_lpd.io import write_json
 
 log = logging.getLogger("wsi_lpd")
 
@@ -38,11 +39,32 @@ _PACKAGES = (
 )
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr with timestamps; ``verbose`` switches to DEBUG."""
+_state = {"verbose": False}
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(verbose: bool) -> None:
+    """Called by the CLI boundary before a command runs: DEBUG with ``verbose``, else WARNING
+    until the stage calls :func:`setup_logging` (so input refused up front prints no INFO line)."""
+    _state["verbose"] = verbose
+    # tifffile logs what it cannot parse; the slide reader turns that into one error line
+    logging.getLogger("tifffile").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format=_FORMAT,
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Start INFO logging (DEBUG with ``verbose`` or the boundary's ``-v``) to stderr.
+
+    Stages call it once their inputs are validated."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose or _state["verbose"] else logging.INFO,
+        format=_FORMAT,
         datefmt="%H:%M:%S",
         stream=sys.stderr,
         force=True,
@@ -85,9 +107,44 @@ def write_run_metadata(
         "host": platform.node(),
         **extra,
     }
-    path = Path(out_dir) / "run.json"
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    return path
+    return write_json(Path(out_dir) / "run.json", payload)
+
+
+def section_with_flags(
+    model: type[S], config: str | os.PathLike | None, section: str, /, **flags: Any
+) -> S:
+    """Section ``section`` of the workflow YAML ``config`` (defaults when None) as ``model``,
+    overridden by the flags that were given (not None) and validated again.
+
+    Errors in the file name the file and key; errors in a flag name the option."""
+    with _held_back("wsi_lpd.config") as held:  # deprecation warnings only for a valid section
+        base = load_section(model, config, section)
+        given = {k: v for k, v in flags.items() if v is not None}
+        if given:
+            base = parse_section(model, {**base.model_dump(), **given}, "command line", section)
+    for record in held:
+        logging.getLogger(record.name).handle(record)
+    return base
+
+
+@contextlib.contextmanager
+def _held_back(logger_name: str) -> Iterator[list[logging.LogRecord]]:
+    """Collect the records of ``logger_name`` instead of emitting them (dropped on error)."""
+    held: list[logging.LogRecord] = []
+    logger = logging.getLogger(logger_name)
+
+    class _Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    handler, propagate = _Hold(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield held
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def load_config_section(
@@ -95,7 +152,9 @@ def load_config_section(
 ) -> dict[str, Any]:
     """Read one top-level section of a YAML config (``{}`` when no config is given).
 
-    With ``allowed``, a key outside it raises ``ConfigError`` naming the file, section and key.
+    Untyped predecessor of :func:`section_with_flags`, kept while the train/patches/infer/
+    export/report stages still use it. With ``allowed``, a key outside it raises
+    ``ConfigError`` naming the file, section and key.
     """
     if config is None:
         return {}
@@ -118,14 +177,17 @@ def load_config_section(
 
 
 def merge_options(section: Mapping[str, Any], **flags: Any) -> dict[str, Any]:
-    """Config section values overridden by flags that were given (not None)."""
+    """Config section values overridden by flags that were given (not None) (kept while other
+    stages still use it; typed stages use :func:`section_with_flags`)."""
     merged = dict(section)
     merged.update({k: v for k, v in flags.items() if v is not None})
     return merged
 
 
 def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """CLI decorator: a WsiLpdError (or missing file) becomes one line on stderr and exit 1."""
+    """Transitional: the old per-command decorator (``wsi-lpd: error: …``), kept only while the
+    train/patches/infer/export/report stages still use it. The one error boundary of every
+    command is :func:`pipelines.cli.boundary`; a stage drops this decorator when it moves there."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:

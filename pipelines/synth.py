@@ -9,80 +9,40 @@ from typing import Annotated
 
 import typer
 
-from pipelines._common import (
-    load_config_section,
-    merge_options,
-    one_line_errors,
-    setup_logging,
-    write_run_metadata,
-)
-from wsi_lpd.errors import ConfigError
+from pipelines._common import section_with_flags, setup_logging, write_run_metadata
+from wsi_lpd.config import SynthSection
 from wsi_lpd.io import atomic_file
 
-_DEFAULTS = {
-    "n_slides": 1,
-    "width_px": 4096,
-    "height_px": 4096,
-    "mpp": 0.5,
-    "seed": 0,
-    "prefix": "synth",
-    "aperio": True,
-    "mask_mpp": 8.0,
-    "jpeg_quality": 85,
-}
+
+def _default(key: str) -> str:
+    """The default of ``synth.<key>`` as shown in ``--help`` (one source: the section model)."""
+    return str(SynthSection.model_fields[key].default)
 
 
-def _validated(options: dict) -> dict:
-    """Defaults filled in, types coerced, ranges checked (ConfigError names the key)."""
-    unknown = sorted(set(options) - set(_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"synth: unknown option(s) {', '.join(unknown)}")
-    out = {**_DEFAULTS, **options}
-    casts = {
-        "n_slides": int,
-        "width_px": int,
-        "height_px": int,
-        "seed": int,
-        "jpeg_quality": int,
-        "mpp": float,
-        "mask_mpp": float,
-        "prefix": str,
-        "aperio": bool,
-    }
-    for key, cast in casts.items():
-        try:
-            out[key] = cast(out[key])
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"synth.{key}: invalid value {out[key]!r} ({exc})") from exc
-    for key in ("n_slides", "width_px", "height_px"):
-        if out[key] < 1:
-            raise ConfigError(f"synth.{key}: must be at least 1, got {out[key]}")
-    if not out["mpp"] > 0 or out["mask_mpp"] < out["mpp"]:
-        raise ConfigError(
-            f"synth.mpp/mask_mpp: need 0 < mpp <= mask_mpp, got {out['mpp']}, {out['mask_mpp']}"
-        )
-    if not 1 <= out["jpeg_quality"] <= 100:
-        raise ConfigError(f"synth.jpeg_quality: must be 1-100, got {out['jpeg_quality']}")
-    if not out["prefix"] or "/" in out["prefix"]:
-        raise ConfigError(f"synth.prefix: must be a plain file-name prefix, got {out['prefix']!r}")
-    return out
-
-
-@one_line_errors
 def command(
     out: Annotated[Path, typer.Option("--out", help="Output directory.")],
-    n_slides: Annotated[int | None, typer.Option(help="Number of slides (default 1).")] = None,
+    n_slides: Annotated[
+        int | None, typer.Option(help="Number of slides.", show_default=_default("n_slides"))
+    ] = None,
     width_px: Annotated[
-        int | None, typer.Option(help="Level-0 width in px (default 4096).")
+        int | None, typer.Option(help="Level-0 width in px.", show_default=_default("width_px"))
     ] = None,
     height_px: Annotated[
-        int | None, typer.Option(help="Level-0 height in px (default 4096).")
+        int | None, typer.Option(help="Level-0 height in px.", show_default=_default("height_px"))
     ] = None,
-    mpp: Annotated[float | None, typer.Option(help="Level-0 µm per px (default 0.5).")] = None,
+    slide_mpp: Annotated[
+        float | None,
+        typer.Option(help="The slides' level-0 µm/px.", show_default=_default("slide_mpp")),
+    ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="Seed of the first slide; slide i uses seed+i.")
+        int | None,
+        typer.Option(
+            help="Seed of the first slide; slide i uses seed+i.", show_default=_default("seed")
+        ),
     ] = None,
-    prefix: Annotated[str | None, typer.Option(help="File-name prefix (default synth).")] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="File-name prefix.", show_default=_default("prefix"))
+    ] = None,
     no_aperio: Annotated[
         bool, typer.Option("--no-aperio", help="Plain tiled TIFF without the Aperio header.")
     ] = False,
@@ -93,42 +53,43 @@ def command(
         ),
     ] = False,
     config: Annotated[
-        Path | None, typer.Option("--config", help="YAML config; reads section 'synth'.")
+        Path | None, typer.Option("--config", help="Workflow YAML; reads section 'synth'.")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    mpp: Annotated[
+        float | None, typer.Option("--mpp", hidden=True, help="Deprecated: --slide-mpp.")
+    ] = None,
 ) -> None:
-    setup_logging(verbose)
     started = time.time()
-    from tqdm import tqdm
-
+    opts = section_with_flags(
+        SynthSection,
+        config,
+        "synth",
+        n_slides=n_slides,
+        width_px=width_px,
+        height_px=height_px,
+        slide_mpp=slide_mpp,
+        seed=seed,
+        prefix=prefix,
+        aperio=False if no_aperio else None,
+        mpp=mpp,
+    )
+    setup_logging()
+    from wsi_lpd.progress import progress
     from wsi_lpd.synth import CMU_SLIDE_ID, copy_cmu_small_region, write_synthetic_slide
 
-    section = load_config_section(config, "synth")
-    opts = _validated(
-        merge_options(
-            section,
-            n_slides=n_slides,
-            width_px=width_px,
-            height_px=height_px,
-            mpp=mpp,
-            seed=seed,
-            prefix=prefix,
-            aperio=False if no_aperio else None,
-        )
-    )
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    n = opts["n_slides"]
-    for i in tqdm(range(n), desc="synth slides", unit="slide"):
+    n = opts.n_slides
+    for i in progress(range(n), desc="synth slides", unit="slide"):
         slide = write_synthetic_slide(
-            out / f"{opts['prefix']}_{i:02d}.tiff",
-            width_px=opts["width_px"],
-            height_px=opts["height_px"],
-            mpp=opts["mpp"],
-            seed=opts["seed"] + i,
-            aperio=opts["aperio"],
-            mask_mpp=opts["mask_mpp"],
-            jpeg_quality=opts["jpeg_quality"],
+            out / f"{opts.prefix}_{i:02d}.tiff",
+            width_px=opts.width_px,
+            height_px=opts.height_px,
+            mpp=opts.slide_mpp,
+            seed=opts.seed + i,
+            aperio=opts.aperio,
+            mask_mpp=opts.mask_mpp,
+            jpeg_quality=opts.jpeg_quality,
             progress=True,
         )
         split = "test" if n >= 2 and i == n - 1 else "train"
@@ -149,4 +110,6 @@ def command(
         writer = csv.writer(fh)
         writer.writerow(["slide_id", "path", "mpp", "annotations", "truth", "split"])
         writer.writerows(rows)
-    write_run_metadata(out, "synth", opts, {}, started, outputs=[str(r[1]) for r in rows])
+    write_run_metadata(
+        out, "synth", opts.model_dump(), {}, started, outputs=[str(r[1]) for r in rows]
+    )

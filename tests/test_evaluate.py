@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
 from PIL import Image
 from shapely.geometry import box
 from torch import nn
 from typer.testing import CliRunner
 
-from pipelines import evaluate
+from pipelines.cli import app
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.geojson import feature, write_feature_collection
 from wsi_lpd.model.build import register_model
@@ -27,14 +26,8 @@ METHOD = "test-red"
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    app.command()(evaluate.command)
-    return app
-
-
 def _run(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(_app(), [str(a) for a in args])
+    result = CliRunner().invoke(app, ["evaluate", *(str(a) for a in args)])
     return result.exit_code, result.output
 
 
@@ -162,7 +155,7 @@ def test_mode_b_class_mismatch(tmp_path: Path, model_path: Path) -> None:
         w.append(_patch(4), np.array([1, 0]), (0, 0), w.add_slide("s"), np.zeros((PX, PX)))
     code, output = _run("--model", model_path, "--patches", path, "--out", tmp_path / "ev")
     assert code == 1
-    assert "wsi-lpd: error:" in output and "differ from" in output
+    assert "wsi-lpd evaluate: error:" in output and "differ from" in output
     assert not (tmp_path / "ev" / "metrics.json").exists()
 
 
@@ -294,3 +287,26 @@ def test_mode_b_real_lpd_model_smoke(tmp_path: Path) -> None:
         pooled = json.loads((tmp_path / mode / "metrics.json").read_text())["pooled"]
         assert pooled["pixels"] == 3 * 32 * 32
         assert 0.0 <= pooled["miou"] <= 1.0
+
+
+@pytest.mark.parametrize(("truth_scale", "mosaic_scale"), [(4.0, 2.0), (2.0, 4.0), (3.0, 2.0)])
+def test_parallel_bands_equal_the_serial_confusion(
+    monkeypatch: pytest.MonkeyPatch, truth_scale: float, mosaic_scale: float
+) -> None:
+    from wsi_lpd import evaluation
+    from wsi_lpd.metrics import mosaic_confusion_vs_annotations, mosaic_confusion_vs_mask
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (90, 70), dtype=np.uint8)
+    truth = rng.integers(0, 5, (int(90 * mosaic_scale / truth_scale) + 3, 50), dtype=np.uint8)
+    monkeypatch.setattr(evaluation, "BAND_PIXELS", 700)  # many small bands
+    serial = mosaic_confusion_vs_mask(labels, mosaic_scale, truth, truth_scale, 5, 4)
+    banded = evaluation.confusion_vs_mask(labels, mosaic_scale, truth, truth_scale, 5, 4, workers=3)
+    assert np.array_equal(serial, banded) and serial.sum() == truth.size
+
+    geoms = [box(10, 20, 100, 300), None, box(50, 150, 130, 170), None, None]
+    serial = mosaic_confusion_vs_annotations(labels, mosaic_scale, geoms, 5, rows_per_block=8)
+    banded = evaluation.confusion_vs_annotations(
+        labels, mosaic_scale, geoms, 5, workers=3, rows_per_block=8
+    )
+    assert np.array_equal(serial, banded) and serial.sum() > 0

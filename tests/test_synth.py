@@ -13,12 +13,11 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
-import typer
 from scipy import ndimage
 from skimage.draw import polygon as draw_polygon
 from typer.testing import CliRunner
 
-from pipelines import synth as synth_stage
+from pipelines.cli import app
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.errors import AnnotationError, ConfigError
 from wsi_lpd.geojson import read_annotations
@@ -257,14 +256,13 @@ def test_memory_bounded_by_tiles_not_slide(tmp_path: Path) -> None:
 
 
 def test_cli_writes_slides_and_sample_sheet(tmp_path: Path) -> None:
-    app = typer.Typer()
-    app.command()(synth_stage.command)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("synth:\n  width_px: 640\n  height_px: 999\n  prefix: demo\n")
     out = tmp_path / "out"
     res = CliRunner().invoke(
         app,
         [
+            "synth",
             "--out",
             str(out),
             "--n-slides",
@@ -294,6 +292,6 @@ def test_cli_writes_slides_and_sample_sheet(tmp_path: Path) -> None:
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("synth:\n  width_px: 0\n")
-    res = CliRunner().invoke(app, ["--out", str(out), "--config", str(bad)])
+    res = CliRunner().invoke(app, ["synth", "--out", str(out), "--config", str(bad)])
     assert res.exit_code == 1
     assert "synth.width_px" in res.output

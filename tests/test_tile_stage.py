@@ -7,21 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from PIL import Image
 from shapely import union_all
 from shapely.geometry import Point, box
 from typer.testing import CliRunner
 
-from pipelines import tile as tile_stage
+from pipelines.cli import app
 from wsi_lpd.geojson import feature, read_annotations, write_feature_collection
 from wsi_lpd.tiling import TileGrid
 
 
 def run(*args: object):
-    app = typer.Typer()
-    app.command()(tile_stage.command)
-    return CliRunner().invoke(app, [str(a) for a in args])
+    return CliRunner().invoke(app, ["tile", *(str(a) for a in args)])
 
 
 def leftovers(parent: Path) -> list[str]:
@@ -67,7 +64,7 @@ def test_tile_stage_writes_the_four_outputs(make_tiff, tmp_path: Path) -> None:
 
     meta = json.loads((out / "run.json").read_text())
     assert meta["stage"] == "tile" and meta["n_tiles"] == len(grid)
-    assert meta["parameters"]["mpp"] == 1.0 and meta["parameters"]["patch_px"] == 64
+    assert meta["parameters"]["tile_mpp"] == 1.0 and meta["parameters"]["patch_px"] == 64
     assert meta["inputs"]["slide_width"] == 1024 and meta["inputs"]["slide_mpp"] == 0.5
     assert meta["inputs"]["vendor"] == "generic-tiff" and len(meta["inputs"]["file_checksum"]) == 64
     assert meta["wall_time_s"] >= 0
@@ -81,7 +78,7 @@ def test_tissue_geojson_replaces_detection_and_config_is_overridden(
     region = tmp_path / "region.geojson"
     write_feature_collection(region, [feature(box(0, 0, 512, 256), "Stroma", (0, 0, 255))])
     config = tmp_path / "config.yaml"
-    config.write_text("tile:\n  mpp: 2.0\n  patch_px: 32\n  min_tissue: 1.0\n")
+    config.write_text("tile:\n  tile_mpp: 2.0\n  patch_px: 32\n  min_tissue: 1.0\n")
     out = tmp_path / "out"
     result = run(
         slide,
@@ -91,7 +88,7 @@ def test_tissue_geojson_replaces_detection_and_config_is_overridden(
         "S1",
         "--config",
         config,
-        "--mpp",
+        "--tile-mpp",
         1.0,
         "--tissue-geojson",
         region,
@@ -100,7 +97,7 @@ def test_tissue_geojson_replaces_detection_and_config_is_overridden(
     )
     assert result.exit_code == 0, result.output
     grid = TileGrid.load(out / "tiles.npz")
-    # flags win over the config (mpp), the config over the defaults (patch_px, min_tissue)
+    # flags win over the config (tile_mpp), the config over the defaults (patch_px, min_tissue)
     assert (grid.mpp, grid.patch_px, grid.slide_mpp, grid.slide_id) == (1.0, 32, 0.25, "S1")
     step = 32 * 1.0 / 0.25  # 128 level-0 px
     assert len(grid) == (512 // step) * (256 // step)  # exactly the tiles inside the box
@@ -129,7 +126,7 @@ def test_existing_output_is_replaced_whole(make_tiff, tmp_path: Path) -> None:
         ("text", []),
         ("bad-id", ["--slide-id", "../escape"]),
         ("bad-config", ["--config", "CONFIG"]),
-        ("bad-overlap", ["--overlap-px", "224"]),
+        ("bad-overlap", ["--overlap", "1.0"]),
     ],
 )
 def test_errors_are_one_line_and_leave_nothing(
@@ -149,13 +146,33 @@ def test_errors_are_one_line_and_leave_nothing(
     result = run(slide, "--out", out, *extra)
     assert result.exit_code != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("wsi-lpd: error:"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("wsi-lpd tile: error:"), result.stderr
     expected = {
         "missing": str(slide),
         "text": str(slide),
         "bad-id": "../escape",
         "bad-config": "patch_size",
-        "bad-overlap": "overlap_px",
+        "bad-overlap": "overlap",
     }[case]
     assert expected in lines[0]
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_roi_limits_the_tiles_and_is_shifted_on_cropped_slides(make_tiff, tmp_path: Path) -> None:
+    from wsi_lpd.tissue import shift_by_bounds
+
+    slide, _ = make_tiff()
+    roi = tmp_path / "roi.geojson"
+    write_feature_collection(roi, [feature(box(0, 0, 512, 768), "Region*", (0, 0, 255))])
+    whole, half = tmp_path / "whole", tmp_path / "half"
+    assert run(slide, "--out", whole, "--patch-px", 32, "--min-tissue", 0.01).exit_code == 0
+    result = run(slide, "--out", half, "--patch-px", 32, "--min-tissue", 0.01, "--roi", roi)
+    assert result.exit_code == 0, result.stderr
+    all_tiles, roi_tiles = TileGrid.load(whole / "tiles.npz"), TileGrid.load(half / "tiles.npz")
+    assert 0 < len(roi_tiles) < len(all_tiles)
+    assert roi_tiles.x.max() < 512 and all_tiles.x.max() >= 512
+    assert json.loads((half / "run.json").read_text())["parameters"]["roi"] == str(roi)
+
+    moved = shift_by_bounds(box(0, 0, 10, 10), (100, 50, 800, 600))
+    assert moved.bounds == (100, 50, 110, 60)
+    assert shift_by_bounds(box(0, 0, 10, 10), (0, 0, 800, 600)).bounds == (0, 0, 10, 10)

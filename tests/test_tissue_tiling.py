@@ -342,3 +342,27 @@ def test_saturation_and_speck_smoothing() -> None:
     assert out[20:23, 5:8].min() == 150
     out[20:23, 5:8] = 0
     assert out.max() == 0
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 3, 5.4])
+def test_disk_morphology_equals_scipy(radius: float) -> None:
+    from scipy import ndimage
+
+    from wsi_lpd.tissue import _disk, dilate_disk, erode_disk
+
+    mask = np.random.default_rng(3).random((61, 47)) > 0.7
+    disk = _disk(radius)
+    assert np.array_equal(dilate_disk(mask, radius), ndimage.binary_dilation(mask, disk))
+    assert np.array_equal(erode_disk(mask, radius), ndimage.binary_erosion(mask, disk))
+
+
+def test_histogram_otsu_equals_skimage() -> None:
+    from skimage.filters import threshold_otsu
+
+    from wsi_lpd.tissue import otsu_threshold
+
+    rng = np.random.default_rng(4)
+    values = np.concatenate([rng.normal(30, 8, 5000), rng.normal(140, 20, 3000)])
+    image = np.clip(values, 3, 250).astype(np.uint8).reshape(80, 100)
+    assert otsu_threshold(image) == float(threshold_otsu(image))
+    assert otsu_threshold(np.full((4, 4), 9, np.uint8)) == 9.0

@@ -10,14 +10,25 @@ modules that own them (e.g. :mod:`wsi_lpd.model.config`), always built with :fun
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import ConfigError
 
 S = TypeVar("S", bound=BaseModel)
@@ -94,6 +105,288 @@ def load_section(model: type[S], path: str | os.PathLike | None, section: str) -
     return parse_section(model, read_yaml(path).get(section), path, section)
 
 
+# --- workflow sections registry (STAGES)
+# Each section model registers itself in SECTIONS; :func:`workflow_config_model` builds the model of
+# the whole workflow YAML from it. Sections not registered yet are accepted as free mappings.
+
+SECTIONS: dict[str, type[Section]] = {}
+KNOWN_SECTIONS = (
+    "samples",
+    "results",
+    "cli",
+    "conda_env",
+    "demo_cohort",
+    "classes",
+    "train",
+    "threads",
+    "synth",
+    "tile",
+    "patches",
+    "infer",
+    "export",
+    "evaluate",
+    "report",
+)
+_deprecation_log = logging.getLogger("wsi_lpd.config")
+
+
+def renamed_keys(data: Any, section: str, renames: Mapping[str, str]) -> Any:
+    """Move deprecated keys to their new names with a WARNING (the old key wins when both are
+    given, so an old-style flag overrides a new-style file)."""
+    if not isinstance(data, Mapping):
+        return data
+    out = dict(data)
+    for old, new in renames.items():
+        if old in out:
+            _deprecation_log.warning(
+                "%s.%s (--%s) is deprecated, use %s.%s (--%s); the old name goes in the next "
+                "release",
+                section,
+                old,
+                old.replace("_", "-"),
+                section,
+                new,
+                new.replace("_", "-"),
+            )
+            out[new] = out.pop(old)
+    return out
+
+
+# --- classes section
+
+
+class TissueClassEntry(Section):
+    """One class: its name (as in the QuPath annotations) and its RGB display colour."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[^/\\]+$")]
+    color: tuple[
+        Annotated[int, Field(ge=0, le=255)],
+        Annotated[int, Field(ge=0, le=255)],
+        Annotated[int, Field(ge=0, le=255)],
+    ]
+
+
+def _default_foreground() -> list[TissueClassEntry]:
+    return [
+        TissueClassEntry(name="TUM", color=(200, 0, 0)),
+        TissueClassEntry(name="STR", color=(255, 165, 0)),
+        TissueClassEntry(name="LYM", color=(0, 0, 200)),
+        TissueClassEntry(name="NEC", color=(128, 0, 128)),
+    ]
+
+
+class ClassesSection(Section):
+    """``classes:``: foreground classes (image-level labels), then one background class."""
+
+    foreground: Annotated[list[TissueClassEntry], Field(min_length=1)] = Field(
+        default_factory=_default_foreground
+    )
+    background: TissueClassEntry = TissueClassEntry(name="BACK", color=(255, 255, 255))
+
+    def class_list(self) -> ClassList:
+        """The :class:`~wsi_lpd.classes.ClassList` these entries describe."""
+        return ClassList.from_dict(self.model_dump())
+
+    @model_validator(mode="after")
+    def _unique(self) -> ClassesSection:
+        names = [c.name for c in (*self.foreground, self.background)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate class names in {names}")
+        return self
+
+
+SECTIONS["classes"] = ClassesSection
+
+
+# --- synth section
+
+
+class SynthSection(Section):
+    """``synth:``: synthetic H&E-like slides (sizes in level-0 px, resolutions in µm/px)."""
+
+    n_slides: Annotated[int, Field(ge=1)] = 1
+    width_px: Annotated[int, Field(ge=1)] = 4096
+    height_px: Annotated[int, Field(ge=1)] = 4096
+    slide_mpp: Annotated[float, Field(gt=0)] = 0.5
+    seed: Annotated[int, Field(ge=0)] = 0
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")] = "synth"
+    aperio: bool = True
+    mask_mpp: Annotated[float, Field(gt=0)] = 8.0
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed_keys(data, "synth", {"mpp": "slide_mpp"})
+
+    @model_validator(mode="after")
+    def _mask_coarser(self) -> SynthSection:
+        if self.mask_mpp < self.slide_mpp:
+            raise ValueError(f"mask_mpp ({self.mask_mpp}) must be >= slide_mpp ({self.slide_mpp})")
+        return self
+
+
+SECTIONS["synth"] = SynthSection
+
+
+# --- demo_cohort section
+
+
+class DemoCohortSection(Section):
+    """``demo_cohort:``: the built-in synthetic cohort the workflow makes with ``wsi-lpd synth``.
+
+    ``mpp`` is the slides' level-0 µm/px (kept under this key: the workflow's rules read it)."""
+
+    n_slides: Annotated[int, Field(ge=1)]
+    width_px: Annotated[int, Field(ge=256)]
+    height_px: Annotated[int, Field(ge=256)]
+    mpp: Annotated[float, Field(gt=0)] = 0.5
+    seed: Annotated[int, Field(ge=0)] = 0
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")] = "demo"
+    add_cmu: bool = True
+
+
+SECTIONS["demo_cohort"] = DemoCohortSection
+
+
+# --- tile section
+
+
+class TileSection(Section):
+    """``tile:``: tissue detection and the tile grid.
+
+    ``tile_mpp`` is the tiles' µm/px (old key ``mpp``); ``overlap`` a fraction of ``patch_px``
+    (old key ``overlap_px`` in px); ``slide_mpp`` overrides the slide's own level-0 µm/px.
+    """
+
+    tile_mpp: Annotated[float, Field(gt=0)] = 1.0
+    patch_px: Annotated[int, Field(ge=1)] = 224
+    overlap: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    min_tissue: Annotated[float, Field(ge=0, le=1)] = 0.5
+    tissue_mpp: Annotated[float, Field(gt=0)] = 8.0
+    min_object_um2: Annotated[float, Field(ge=0)] = 20_000.0
+    min_hole_um2: Annotated[float, Field(ge=0)] = 10_000.0
+    close_radius_um: Annotated[float, Field(ge=0)] = 16.0
+    open_radius_um: Annotated[float, Field(ge=0)] = 8.0
+    saturation_floor: Annotated[float, Field(ge=0, le=1)] = 0.05
+    exclude_dark: bool = True
+    qc_long_side_px: Annotated[int, Field(ge=64)] = 1024
+    tissue_geojson: str | None = None
+    roi: str | None = None
+    slide_mpp: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        data = renamed_keys(data, "tile", {"mpp": "tile_mpp"})
+        if isinstance(data, Mapping) and "overlap_px" in data:
+            data = renamed_keys(data, "tile", {"overlap_px": "overlap"})
+            # a value that is not a number is left as given: the field's validation names it
+            with contextlib.suppress(TypeError, ValueError, ZeroDivisionError):
+                data["overlap"] = float(data["overlap"]) / float(data.get("patch_px", 224))
+        return data
+
+    @property
+    def overlap_px(self) -> int:
+        """Overlap of neighbouring tiles in px at ``tile_mpp``."""
+        return round(self.overlap * self.patch_px)
+
+
+SECTIONS["tile"] = TileSection
+
+
+# --- evaluate section
+
+
+class EvaluateSection(Section):
+    """``evaluate:``: scoring mosaics (``pred`` + ``truth``) or a model (``model`` + data)."""
+
+    pred: list[str] = Field(default_factory=list)
+    truth: list[str] = Field(default_factory=list)
+    model: str | None = None
+    patches: str | None = None
+    bcss_dir: str | None = None
+    split: Literal["valid", "test"] = "test"
+    layout: Literal["bcss", "luad"] = "bcss"
+    label_mode: Literal["given", "predicted"] = "given"
+    protocol: Literal["lpd", "wsss-tissue"] = "lpd"
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    device: str = "cpu"
+    workers: Annotated[int, Field(ge=1)] = 1
+
+    @field_validator("pred", "truth", mode="before")
+    @classmethod
+    def _as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | os.PathLike) else value
+
+
+SECTIONS["evaluate"] = EvaluateSection
+
+
+# --- report section
+
+
+class ReportSection(Section):
+    """``report:``: the run report (title, embedded image size in px)."""
+
+    title: str = "wsi-lpd report"
+    image_max_px: Annotated[int, Field(ge=32)] = 512
+    embed_qc: bool = True
+
+
+SECTIONS["report"] = ReportSection
+
+
+# --- threads section
+
+
+class ThreadsSection(Section):
+    """``threads:``: threads per job of each workflow rule (capped by ``--cores``)."""
+
+    demo_cohort: Annotated[int, Field(ge=1)] = 1
+    tile: Annotated[int, Field(ge=1)] = 1
+    patches: Annotated[int, Field(ge=1)] = 1
+    train: Annotated[int, Field(ge=1)] = 2
+    infer: Annotated[int, Field(ge=1)] = 2
+    export: Annotated[int, Field(ge=1)] = 1
+    evaluate: Annotated[int, Field(ge=1)] = 1
+    report: Annotated[int, Field(ge=1)] = 1
+
+
+SECTIONS["threads"] = ThreadsSection
+
+
+# --- whole workflow config
+
+
+def workflow_config_model() -> type[BaseModel]:
+    """The model of a whole workflow YAML: every registered section typed, the others (not
+    typed yet) free mappings, unknown top-level keys refused."""
+    fields: dict[str, Any] = {
+        "samples": (str | None, None),
+        "results": (str, "results"),
+        "cli": (str, "wsi-lpd"),
+        "conda_env": (str, "environment.yml"),
+    }
+    for name in KNOWN_SECTIONS:
+        if name in fields:
+            continue
+        model = SECTIONS.get(name)
+        if name == "demo_cohort":
+            fields[name] = (model | None, None)
+        elif model is not None:
+            fields[name] = (model, Field(default_factory=model))
+        else:
+            fields[name] = (dict[str, Any], Field(default_factory=dict))
+    return create_model("WorkflowConfig", __base__=Section, **fields)
+
+
+def load_workflow_config(path: str | os.PathLike | None) -> BaseModel:
+    """The whole workflow config at ``path`` (defaults when None), validated section by section."""
+    data = read_yaml(path) if path is not None else {}
+    return parse_section(workflow_config_model(), data, path, "")
+
+
 # --- patches section
 
 
@@ -128,3 +421,6 @@ class PatchesSection(Section):
     qupath_bounds: bool = True
 
     _paths = field_validator("tiles", "annotations", "truth", mode="before")(_one_or_many)
+
+
+SECTIONS["patches"] = PatchesSection

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -156,4 +157,69 @@ def write_overlay(
         draw.text((x + int(1.5 * font_px), y), text, fill=(0, 0, 0), font=font)
     out = Path(path)
     canvas.save(out, format="PNG")
+    return out
+
+
+def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` (h, w, c) uint8 shrunk by an integer ``factor`` (mean of factor² blocks; edge
+    rows/columns that do not fill a block are dropped)."""
+    if factor <= 1:
+        return image
+    h, w, c = image.shape
+    h, w = h // factor * factor, w // factor * factor
+    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor, c)
+    return (blocks.mean(axis=(1, 3), dtype=np.float32) + 0.5).astype(np.uint8)
+
+
+def write_tile_qc(
+    path: str | os.PathLike,
+    slide: Any,
+    tissue: BaseGeometry,
+    grid: Any,
+    long_side_px: int,
+    thumbnail: np.ndarray | None = None,
+) -> Path:
+    """The tile stage's QC PNG, long side in [½, 1] × ``long_side_px``: thumbnail of ``slide``
+    (a :class:`~wsi_lpd.slide.Slide`), tissue contour (green; level-0 px), tile outlines of
+    ``grid`` (a :class:`~wsi_lpd.tiling.TileGrid`, thin blue) and a title line.
+
+    ``thumbnail``: an RGB image of the whole slide already read (e.g. the tissue-detection
+    thumbnail), shrunk by block means when at least ``long_side_px`` long; else a level is read."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    w0, h0 = slide.dimensions
+    if thumbnail is not None and max(thumbnail.shape[:2]) >= long_side_px:
+        scale = thumbnail.shape[1] / w0  # thumbnail px per level-0 px
+        factor = math.ceil(max(thumbnail.shape[:2]) / long_side_px)
+        thumb = Image.fromarray(block_mean(thumbnail, factor))
+        f = scale / factor
+    else:
+        qc_mpp = slide.mpp * max(w0, h0) / long_side_px
+        # a pyramid level between ½ and 1 × long_side_px is read as is (no full-resolution read)
+        level_mpps = [slide.mpp * ds for ds in slide.level_downsamples]
+        qc_mpp = min([m for m in level_mpps if qc_mpp <= m <= 2 * qc_mpp], default=qc_mpp)
+        thumb = Image.fromarray(slide.thumbnail(qc_mpp))
+        f = thumb.width / w0  # thumbnail px per level-0 px
+    layer = Image.new("RGBA", thumb.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    side = grid.patch_level0_px * f
+    for x, y in zip((grid.x * f).tolist(), (grid.y * f).tolist(), strict=True):
+        draw.rectangle([x, y, x + side, y + side], outline=(30, 60, 255, 150), width=1)
+    for poly in getattr(tissue, "geoms", [tissue]):
+        if poly.is_empty:
+            continue
+        for ring in (poly.exterior, *poly.interiors):
+            xy = (np.asarray(ring.coords)[:, :2] * f).tolist()
+            draw.line([tuple(p) for p in xy], fill=(0, 200, 0, 255), width=2)
+    image = Image.alpha_composite(thumb.convert("RGBA"), layer).convert("RGB")
+    title = (
+        f"{grid.slide_id}  |  {grid.mpp:g} um/px, {grid.patch_px} px  |  "
+        f"{len(grid)} tiles  |  slide {slide.mpp:.3f} um/px"
+    )  # the default font has no µ
+    font = ImageFont.load_default(size=14)
+    canvas = Image.new("RGB", (max(image.width, 420), image.height + 24), (255, 255, 255))
+    canvas.paste(image, (0, 24))
+    ImageDraw.Draw(canvas).text((4, 4), title, fill=(0, 0, 0), font=font)
+    out = Path(path)
+    canvas.save(out, format="PNG", compress_level=6)
     return out

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from wsi_lpd.errors import (
     ConfigError,
@@ -68,6 +67,7 @@ class _Meta:
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
     bounds: tuple[int, int, int, int]
+    associated_images: tuple[str, ...] = ()
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -192,6 +192,7 @@ def _openslide_meta(path: Path, osr: Any, reader: _OpenSlideReader) -> dict[str,
         "mpp_x": mpp_x,
         "mpp_y": mpp_y,
         "bounds": bounds,
+        "associated_images": tuple(osr.associated_images.keys()),
     }
 
 
@@ -302,9 +303,19 @@ def _ome_meta(tif: Any) -> dict[str, Any]:
     return out
 
 
-def _tifffile_meta(reader: _TiffReader) -> dict[str, Any]:
-    import tifffile
+def _svs_description(description: str) -> dict[str, str]:
+    """Key/value pairs of an Aperio ImageDescription (``Aperio …|AppMag = 20|MPP = 0.499``).
 
+    Parsed here: tifffile's parser is not public in every version (and refuses odd headers)."""
+    out: dict[str, str] = {}
+    for item in description.replace("\r", "\n").replace("\n", "|").split("|")[1:]:
+        key, sep, value = item.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _tifffile_meta(reader: _TiffReader) -> dict[str, Any]:
     tif = reader._tif
     page = tif.pages.first
     meta: dict[str, Any] = {"vendor": "generic-tiff", "objective_power": None}
@@ -313,7 +324,7 @@ def _tifffile_meta(reader: _TiffReader) -> dict[str, Any]:
         meta.update(_ome_meta(tif))
     elif tif.is_svs:
         meta["vendor"] = "aperio"
-        svs = tifffile.svs_description_metadata(page.description)
+        svs = _svs_description(page.description)
         meta["mpp_x"] = meta["mpp_y"] = _plausible(_float(svs.get("MPP")))
         meta["objective_power"] = _float(svs.get("AppMag"))
     if meta.get("mpp_x") is None:
@@ -327,6 +338,7 @@ def _tifffile_meta(reader: _TiffReader) -> dict[str, Any]:
                 meta[f"mpp_{axis.lower()}"] = _mpp_from_resolution(res, int(unit) if unit else None)
     w, h = reader.level_dimensions[0]
     meta["bounds"] = (0, 0, w, h)
+    meta["associated_images"] = tuple(str(s.name) for s in tif.series[1:] if s.name)
     return meta
 
 
@@ -350,9 +362,37 @@ def _tifffile_is_better(path: Path, openslide_levels: int) -> bool:
         return False
 
 
+def _check_tiff_complete(path: Path) -> None:
+    """``SlideReadError`` when a TIFF's image data runs past the end of the file (truncated copy):
+    compares the file size with the last tile/strip of every page (metadata only, no decoding)."""
+    import tifffile
+
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            end = max(
+                (
+                    o + n
+                    for p in pages
+                    for o, n in zip(p.dataoffsets, p.databytecounts, strict=False)
+                ),
+                default=0,
+            )
+    except Exception:  # not parseable by tifffile: the backends below say what is wrong
+        return
+    if end > size:
+        raise SlideReadError(
+            f"{path}: truncated TIFF (the file has {size} bytes, its image data runs to {end})"
+        )
+
+
 def _open_reader(path: Path) -> tuple[_Reader, dict[str, Any], str]:
     """Open ``path`` with OpenSlide, or tifffile where that reads the file better."""
     import openslide
+
+    if _is_tiff(path):
+        _check_tiff_complete(path)
 
     try:
         osr = openslide.OpenSlide(str(path))
@@ -373,7 +413,11 @@ def _open_reader(path: Path) -> tuple[_Reader, dict[str, Any], str]:
     if not _is_tiff(path):
         raise UnsupportedFormatError(f"{path}: not a slide format OpenSlide or tifffile can read")
     reader = _TiffReader(path)
-    return reader, _tifffile_meta(reader), "tifffile"
+    try:
+        return reader, _tifffile_meta(reader), "tifffile"
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        reader.close()
+        raise SlideReadError(f"{path}: cannot read the TIFF metadata ({exc})") from exc
 
 
 class Slide:
@@ -440,6 +484,7 @@ class Slide:
             dims,
             downsamples,
             tuple(int(v) for v in raw["bounds"]),
+            tuple(raw.get("associated_images", ())),
         )  # type: ignore[arg-type]
 
     def close(self) -> None:
@@ -514,6 +559,11 @@ class Slide:
         """OpenSlide bounds (x, y, w, h) in level-0 px; the whole slide when the file has none."""
         return self._m.bounds
 
+    @property
+    def associated_images(self) -> tuple[str, ...]:
+        """Names of the associated images (label, macro, thumbnail …) the file holds."""
+        return self._m.associated_images
+
     def size_at_mpp(self, mpp: float) -> tuple[int, int]:
         """(width, height) of the whole slide in px at ``mpp`` µm/px (rounded, at least 1)."""
         w, h = self.dimensions
@@ -538,9 +588,9 @@ class Slide:
         size is ``size`` = (w, h) output px at ``mpp`` µm/px."""
         w, h = int(size[0]), int(size[1])
         if w <= 0 or h <= 0:
-            raise ValueError(f"{self.path}: region size must be positive, got {size}")
+            raise ConfigError(f"{self.path}: region size must be positive, got {size}")
         if mpp <= 0:
-            raise ValueError(f"{self.path}: mpp must be positive, got {mpp}")
+            raise ConfigError(f"{self.path}: mpp must be positive, got {mpp}")
         return self._read(float(location[0]), float(location[1]), w, h, mpp)
 
     def _read(self, x0: float, y0: float, w: int, h: int, mpp: float) -> np.ndarray:
@@ -576,7 +626,9 @@ class Slide:
         factor = mpp / self.mpp  # level-0 px per output px
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
         cells = [(x, y) for y in range(0, out_h, chunk) for x in range(0, out_w, chunk)]
-        for x, y in tqdm(cells, desc="thumbnail", unit="chunk", disable=not progress, leave=False):
+        from wsi_lpd.progress import progress as reporter
+
+        for x, y in reporter(cells, desc="thumbnail", unit="chunk", disable=not progress):
             cw, ch = min(chunk, out_w - x), min(chunk, out_h - y)
             out[y : y + ch, x : x + cw] = self._read(x * factor, y * factor, cw, ch, mpp)
         return out

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
-from wsi_lpd.errors import DatasetError, NoTissueWarning, SlideTooSmallError
+from wsi_lpd.errors import ConfigError, DatasetError, NoTissueWarning, SlideTooSmallError
 from wsi_lpd.tissue import rasterize
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class TileGrid:
         self.y = np.asarray(self.y, dtype=np.int64)
         self.tissue_fraction = np.asarray(self.tissue_fraction, dtype=np.float32)
         if not (len(self.x) == len(self.y) == len(self.tissue_fraction)):
-            raise ValueError("x, y and tissue_fraction must have the same length")
+            raise DatasetError("tile grid: x, y and tissue_fraction must have the same length")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -156,6 +156,21 @@ def tissue_fractions(
     return (count / area).astype(np.float32)
 
 
+def check_patch_fits(
+    slide_width: int, slide_height: int, slide_mpp: float, mpp: float, patch_px: int, where: str
+) -> None:
+    """Raise ``SlideTooSmallError`` (naming ``where``) unless one ``patch_px`` tile at ``mpp``
+    µm/px fits in the slide (level-0 px at ``slide_mpp`` µm/px)."""
+    if mpp <= 0 or slide_mpp <= 0:
+        raise ConfigError(f"{where}: mpp and slide_mpp must be positive, got {mpp}, {slide_mpp}")
+    patch_l0 = patch_px * mpp / slide_mpp
+    if slide_width < patch_l0 - 1e-6 or slide_height < patch_l0 - 1e-6:
+        raise SlideTooSmallError(
+            f"{where}: slide {slide_width}x{slide_height} px at {slide_mpp} µm/px "
+            f"is smaller than one {patch_px} px patch at {mpp} µm/px ({patch_l0:.0f} level-0 px)"
+        )
+
+
 def make_tile_grid(
     slide_width: int,
     slide_height: int,
@@ -171,11 +186,10 @@ def make_tile_grid(
     """Regular grid of full tiles at ``mpp`` µm/px keeping those with tissue fraction ≥
     ``min_tissue``. ``tissue`` (level-0 px) None means the whole slide is tissue."""
     if patch_px <= 0 or not 0 <= overlap_px < patch_px:
-        raise ValueError(
-            f"need patch_px > 0 and 0 ≤ overlap_px < patch_px, got {patch_px}, {overlap_px}"
+        raise ConfigError(
+            f"tile: need patch_px > 0 and 0 ≤ overlap < patch_px, got {patch_px}, {overlap_px} px"
         )
-    if mpp <= 0 or slide_mpp <= 0:
-        raise ValueError(f"mpp and slide_mpp must be positive, got {mpp}, {slide_mpp}")
+    check_patch_fits(slide_width, slide_height, slide_mpp, mpp, patch_px, slide_path or slide_id)
     factor = mpp / slide_mpp
     patch_l0, stride_l0 = patch_px * factor, (patch_px - overlap_px) * factor
     grid = dict(
@@ -188,11 +202,6 @@ def make_tile_grid(
         slide_width=int(slide_width),
         slide_height=int(slide_height),
     )
-    if slide_width < patch_l0 - 1e-6 or slide_height < patch_l0 - 1e-6:
-        raise SlideTooSmallError(
-            f"{slide_path or slide_id}: slide {slide_width}x{slide_height} px at {slide_mpp} µm/px "
-            f"is smaller than one {patch_px} px patch at {mpp} µm/px ({patch_l0:.0f} level-0 px)"
-        )
     empty = np.zeros(0, dtype=np.int64)
     if tissue is not None and tissue.is_empty:
         warnings.warn(

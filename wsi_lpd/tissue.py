@@ -12,13 +12,16 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import shapely
+import shapely.affinity
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
+from wsi_lpd.errors import AnnotationError, ConfigError
 from wsi_lpd.geojson import feature, read_annotations, write_feature_collection
 from wsi_lpd.slide import Slide
 
@@ -59,6 +62,64 @@ def _disk(radius_px: float) -> np.ndarray:
         return np.ones((1, 1), dtype=bool)
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     return (xx * xx + yy * yy) <= r * r + r  # the usual digital disk (includes the axis tips)
+
+
+def _dilate_rows(mask: np.ndarray, half_width: int) -> np.ndarray:
+    """Binary dilation along rows by a segment of ``2·half_width + 1`` px (outside is False)."""
+    out = mask.copy()
+    for k in range(1, half_width + 1):
+        out[:, k:] |= mask[:, :-k]
+        out[:, :-k] |= mask[:, k:]
+    return out
+
+
+def dilate_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """Binary dilation by :func:`_disk` (``radius_px``), outside the image False: the disk as
+    a union of row segments, each a few shifted ORs (hundreds of Mpx/s, no generic filter)."""
+    disk = _disk(radius_px)
+    r = disk.shape[0] // 2
+    if r == 0:
+        return mask.copy()
+    h = mask.shape[0]
+    by_width: dict[int, np.ndarray] = {}
+    out = np.zeros_like(mask)
+    for dy in range(-r, r + 1):
+        w = int(disk[dy + r].sum()) // 2
+        rows = by_width.get(w)
+        if rows is None:
+            rows = by_width[w] = _dilate_rows(mask, w)
+        if dy >= 0:
+            out[: h - dy] |= rows[dy:]
+        else:
+            out[-dy:] |= rows[: h + dy]
+    return out
+
+
+def erode_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """Binary erosion by :func:`_disk`, outside the image False (as ``ndimage.binary_erosion``)."""
+    r = _disk(radius_px).shape[0] // 2
+    if r == 0:
+        return mask.copy()
+    padded = np.pad(mask, r)
+    return ~dilate_disk(~padded, radius_px)[r:-r, r:-r]
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of a uint8 image from its histogram (as ``skimage.filters.threshold_otsu``
+    on integers: bins are the integer values between the image's min and max)."""
+    counts = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    nonzero = np.flatnonzero(counts)
+    lo, hi = int(nonzero[0]), int(nonzero[-1])
+    if lo == hi:
+        return float(lo)
+    hist = counts[lo : hi + 1]
+    centers = np.arange(lo, hi + 1, dtype=np.float64)
+    weight1 = np.cumsum(hist)
+    weight2 = np.cumsum(hist[::-1])[::-1]
+    mean1 = np.cumsum(hist * centers) / weight1
+    mean2 = (np.cumsum((hist * centers)[::-1]) / weight2[::-1])[::-1]
+    variance12 = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
+    return float(centers[int(np.argmax(variance12))])
 
 
 def _remove_small(mask: np.ndarray, min_px: float) -> np.ndarray:
@@ -110,22 +171,17 @@ def tissue_mask(
     floor = saturation_floor * 255
     if int(sat.max()) < floor:
         return np.zeros(sat.shape, dtype=bool)
-    from skimage.filters import threshold_otsu
-
-    threshold = max(float(threshold_otsu(sat)), floor)
+    threshold = max(otsu_threshold(sat), floor)
     mask = sat > threshold
     if exclude_dark:
         brightest = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
         mask &= brightest >= dark_value * 255
     log.debug("tissue threshold: saturation > %.3f", threshold / 255)
     px_um2 = mpp * mpp
-    close = _disk(close_radius_um / mpp)
-    if close.size > 1:
-        pad = close.shape[0]
-        mask = ndimage.binary_closing(np.pad(mask, pad), structure=close)[pad:-pad, pad:-pad]
-    opening = _disk(open_radius_um / mpp)
-    if opening.size > 1:
-        mask = ndimage.binary_opening(mask, structure=opening)
+    close_px, open_px = close_radius_um / mpp, open_radius_um / mpp
+    pad = _disk(close_px).shape[0]  # closing as if the glass went on (no border artefacts)
+    mask = erode_disk(dilate_disk(np.pad(mask, pad), close_px), close_px)[pad:-pad, pad:-pad]
+    mask = dilate_disk(erode_disk(mask, open_px), open_px)
     mask = _remove_small(mask, min_object_um2 / px_um2)
     return _fill_small_holes(mask, min_hole_um2 / px_um2)
 
@@ -147,7 +203,7 @@ def polygonize(
     for idx, slc in enumerate(ndimage.find_objects(labels), start=1):
         if slc is None:
             continue
-        piece = np.pad(labels[slc] == idx, 1).astype(np.float32)
+        piece = np.pad(labels[slc] == idx, 1)  # find_contours converts to float64 itself
         rings = [c for c in find_contours(piece, 0.5) if len(c) >= 4]
         if not rings:
             continue
@@ -195,11 +251,8 @@ def detect_tissue(
 
     ``mpp`` is the µm/px of the thumbnail the detection runs on (4–16 is sensible).
     """
-    if not mpp > 0:
-        raise ValueError(f"{slide.path}: tissue mpp must be positive, got {mpp}")
-    rgb = slide.thumbnail(mpp, progress=progress)
-    mask = tissue_mask(
-        rgb,
+    return detect_tissue_with_thumbnail(
+        slide,
         mpp,
         min_object_um2=min_object_um2,
         min_hole_um2=min_hole_um2,
@@ -207,7 +260,21 @@ def detect_tissue(
         open_radius_um=open_radius_um,
         saturation_floor=saturation_floor,
         exclude_dark=exclude_dark,
-    )
+        progress=progress,
+    )[0]
+
+
+def detect_tissue_with_thumbnail(
+    slide: Slide, mpp: float = 8.0, *, progress: bool = False, **options: Any
+) -> tuple[MultiPolygon, np.ndarray]:
+    """:func:`detect_tissue` plus the RGB thumbnail at ``mpp`` µm/px it ran on (read once from
+    the coarsest pyramid level that serves ``mpp``; reused e.g. for the QC image).
+
+    ``options``: the keyword arguments of :func:`tissue_mask`."""
+    if not mpp > 0:
+        raise ConfigError(f"{slide.path}: tissue mpp must be positive, got {mpp}")
+    rgb = slide.thumbnail(mpp, progress=progress)
+    mask = tissue_mask(rgb, mpp, **options)
     w0, h0 = slide.dimensions
     h, w = mask.shape
     tissue = polygonize(mask, (w0 / w, h0 / h))
@@ -219,7 +286,7 @@ def detect_tissue(
         len(tissue.geoms),
         100.0 * tissue.area / (w0 * h0),
     )
-    return tissue
+    return tissue, rgb
 
 
 def _ring_crossings(rings: list[np.ndarray], h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -270,7 +337,7 @@ def rasterize(
         row, x = row[order], x[order]
         start, stop = row[0::2], row[1::2]
         if not np.array_equal(start, stop):
-            raise ValueError("rasterize: ring crossings do not pair up (ring not closed?)")
+            raise AnnotationError("rasterize: ring crossings do not pair up (ring not closed?)")
         col0 = np.clip(np.ceil(x[0::2]), 0, w).astype(np.int64)
         col1 = np.clip(np.ceil(x[1::2]), 0, w).astype(np.int64)
         y0, y1 = int(start.min()), int(start.max()) + 1
@@ -290,3 +357,29 @@ def write_tissue_geojson(path: str | os.PathLike, tissue: BaseGeometry) -> int:
 def read_tissue_geojson(path: str | os.PathLike) -> MultiPolygon:
     """Union of all polygons of any class in a GeoJSON file, as a MultiPolygon in level-0 px."""
     return _as_multipolygon(p for a in read_annotations(path) for p in _polygons(a.geometry))
+
+
+def shift_by_bounds(geometry: BaseGeometry, bounds: tuple[int, int, int, int]) -> BaseGeometry:
+    """GeoJSON drawn on a slide cropped to its bounds (QuPath on MRXS & co.) moved to level-0
+    px: ``geometry`` shifted by the bounds' (x, y) offset; unchanged for an uncropped slide."""
+    x, y = bounds[0], bounds[1]
+    if x == 0 and y == 0:
+        return geometry
+    return shapely.affinity.translate(geometry, xoff=x, yoff=y)
+
+
+def read_roi_geojson(
+    path: str | os.PathLike, bounds: tuple[int, int, int, int] = (0, 0, 0, 0)
+) -> MultiPolygon:
+    """The region of interest: union of the polygons of any class in a GeoJSON file, in level-0
+    px (shifted by the slide ``bounds`` when the slide is cropped). ``AnnotationError`` naming
+    the file when it holds no polygon."""
+    roi = _as_multipolygon(_polygons(shift_by_bounds(read_tissue_geojson(path), bounds)))
+    if roi.is_empty:
+        raise AnnotationError(f"{path}: no polygon in the region of interest")
+    return roi
+
+
+def clip_to(tissue: BaseGeometry, region: BaseGeometry) -> MultiPolygon:
+    """``tissue`` limited to ``region`` (both level-0 px), as a valid MultiPolygon."""
+    return _as_multipolygon(_polygons(tissue.intersection(region)))

@@ -1,0 +1,81 @@
+"""The `wsi-lpd` entry point: --version, -v and defaults on every command, info, config, the
+progress reporter's log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipelines.cli import COMMANDS, app
+from wsi_lpd import __version__
+from wsi_lpd.config import SECTIONS, load_workflow_config
+from wsi_lpd.progress import LogProgress
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"wsi-lpd {__version__}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_verbose_and_shows_defaults(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0, result.stderr
+    assert "--verbose" in result.stdout and "-v" in result.stdout
+    if command in ("tile", "synth", "evaluate"):
+        assert "[default:" in result.stdout
+
+
+def test_info_on_the_real_aperio_slide(cmu_slide_path: Path) -> None:
+    result = invoke("info", cmu_slide_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["vendor"] == "aperio" and info["mpp"] == pytest.approx(0.499, abs=1e-3)
+    assert info["dimensions"] == [2220, 2967] and info["objective_power"] == 20
+    assert info["levels"][0]["downsample"] == 1 and "thumbnail" in info["associated_images"]
+    text = invoke("info", cmu_slide_path)
+    assert "µm/px" in text.stdout and "levels:" in text.stdout
+
+
+def test_config_prints_every_section_with_defaults(tmp_path: Path) -> None:
+    result = invoke("config", "--config", ROOT / "configs" / "demo.yaml")
+    assert result.exit_code == 0, result.stderr
+    effective = yaml.safe_load(result.stdout)
+    assert set(SECTIONS) <= set(effective)
+    assert effective["tile"]["tile_mpp"] == 2.0 and effective["tile"]["patch_px"] == 112
+    assert effective["tile"]["tissue_mpp"] == 8.0  # a default the file leaves out
+    assert effective["threads"]["report"] == 1 and effective["demo_cohort"]["seed"] == 7
+    assert load_workflow_config(None).model_dump()["evaluate"]["protocol"] == "lpd"
+    defaults = json.loads(invoke("config", "--json").stdout)
+    assert defaults["classes"]["background"]["name"] == "BACK"
+
+
+def test_deprecated_names_still_work_with_a_warning(tmp_path: Path, caplog) -> None:
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("tile:\n  mpp: 0.5\n  patch_px: 100\n  overlap_px: 25\nsynth:\n  mpp: 0.25\n")
+    with caplog.at_level(logging.WARNING):
+        effective = load_workflow_config(cfg).model_dump()
+    assert effective["tile"]["tile_mpp"] == 0.5 and effective["tile"]["overlap"] == 0.25
+    assert effective["synth"]["slide_mpp"] == 0.25
+    assert "tile.mpp (--mpp) is deprecated" in caplog.text
+    assert "synth.mpp (--mpp) is deprecated" in caplog.text
+
+
+def test_progress_logs_every_tenth_without_repeats(caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="wsi_lpd.progress"):
+        for _ in LogProgress(range(100), desc="tiles", unit="tile"):
+            pass
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 10 and len(set(lines)) == 10
+    assert lines[-1].startswith("tiles: 100/100 tile (100 %)") and "tile/s" in lines[-1]
