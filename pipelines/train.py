@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipelines._common import one_line_errors, setup_logging, write_run_metadata
+from pipelines._common import setup_logging, write_run_metadata
 
 log = logging.getLogger("wsi_lpd.train")
 
@@ -35,7 +35,6 @@ def _write_run(
     )
 
 
-@one_line_errors
 def command(
     out: Annotated[Path, typer.Option(help="Output folder (model.pt, logs), written at once.")],
     model_config: Annotated[
@@ -75,10 +74,8 @@ def command(
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run (or extend a finished one).")
     ] = False,
-    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
 ) -> None:
     """Train a model from patch-level labels."""
-    setup_logging(verbose)
     from wsi_lpd.errors import ConfigError
     from wsi_lpd.model.config import load_training_config
     from wsi_lpd.training import TrainJob, launch_training
@@ -110,10 +107,14 @@ def command(
         layout=layout,
         dataset_mpp=dataset_mpp,
     )
+    setup_logging()
+    n_val = len(data.val_set) if data.val_set is not None else 0  # type: ignore[arg-type]
     log.info(
-        "training %s on %d patches (%s), %.2f µm/px, %d px, %d process(es)",
+        "training %s on %d patches (%d held out for validation; %s), %.2f µm/px, %d px, "
+        "%d process(es)",
         cfg.method,
         len(data.train_set),  # type: ignore[arg-type]
+        n_val,
         ", ".join(data.classes.foreground_names),
         data.mpp,
         data.patch_px,
@@ -133,7 +134,7 @@ def command(
             "patches": [str(p) for p in patches or []],
             "bcss_dir": str(bcss_dir or ""),
             "n_train": len(data.train_set),  # type: ignore[arg-type]
-            "n_val": len(data.val_set) if data.val_set is not None else 0,  # type: ignore[arg-type]
+            "n_val": n_val,
         },
         started=started,
     )

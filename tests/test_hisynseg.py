@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-import typer
 import yaml
 from scipy import ndimage
 from torch import nn
 from typer.testing import CliRunner
 
-from pipelines import train as train_stage
+from pipelines.cli import app
 from wsi_lpd.classes import ClassList
 from wsi_lpd.datasets import LPD_NORMALISATION, PatchDataset
 from wsi_lpd.errors import ConfigError, DatasetError
@@ -334,18 +333,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    app.command()(train_stage.command)
-    return app
-
-
 @pytest.fixture(scope="module")
 def trained(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("hisynseg") / "model"
     result = CliRunner().invoke(
-        _app(),
+        app,
         [
+            "train",
             "--model-config",
             str(TINY),
             "--patches",

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
 import yaml
 from typer.testing import CliRunner
 
-from pipelines import train as train_stage
+from pipelines.cli import app
 from wsi_lpd.classes import ClassList
 from wsi_lpd.datasets import LPD_NORMALISATION, PatchDataset
 from wsi_lpd.model.checkpoint import load_model
@@ -160,17 +159,12 @@ def test_baselines_train_in_the_same_engine(store: Path, tmp_path: Path, method:
         assert not model.prototypes.requires_grad
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    app.command()(train_stage.command)
-    return app
-
-
 def test_train_stage_cli(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
     result = CliRunner().invoke(
-        _app(),
+        app,
         [
+            "train",
             "--model-config",
             str(TINY),
             "--patches",
@@ -185,14 +179,15 @@ def test_train_stage_cli(store: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert (out / "model.pt").is_file() and (out / "run.json").is_file()
-    assert "validation split" in result.output
+    assert "held out for validation" in result.stderr
 
 
 def test_train_stage_rejects_bad_inputs(store: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     missing = runner.invoke(
-        _app(),
+        app,
         [
+            "train",
             "--config",
             str(tmp_path / "nope.yaml"),
             "--patches",
@@ -206,7 +201,7 @@ def test_train_stage_rejects_bad_inputs(store: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"model": {"encoder": {"type": "mit"}}, "train": {"lr2": 1}}))
     result = runner.invoke(
-        _app(), ["--config", str(bad), "--patches", str(store), "--out", str(tmp_path / "m")]
+        app, ["train", "--config", str(bad), "--patches", str(store), "--out", str(tmp_path / "m")]
     )
     assert result.exit_code == 1
     assert "train.lr2" in result.output
@@ -229,11 +224,21 @@ def test_mistyped_config_value_is_one_line_naming_file_and_key(
 ) -> None:
     path = _write_config(tmp_path, lr=value)
     result = CliRunner().invoke(
-        _app(), ["--model-config", str(path), "--patches", str(store), "--out", str(tmp_path / "m")]
+        app,
+        [
+            "train",
+            "--model-config",
+            str(path),
+            "--patches",
+            str(store),
+            "--out",
+            str(tmp_path / "m"),
+        ],
     )
     assert result.exit_code == 1
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and f"{path}: {problem}" in lines[0], result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{path}: {problem}" in lines[0], result.stderr
+    assert lines[0].startswith("wsi-lpd train: error: ")
     assert not (tmp_path / "m").exists()
 
 
@@ -372,8 +377,9 @@ def test_label_validation_without_masks_and_class_balance(store: Path, tmp_path:
 
 def test_train_config_flag_is_a_deprecated_alias(store: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        _app(),
+        app,
         [
+            "train",
             "--config",
             str(TINY),
             "--patches",
@@ -387,7 +393,7 @@ def test_train_config_flag_is_a_deprecated_alias(store: Path, tmp_path: Path) ->
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "--config is deprecated" in result.output
+    assert "--config is deprecated" in result.stderr
 
 
 def test_lpd_and_hisynseg_go_through_the_same_loop(
