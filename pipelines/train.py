@@ -1,5 +1,5 @@
-"""Train LPD (or a baseline) on patch-level labels; writes OUT/ with model.pt, last.pt,
-train_log.csv, curves.png and run.json, all at once (see :mod:`wsi_lpd.training`)."""
+"""Train LPD (or a baseline) on patch-level labels: OUT/ appears at once with model.pt, last.pt,
+train_log.csv, curves.png and run.json; an interrupted run continues with --resume."""
 
 from __future__ import annotations
 
