@@ -79,3 +79,18 @@ def test_two_gloo_processes_equal_one_process_with_the_global_batch(
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
     start = read_checkpoint(tmp_path / "one" / "model.pt")["training"]["iteration"]
     assert start == 3
+
+
+def test_torchrun_environment_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsi_lpd import distributed
+    from wsi_lpd.errors import ConfigError
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init_from_env("cpu") is False  # a plain single-process run
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match="RANK"):
+        distributed.init_from_env("cpu")
+    with pytest.raises(ConfigError, match="--nproc"):
+        distributed.launch(0, "cpu", print)
+    assert distributed.backend_for("cpu") == "gloo" and distributed.backend_for("cuda:1") == "nccl"
