@@ -4,28 +4,29 @@
 rule infer:
     input:
         slide=slide_file,
-        tiles=f"{RESULTS}/tiles/{{slide}}",
+        tiles=L.tiles("{slide}"),
         model=MODEL,
+        roi=roi_file,
+        settings=L.stage_config("infer"),
     output:
         # the store's root metadata stands for the mosaic (no Snakemake file inside it)
-        store=f"{RESULTS}/mosaics/{{slide}}.ome.zarr/zarr.json",
-        meta=f"{RESULTS}/mosaics/{{slide}}.run.json",
+        store=root_of(L.mosaic("{slide}")),
+        meta=L.mosaic_meta("{slide}"),
     log:
-        f"{LOGS}/infer/{{slide}}.log",
+        L.log("infer", "{slide}"),
     benchmark:
-        f"{BENCH}/infer/{{slide}}.tsv"
+        L.benchmark("infer", "{slide}")
     params:
-        cli=WSI_LPD,
         out=output_dir,
         mpp=slide_mpp_flag,
-        config=CONFIG_COPY,
-        settings=config["infer"],
+        roi=roi_flag,
+        fail=failure_record("infer"),
     conda:
         CONDA_ENV
     threads: THREADS["infer"]
     resources:
         gpu=1,
     shell:
-        "{params.cli} infer {input.slide:q} --model {input.model:q} --out {params.out:q}"
-        " --slide-id {wildcards.slide} --tiles {input.tiles:q} {params.mpp}"
-        " --config {params.config:q} > {log:q} 2>&1"
+        "{params.fail} {WSI_LPD} infer {input.slide:q} --model {input.model:q} --out {params.out:q}"
+        " --slide-id {wildcards.slide} --tiles {input.tiles:q} {params.mpp} {params.roi}"
+        " --config {input.settings:q} > {log:q} 2>&1"
