@@ -336,7 +336,7 @@ def write_stage_config(path: str | os.PathLike, sections: Mapping[str, Any]) -> 
 def write_failure_record(
     path: str | os.PathLike,
     stage: str,
-    input: str | os.PathLike | None,  # noqa: A002 - the stage's input, as the CLI names it
+    input: str | os.PathLike | None,
     exc: BaseException,
     slide_id: str | None = None,
 ) -> Path:
@@ -358,7 +358,7 @@ def write_failure_record(
 def record_failure(
     stage: str,
     input: str | os.PathLike | None,
-    exc: BaseException,  # noqa: A002
+    exc: BaseException,
 ) -> Path | None:
     """The CLI boundary's call: write the record where ``$WSI_LPD_FAILURE_RECORD`` says (the
     workflow sets it per job), nothing when it is unset; never raises."""
