@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
+from wsi_lpd.cohort import record_failure
 from wsi_lpd.errors import ConfigError, WsiLpdError
 
 log = logging.getLogger("wsi_lpd")
@@ -132,6 +133,7 @@ def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except (WsiLpdError, FileNotFoundError) as exc:
+            record_failure(func.__module__.rsplit(".", 1)[-1], None, exc)
             print(f"wsi-lpd: error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
 
