@@ -320,15 +320,21 @@ def stage_sections(config: Mapping[str, Any], stage: str, own: Iterable[str]) ->
     return {k: v for k, v in config.items() if k == stage or (k not in own and k not in stages)}
 
 
-def write_stage_config(path: str | os.PathLike, sections: Mapping[str, Any]) -> Path:
-    """Write the sections one stage reads as YAML (atomic); the workflow's per-stage config."""
+def write_stage_config(
+    path: str | os.PathLike, sections: Mapping[str, Any], log_path: str | os.PathLike | None = None
+) -> Path:
+    """Write the sections one stage reads as YAML (atomic); the workflow's per-stage config.
+    ``log_path``: a one-line note of what was written (the workflow rule's log)."""
     import yaml
 
     from wsi_lpd.io import write_text
 
     plain = json.loads(json.dumps(dict(sections)))
     text = yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, allow_unicode=True)
-    return write_text(path, text)
+    written = write_text(path, text)
+    if log_path is not None:
+        write_text(log_path, f"wrote {path}: sections {', '.join(plain)}\n")
+    return written
 
 
 # ---- failure records -----------------------------------------------------------------------

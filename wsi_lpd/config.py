@@ -173,11 +173,6 @@ class WorkflowConfig(Section):
 
     samples: str = Field(min_length=1, description="sample sheet CSV (see wsi_lpd.cohort)")
     results: str = Field("results", min_length=1, description="folder every output goes to")
-    cli: str = Field(
-        "wsi-lpd",
-        min_length=1,
-        description="the wsi-lpd executable (on PATH or beside the Python running snakemake)",
-    )
     conda_env: str = Field(
         "environment.yml", min_length=1, description="conda environment file of the rules"
     )
@@ -207,7 +202,7 @@ class WorkflowConfig(Section):
         return value
 
 
-WORKFLOW_KEYS = ("samples", "results", "cli", "conda_env", "demo_cohort", "train", "threads")
+WORKFLOW_KEYS = ("samples", "results", "conda_env", "demo_cohort", "train", "threads")
 
 
 def workflow_json_schema() -> dict[str, Any]:

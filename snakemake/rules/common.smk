@@ -26,6 +26,11 @@ from wsi_lpd.cohort import (
 from wsi_lpd.config import WORKFLOW_KEYS, WorkflowConfig, parse_section
 from wsi_lpd.errors import WsiLpdError
 
+
+envvars:
+    "PATH",  # the jobs find `wsi-lpd` on it (see put_cli_on_path)
+
+
 REPO = Path(workflow.basedir)
 CONFIG_SOURCE = " + ".join(map(str, workflow.overwrite_configfiles)) or str(
     REPO / "configs" / "demo.yaml"
@@ -48,21 +53,24 @@ THREADS = config["threads"]
 STAGES = ("synth", "tile", "patches", "infer", "export", "evaluate", "report")
 
 
-def find_cli(name: str) -> str:
-    """The `wsi-lpd` executable: on PATH, else beside the Python that runs snakemake.
+def put_cli_on_path(name: str = "wsi-lpd") -> None:
+    """Make the rules' `wsi-lpd` runnable: on PATH already, else the folder beside the Python
+    that runs snakemake (a venv used without activating it) goes first on the jobs' PATH.
 
-    Used in the shell commands only (never a params value), so how it was found never reruns
-    a finished job.
+    The rules' commands say plain `wsi-lpd`, so how it was found never reruns a finished job.
     """
     if shutil.which(name):
-        return name
-    sibling = Path(sys.executable).parent / name
-    if sibling.is_file() and os.access(sibling, os.X_OK):
-        return str(sibling)
-    raise WorkflowError(
-        f"config key 'cli': {name!r} is neither on PATH nor beside {sys.executable}; "
-        "install the package (pip install -e .) or activate its environment"
-    )
+        return
+    folder = Path(sys.executable).parent
+    if not os.access(folder / name, os.X_OK):
+        raise WorkflowError(
+            f"{name!r} is neither on PATH nor beside {sys.executable}; install the package "
+            "(pip install -e .) or activate its environment"
+        )
+    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+put_cli_on_path()
 
 
 try:
@@ -95,7 +103,6 @@ else:
     if not os.path.isfile(MODEL_CONFIG):
         raise WorkflowError(f"config key train.model_config: {MODEL_CONFIG}: file not found")
 
-WSI_LPD = shlex.quote(find_cli(config["cli"]))
 # The project's conda environment file (provenance; see snakemake/README.md).
 CONDA_ENV = os.path.abspath(resolve_path(config["conda_env"], [REPO]))
 if not os.path.isfile(CONDA_ENV):
@@ -252,7 +259,7 @@ def report_after_error() -> None:
     settings = L.stage_config("report")
     write_stage_config(settings, stage_sections(config, "report", WORKFLOW_KEYS))
     command = [
-        find_cli(config["cli"]), "report", "--results", RESULTS, "--samples", SHEET.path,
+        "wsi-lpd", "report", "--results", RESULTS, "--samples", SHEET.path,
         "--model", MODEL, "--out", L.report, "--config", settings,
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)

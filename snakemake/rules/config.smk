@@ -8,8 +8,10 @@ localrules:
 
 rule stage_config:
     output:
-        f"{RESULTS}/config/{{stage}}.yaml",
+        L.stage_config("{stage}"),
+    log:
+        L.log("config", "{stage}"),
     params:
         sections=settings_of,
     run:
-        write_stage_config(output[0], params.sections)
+        write_stage_config(output[0], params.sections, log[0])

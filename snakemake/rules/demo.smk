@@ -14,12 +14,12 @@ if DEMO:
         benchmark:
             L.benchmark("demo_cohort", COHORT_KEY)
         params:
-            out=L.cohort_dir,
+            out=output_dir,
             flags=demo_flags(),
             fail=failure_record("demo_cohort", COHORT_KEY),
         conda:
             CONDA_ENV
         threads: THREADS["demo_cohort"]
         shell:
-            "{params.fail} {WSI_LPD} synth --out {params.out:q} {params.flags}"
+            "{params.fail} wsi-lpd synth --out {params.out:q} {params.flags}"
             " --config {input.settings:q} > {log:q} 2>&1"

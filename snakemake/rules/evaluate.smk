@@ -21,5 +21,5 @@ rule evaluate:
         CONDA_ENV
     threads: THREADS["evaluate"]
     shell:
-        "{params.fail} {WSI_LPD} evaluate --pred {params.mosaic:q} --truth {input.truth:q}"
+        "{params.fail} wsi-lpd evaluate --pred {params.mosaic:q} --truth {input.truth:q}"
         " --out {params.out:q} --config {input.settings:q} > {log:q} 2>&1"

@@ -22,5 +22,5 @@ rule export:
         CONDA_ENV
     threads: THREADS["export"]
     shell:
-        "{params.fail} {WSI_LPD} export {params.mosaic:q} --out {params.out:q}"
+        "{params.fail} wsi-lpd export {params.mosaic:q} --out {params.out:q}"
         " --slide {input.slide:q} --config {input.settings:q} > {log:q} 2>&1"

@@ -27,6 +27,6 @@ rule infer:
     resources:
         gpu=1,
     shell:
-        "{params.fail} {WSI_LPD} infer {input.slide:q} --model {input.model:q} --out {params.out:q}"
+        "{params.fail} wsi-lpd infer {input.slide:q} --model {input.model:q} --out {params.out:q}"
         " --slide-id {wildcards.slide} --tiles {input.tiles:q} {params.mpp} {params.roi}"
         " --config {input.settings:q} > {log:q} 2>&1"

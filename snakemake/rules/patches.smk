@@ -25,5 +25,5 @@ if not CHECKPOINT:
             CONDA_ENV
         threads: THREADS["patches"]
         shell:
-            "{params.fail} {WSI_LPD} patches {params.tiles} {params.annotations} {params.truth}"
+            "{params.fail} wsi-lpd patches {params.tiles} {params.annotations} {params.truth}"
             " --out {params.out:q} --config {input.settings:q} > {log:q} 2>&1"

@@ -17,11 +17,11 @@ rule report:
     benchmark:
         L.benchmark("report", COHORT_KEY)
     params:
-        results=RESULTS,
+        results=output_dir,
         fail=failure_record("report", COHORT_KEY),
     conda:
         CONDA_ENV
     threads: THREADS["report"]
     shell:
-        "{params.fail} {WSI_LPD} report --results {params.results:q} --samples {input.sheet:q}"
+        "{params.fail} wsi-lpd report --results {params.results:q} --samples {input.sheet:q}"
         " --model {input.model:q} --out {output:q} --config {input.settings:q} > {log:q} 2>&1"

@@ -20,5 +20,5 @@ rule tile:
         CONDA_ENV
     threads: THREADS["tile"]
     shell:
-        "{params.fail} {WSI_LPD} tile {input.slide:q} --out {output:q} --slide-id {wildcards.slide}"
+        "{params.fail} wsi-lpd tile {input.slide:q} --out {output:q} --slide-id {wildcards.slide}"
         " {params.mpp} {params.roi} --config {input.settings:q} > {log:q} 2>&1"

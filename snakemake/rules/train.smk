@@ -27,6 +27,6 @@ if not CHECKPOINT:
         resources:
             gpu=1,
         shell:
-            "{params.fail} {WSI_LPD} train --patches {params.patches:q}"
+            "{params.fail} wsi-lpd train --patches {params.patches:q}"
             " --model-config {input.model_config:q} --out {params.out:q}"
             " --device {params.device} {params.flags} --resume > {log:q} 2>&1"
