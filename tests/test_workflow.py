@@ -78,7 +78,9 @@ def test_dry_run_of_the_demo(tmp_path: Path) -> None:
     assert re.search(
         r"input: results/demo/cohort/demo_00.tiff, results/demo/config/tile.yaml", listed
     )
-    assert "--model-config" in listed and "--resume" in listed  # train resumes an interrupted run
+    # train resumes the state an interrupted run left, and only that
+    assert "--model-config" in listed
+    assert "$(test -e results/demo/.model.resume/last.pt && echo --resume)" in listed
     assert "WSI_LPD_FAILURE_RECORD='results/demo/logs/tile/demo_00.failure.json'" in listed
 
 

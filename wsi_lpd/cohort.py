@@ -260,6 +260,12 @@ class ResultsLayout:
         return self._p("model", "curves.png")
 
     @property
+    def train_state(self) -> str:
+        """The resumable state an interrupted `wsi-lpd train --out MODEL_DIR` leaves
+        (``wsi_lpd.training.state_dir``: ``OUT/../.OUT.resume``, with ``last.pt``)."""
+        return self._p(".model.resume")
+
+    @property
     def train_run(self) -> str:
         return self._p("model", "run.json")
 

@@ -1,5 +1,6 @@
-# Train LPD on the patch store (skipped when train.checkpoint names an existing model). `--resume`
-# continues from the state an interrupted run left and is a no-op when there is none.
+# Train LPD on the patch store (skipped when train.checkpoint names an existing model). After an
+# interruption the rerun passes `--resume`, continuing from the state the interrupted run left
+# (RESULTS/.model.resume/last.pt); a finished model is never extended, a fresh run starts fresh.
 
 if not CHECKPOINT:
 
@@ -21,6 +22,7 @@ if not CHECKPOINT:
             device=config["train"]["device"],
             flags=train_flags(),
             fail=failure_record("train", COHORT_KEY),
+            state=f"{L.train_state}/last.pt",
         conda:
             CONDA_ENV
         threads: THREADS["train"]
@@ -29,4 +31,5 @@ if not CHECKPOINT:
         shell:
             "{params.fail} wsi-lpd train --patches {params.patches:q}"
             " --model-config {input.model_config:q} --out {params.out:q}"
-            " --device {params.device} {params.flags} --resume > {log:q} 2>&1"
+            " --device {params.device} {params.flags}"
+            " $(test -e {params.state:q} && echo --resume) > {log:q} 2>&1"
