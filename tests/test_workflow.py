@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,3 +246,94 @@ def test_corrupt_slide_fails_alone(ci_run: tuple[Path, subprocess.CompletedProce
     record = json.loads((res / "logs" / "tile" / "broken.failure.json").read_text())
     assert record["stage"] == "tile" and "broken.svs" in record["message"]
     assert record["message"] in page.replace("&#39;", "'")
+
+
+# ---- "your own cohort": QuPath-named annotations in, GeoJSON for QuPath out ------------------
+
+
+def _feature(name: str) -> bool:
+    import wsi_lpd.classes
+    import wsi_lpd.mosaic
+
+    return {"class_map": hasattr(wsi_lpd.classes, "ClassMapping"),
+            "labels_0_background": hasattr(wsi_lpd.mosaic, "to_stored_labels")}[name]  # fmt: skip
+
+
+QUPATH_NAMES = {"TUM": "Tumor", "STR": "Stroma", "LYM": "Immune cells", "NEC": "Necrosis"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (_feature("class_map") and _feature("labels_0_background")),
+    reason="needs the QuPath class mapping (wsi_lpd.classes.ClassMapping) and mosaic labels "
+    "with 0 = background (wsi_lpd.mosaic.to_stored_labels)",
+)
+def test_own_cohort_from_qupath_back_to_qupath(tmp_path: Path) -> None:
+    """Synthetic slides whose annotations carry QuPath's built-in class names (plus a `Region*`
+    annotation to ignore), exported as {slide_id}.geojson, a sample sheet with one held-out
+    slide, a config of the user's own: the workflow runs through; the GeoJSON carries its
+    provenance and the mosaic's label image has 0 = background."""
+    import hashlib
+
+    import zarr
+
+    from wsi_lpd.mosaic import open_mosaic
+
+    cli = SNAKEMAKE.with_name("wsi-lpd")
+    slides = tmp_path / "slides"
+    synth = subprocess.run(
+        [str(cli), "synth", "--out", str(slides), "--n-slides", "2", "--width-px", "2048",
+         "--height-px", "2048", "--seed", "3", "--prefix", "own"],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert synth.returncode == 0, synth.stderr
+    qupath = tmp_path / "qupath"
+    qupath.mkdir()
+    for sid in ("own_00", "own_01"):
+        collection = json.loads((slides / f"{sid}.annotations.geojson").read_text())
+        for feat in collection["features"]:
+            cls = feat["properties"]["classification"]
+            cls["name"] = QUPATH_NAMES[cls["name"]]
+        region = json.loads(json.dumps(collection["features"][0]))
+        region["properties"]["classification"]["name"] = "Region*"
+        collection["features"].append(region)
+        (qupath / f"{sid}.geojson").write_text(json.dumps(collection))
+    (tmp_path / "samples.csv").write_text(
+        "slide_id,path,annotations,truth,split\n"
+        f"own_00,{slides}/own_00.tiff,qupath/own_00.geojson,{slides}/own_00.mask.tiff,train\n"
+        f"own_01,{slides}/own_01.tiff,qupath/own_01.geojson,{slides}/own_01.mask.tiff,test\n"
+    )
+    (tmp_path / "cohort.yaml").write_text(
+        "samples: samples.csv\nresults: results/own\n"
+        "tile: {mpp: 2.0, patch_px: 64, overlap_px: 0, min_tissue: 0.5}\n"
+        f"train: {{model_config: {REPO / 'configs/model/lpd_tiny_test.yaml'}, device: cpu}}\n"
+        "infer: {device: cpu, batch_size: 8, workers: 0}\n"
+        "export: {min_area_um2: 500}\nthreads: {train: 1, infer: 1}\n"
+    )
+    run = snakemake(
+        "--cores", "2", "--resources", "gpu=1", "--configfile", "cohort.yaml", cwd=tmp_path,
+        timeout=1200,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-6000:]
+    res = tmp_path / "results" / "own"
+    # [DATA] QuPath's names were mapped onto the model's classes; `Region*` was ignored
+    patches_log = (res / "logs" / "patches" / "_cohort.log").read_text()
+    assert "Region*" in patches_log, patches_log[-2000:]
+    # [MOSAIC/export] provenance in the FeatureCollection, QuPath's classes on the features
+    model_sha = hashlib.sha256((res / "model" / "model.pt").read_bytes()).hexdigest()
+    for sid in ("own_00", "own_01"):
+        collection = json.loads((res / "geojson" / f"{sid}.geojson").read_text())
+        meta = collection["properties"]["wsi_lpd"]
+        assert meta["model_sha256"] == model_sha and meta["version"] and meta["run_date"]
+        assert meta["mpp"] > 0 and meta["slide_id"] == sid
+    # [MOSAIC] stored labels: 0 = background, foreground classes 1…C
+    store = res / "mosaics" / "own_01.ome.zarr"
+    mosaic = open_mosaic(store)
+    stored = np.asarray(zarr.open_group(str(store), mode="r")["labels/classes/0"][:])
+    labels = np.asarray(mosaic.labels[:])
+    background = mosaic.classes.background_index
+    assert np.array_equal(stored == 0, labels == background)
+    assert stored.max() <= mosaic.classes.num_foreground
+    # the held-out slide is scored and the report says so
+    page = (res / "report.html").read_text()
+    assert 'id="held-out-miou"' in page and "not used for training" in page

@@ -1,4 +1,5 @@
-# Whole-slide inference into an OME-Zarr mosaic (class probabilities + labels).
+# Whole-slide inference into an OME-Zarr mosaic (class probabilities + labels), over the slide's
+# tiles (which a `roi` of the sheet already limits).
 
 
 rule infer:
@@ -6,7 +7,6 @@ rule infer:
         slide=slide_file,
         tiles=L.tiles("{slide}"),
         model=MODEL,
-        roi=roi_file,
         settings=L.stage_config("infer"),
     output:
         # the store's root metadata stands for the mosaic (no Snakemake file inside it)
@@ -19,7 +19,6 @@ rule infer:
     params:
         out=output_dir,
         mpp=slide_mpp_flag,
-        roi=roi_flag,
         fail=failure_record("infer"),
     conda:
         CONDA_ENV
@@ -28,5 +27,5 @@ rule infer:
         gpu=1,
     shell:
         "{params.fail} wsi-lpd infer {input.slide:q} --model {input.model:q} --out {params.out:q}"
-        " --slide-id {wildcards.slide} --tiles {input.tiles:q} {params.mpp} {params.roi}"
+        " --slide-id {wildcards.slide} --tiles {input.tiles:q} {params.mpp}"
         " --config {input.settings:q} > {log:q} 2>&1"
