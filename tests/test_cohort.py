@@ -57,7 +57,7 @@ def test_sheet_roles_and_paths(files: Path, monkeypatch: pytest.MonkeyPatch) -> 
         "slide_id,path,mpp,annotations,truth,split,roi\n"
         "a,a.svs,0.25,a.geojson,,,roi.geojson\n"
         "b,{d}/b.svs,,,b.mask.tiff,test,\n"
-        "c,b.svs,,a.geojson,b.mask.tiff,test,\n",
+        "c,b.svs,,a.geojson,b.mask.tiff,test\n",  # a trailing empty cell left out
     )
     sheet = read_sample_sheet(path)
     assert sheet.slide_ids == ["a", "b", "c"]

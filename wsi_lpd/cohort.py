@@ -159,10 +159,11 @@ def read_sample_sheet(
     samples: list[Sample] = []
     seen: dict[str, int] = {}
     for line, raw in rows:
-        if len(raw) != len(header):
+        if len(raw) > len(header):
             raise ConfigError(
                 f"{sheet}: line {line}: {len(raw)} cells, the header has {len(header)}"
             )
+        raw = raw + [""] * (len(header) - len(raw))  # trailing empty cells may be left out
         cells = {c: (v.strip() or None) for c, v in zip(header, raw, strict=True)}
 
         def bad(column: str, problem: str, _line: int = line) -> ConfigError:
