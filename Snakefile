@@ -20,6 +20,7 @@ if not workflow.overwrite_configfiles:
 
 
 include: "snakemake/rules/common.smk"
+include: "snakemake/rules/config.smk"
 include: "snakemake/rules/demo.smk"
 include: "snakemake/rules/tile.smk"
 include: "snakemake/rules/patches.smk"
@@ -34,10 +35,6 @@ rule all:
     default_target: True
     input:
         final_outputs(),
-
-
-onstart:
-    write_config_copy()
 
 
 onerror:

@@ -194,6 +194,9 @@ def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except (WsiLpdError, FileNotFoundError) as exc:
+            from wsi_lpd.cohort import record_failure
+
+            record_failure(func.__module__.rsplit(".", 1)[-1], None, exc)
             print(f"wsi-lpd: error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
 

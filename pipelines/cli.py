@@ -165,6 +165,9 @@ def boundary(stage: str, func: Callable[..., Any]) -> Callable[..., Any]:
             if verbose:
                 traceback.print_exc(file=sys.stderr)
             bound = dict(kwargs)
+            from wsi_lpd.cohort import record_failure
+
+            record_failure(stage, _primary_input(bound), exc)
             print(error_line(stage, exc, bound), file=sys.stderr)
             raise SystemExit(1) from None
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipelines._common import one_line_errors, setup_logging, write_run_metadata
+from pipelines._common import setup_logging, write_run_metadata
 from wsi_lpd.classes import BCSS_CLASSES, ClassList, ClassMapping
 from wsi_lpd.config import PatchesSection, parse_section, read_yaml
 from wsi_lpd.errors import ConfigError
@@ -46,7 +46,6 @@ def _options(
     return section, classes, mapping
 
 
-@one_line_errors
 def command(
     out: Annotated[Path, typer.Option("--out", help="Patch store to write (STORE.zarr).")],
     tiles: Annotated[

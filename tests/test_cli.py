@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import COMMANDS, app
 from wsi_lpd import __version__
-from wsi_lpd.config import SECTIONS, load_workflow_config
+from wsi_lpd.config import WorkflowConfig, load_workflow_config
 from wsi_lpd.progress import LogProgress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_config_prints_every_section_with_defaults(tmp_path: Path) -> None:
     result = invoke("config", "--config", ROOT / "configs" / "demo.yaml")
     assert result.exit_code == 0, result.stderr
     effective = yaml.safe_load(result.stdout)
-    assert set(SECTIONS) <= set(effective)
+    assert set(WorkflowConfig.model_fields) <= set(effective)
     assert effective["tile"]["tile_mpp"] == 2.0 and effective["tile"]["patch_px"] == 112
     assert effective["tile"]["tissue_mpp"] == 8.0  # a default the file leaves out
     assert effective["threads"]["report"] == 1 and effective["demo_cohort"]["seed"] == 7

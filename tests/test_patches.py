@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import shapely
 import tifffile
-import typer
 from shapely.geometry import box
 from typer.testing import CliRunner
 
-from pipelines import patches as patches_stage
+from pipelines.cli import app as cli_app
 from wsi_lpd.classes import BCSS_CLASSES, ClassList, ClassMapping
 from wsi_lpd.errors import AnnotationError, DatasetError
 from wsi_lpd.geojson import feature, qupath_offset_px, read_annotations, write_feature_collection
@@ -223,9 +222,7 @@ def test_csv_validation(
 
 
 def _invoke(*args: object) -> tuple[int, str]:
-    app = typer.Typer()
-    app.command()(patches_stage.command)
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    result = CliRunner().invoke(cli_app, ["patches", *[str(a) for a in args]])
     return result.exit_code, result.output
 
 
@@ -272,7 +269,11 @@ def test_stage_errors_leave_no_store(tmp_path: Path, tiles: Path) -> None:
     out = tmp_path / "store.zarr"
     code, output = _invoke("--tiles", tiles, "--annotations", ann, "--out", out, "--config", config)
     assert code == 1
-    assert output.startswith("wsi-lpd: error:") and "'FAT'" in output and "bad.geojson" in output
+    assert (
+        output.startswith("wsi-lpd patches: error:")
+        and "'FAT'" in output
+        and "bad.geojson" in output
+    )
     assert output.count("\n") == 1
     assert not out.exists() and list(tmp_path.glob(".store.zarr*")) == []
     code, output = _invoke("--out", out)

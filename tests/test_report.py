@@ -7,20 +7,20 @@ import re
 from pathlib import Path
 
 import pytest
-import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipelines import report
-from wsi_lpd.report import error_line, read_benchmark_s, svg_line_chart
+from pipelines.cli import app as cli_app
+from wsi_lpd.cohort import write_failure_record
+from wsi_lpd.errors import SlideReadError
+from wsi_lpd.report import read_benchmark_s, svg_line_chart, training_warnings
 
-ERROR = "wsi-lpd: error: slides/broken.svs: cannot read the slide (truncated JPEG tile)"
+ERROR = "slides/broken.svs: cannot read the slide (truncated JPEG tile)"
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    app.command()(report.command)
-    return app
+def _invoke(*args: str):
+    """``wsi-lpd report ARGS`` through the real CLI (its one error boundary)."""
+    return CliRunner().invoke(cli_app, ["report", *args])
 
 
 def _png(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> None:
@@ -75,12 +75,16 @@ def results(tmp_path: Path) -> Path:
     _benchmark(res / "benchmarks" / "infer" / "good.tsv", 95.0)
     _benchmark(res / "benchmarks" / "train" / "_cohort.tsv", 130.0)
     (res / "logs" / "tile").mkdir(parents=True)
-    (res / "logs" / "tile" / "broken.log").write_text(
-        "12:00:00 INFO wsi_lpd.tile: opening slides/broken.svs\n"
-        "wsi-lpd: error: an older line\n"
-        f"{ERROR}\n"
+    (res / "logs" / "tile" / "broken.log").write_text("Traceback ... a line nobody parses\n")
+    write_failure_record(
+        res / "logs" / "tile" / "broken.failure.json", "tile", "slides/broken.svs",
+        SlideReadError(ERROR),
+    )  # fmt: skip
+    # a stale record of a job that later finished is not a failure
+    (res / "tiles" / "good" / "tiles.npz").write_bytes(b"x")
+    write_failure_record(
+        res / "logs" / "tile" / "good.failure.json", "tile", "good", OSError("old failure")
     )
-    (res / "logs" / "tile" / "good.log").write_text("12:00:00 INFO wsi_lpd.tile: 42 tiles\n")
     model = res / "model"
     model.mkdir()
     (model / "model.pt").write_bytes(b"\0" * 2048)
@@ -116,9 +120,8 @@ def config(tmp_path: Path) -> Path:
 
 def test_report_page(results: Path, sheet: Path, config: Path) -> None:
     out = results / "report.html"
-    run = CliRunner().invoke(
-        _app(),
-        ["--results", str(results), "--samples", str(sheet), "--out", str(out),
+    run = _invoke(
+        *["--results", str(results), "--samples", str(sheet), "--out", str(out),
          "--config", str(config)],
     )  # fmt: skip
     assert run.exit_code == 0, run.output
@@ -134,10 +137,12 @@ def test_report_page(results: Path, sheet: Path, config: Path) -> None:
     # wall time per stage and slide, the cohort-level training job
     assert "12.5 s" in page and "1.6 min" in page and "2.2 min" in page
     # the failed slide with its (last) error line and its log
-    assert ERROR in page and "an older line" not in page
+    assert ERROR in page and "SlideReadError" in page and "old failure" not in page
+    assert "nobody parses" not in page
     assert 'class="failed">failed' in page
     assert str(results / "logs" / "tile" / "broken.log") in page
     assert "<code>pending</code>" in page  # listed as not finished
+    assert "Training trouble" not in page
     # training record
     assert "best_val_mIoU" in page and "final loss" in page
     # self-contained: every image embedded, nothing fetched from elsewhere
@@ -150,7 +155,7 @@ def test_report_page(results: Path, sheet: Path, config: Path) -> None:
 
 
 def test_report_defaults_to_results_folder(results: Path, sheet: Path) -> None:
-    run = CliRunner().invoke(_app(), ["--results", str(results), "--samples", str(sheet)])
+    run = _invoke(*["--results", str(results), "--samples", str(sheet)])
     assert run.exit_code == 0, run.output
     assert "wsi-lpd report" in (results / "report.html").read_text()
 
@@ -158,36 +163,64 @@ def test_report_defaults_to_results_folder(results: Path, sheet: Path) -> None:
 def test_report_rejects_unknown_config_key(results: Path, sheet: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("report:\n  titel: typo\n")
-    run = CliRunner().invoke(
-        _app(), ["--results", str(results), "--samples", str(sheet), "--config", str(bad)]
-    )
+    run = _invoke(*["--results", str(results), "--samples", str(sheet), "--config", str(bad)])
     assert run.exit_code == 1
-    assert "wsi-lpd: error:" in run.output and "titel" in run.output and str(bad) in run.output
+    assert (
+        "wsi-lpd report: error:" in run.output and "titel" in run.output and str(bad) in run.output
+    )
     assert not (results / "report.html").exists()
 
 
 def test_report_missing_sheet_is_one_line(results: Path, tmp_path: Path) -> None:
     missing = tmp_path / "nope.csv"
-    run = CliRunner().invoke(_app(), ["--results", str(results), "--samples", str(missing)])
+    run = _invoke(*["--results", str(results), "--samples", str(missing)])
     assert run.exit_code == 1
-    assert f"wsi-lpd: error: {missing}: sample sheet not found" in run.output
+    assert f"wsi-lpd report: error: {missing}: sample sheet not found" in run.output
 
 
-def test_error_line_and_benchmark(tmp_path: Path) -> None:
-    assert error_line("INFO ok\nwsi-lpd: error: a\nwsi-lpd: error: b\n") == "wsi-lpd: error: b"
-    crash = "Traceback (most recent call last):\n  File x\nValueError: boom\n"
-    assert error_line(crash) == "ValueError: boom"
-    assert error_line("INFO all good\n") is None
-    boxed = (
-        "Usage: x [OPTIONS]\n╭─ Error ──────╮\n│ No such option: --add-cmu   │\n╰──────────────╯\n"
-    )
-    assert error_line(boxed) == "usage error: No such option: --add-cmu"
-    assert error_line("Usage: x\nError: Missing option '--out'.\n") == (
-        "usage error: Missing option '--out'."
-    )
+def test_benchmark_and_chart(tmp_path: Path) -> None:
     tsv = tmp_path / "b.tsv"
     tsv.write_text("s\th:m:s\n2.0\t0:00:02\n4.0\t0:00:04\n")
     assert read_benchmark_s(tsv) == pytest.approx(3.0)
     tsv.write_text("h:m:s\n0:00:02\n")
     assert read_benchmark_s(tsv) is None
     assert "<polyline" in svg_line_chart([0, 1, 2], [3.0, 2.0, 1.0], "loss")
+
+
+def _rows(losses: list[float], val: dict[int, float]) -> list[dict[str, float]]:
+    rows = []
+    for i, loss in enumerate(losses):
+        it = 5 * (i + 1)
+        row = {"iteration": float(it), "total": loss}
+        if it in val:
+            row["val_mIoU"] = val[it]
+        rows.append(row)
+    return rows
+
+
+def test_training_warnings() -> None:
+    steady = [1.0 - 0.05 * i for i in range(16)]
+    # the demo's failure: 0.92 until iteration 60, 0.68 from iteration 75 on
+    collapse = _rows(steady, {15: 0.8, 30: 0.9, 60: 0.92, 75: 0.68, 80: 0.68})
+    (only,) = training_warnings(collapse)
+    assert "Validation collapse" in only and "0.92" in only and "iteration 75" in only
+    recovered = _rows(steady, {30: 0.9, 60: 0.92, 75: 0.68, 80: 0.85})
+    assert training_warnings(recovered) == []
+    nan = _rows([1.0, 0.8, float("nan")], {})
+    assert "not finite from iteration 15" in training_warnings(nan)[0]
+    rising = _rows([1.0, 0.5, 0.4, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2], {})
+    assert "rose" in training_warnings(rising)[0]
+    (untrained,) = training_warnings(_rows(steady, {}), ["NEC"])
+    assert "never trained" in untrained and "NEC" in untrained
+
+
+def test_report_flags_training_trouble(results: Path, sheet: Path) -> None:
+    (results / "model" / "train_log.csv").write_text(
+        "iteration,total,val_mIoU\n"
+        + "".join(f"{i},{1 - i / 200},{0.9 if i <= 60 else 0.6}\n" for i in range(10, 101, 10))
+    )
+    run = _invoke(*["--results", str(results), "--samples", str(sheet)])
+    assert run.exit_code == 0, run.output
+    page = (results / "report.html").read_text()
+    top = page[: page.index('<h2 id="slides">')]
+    assert "Training trouble" in top and "Validation collapse" in top

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,9 +20,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def snakemake(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the venv's snakemake on the repository's Snakefile; stdout and stderr together."""
-    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+def snakemake(
+    *args: str, cwd: Path = REPO, timeout: float = 300, activated: bool = True
+) -> subprocess.CompletedProcess:
+    """Run the venv's snakemake on the repository's Snakefile; stdout and stderr together.
+
+    ``activated=False``: the venv's bin folder is not on PATH (``.venv/bin/snakemake`` typed
+    without activating the environment), so `wsi-lpd` is found beside the Python instead.
+    """
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != SNAKEMAKE.parent]
+    if activated:
+        path.insert(0, str(SNAKEMAKE.parent))
+    env = {**os.environ, "PATH": os.pathsep.join(path)}
     return subprocess.run(
         [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), *args],
         cwd=cwd,
@@ -58,18 +68,57 @@ def test_dry_run_of_the_demo(tmp_path: Path) -> None:
     run = snakemake("-n", "--cores", "2", "--directory", str(tmp_path))  # default config = demo
     assert run.returncode == 0, run.stdout
     assert job_counts(run.stdout) == {
-        "demo_cohort": 1, "tile": 4, "patches": 1, "train": 1, "infer": 4, "export": 4,
-        "evaluate": 3, "report": 1, "all": 1, "total": 20,
+        "stage_config": 7, "demo_cohort": 1, "tile": 4, "patches": 1, "train": 1, "infer": 4,
+        "export": 4, "evaluate": 3, "report": 1, "all": 1, "total": 27,
     }  # fmt: skip
     listed = snakemake("-n", "-p", "--cores", "2", "--directory", str(tmp_path)).stdout
     assert "synth --out results/demo/cohort" in listed and "--add-cmu" in listed
     assert "--slide-id CMU-1-Small-Region" in listed
-    assert "--config results/demo/config.yaml" in listed
+    # every stage reads its own config file, and the rule declares it as an input
+    assert "--config results/demo/config/tile.yaml" in listed
+    assert re.search(
+        r"input: results/demo/cohort/demo_00.tiff, results/demo/config/tile.yaml", listed
+    )
+    # train resumes the state an interrupted run left, and only that
+    assert "--model-config" in listed
+    assert "$(test -e results/demo/.model.resume/last.pt && echo --resume)" in listed
+    assert "WSI_LPD_FAILURE_RECORD='results/demo/logs/tile/demo_00.failure.json'" in listed
+
+
+def _checkpoint(path: Path, names: list[str]) -> Path:
+    """A checkpoint file with the given foreground classes (enough for the classes check)."""
+    import torch
+
+    from wsi_lpd.classes import ClassList
+    from wsi_lpd.model.checkpoint import FORMAT
+
+    payload = {
+        "format": FORMAT, "method": "lpd", "classes": ClassList.from_names(names).to_dict(),
+        "mpp": 1.0, "patch_px": 64, "normalisation": {}, "model_config": {}, "predict": {},
+        "state_dict": {}, "training": {},
+    }  # fmt: skip
+    torch.save(payload, path)
+    return path
+
+
+def test_checkpoint_with_other_classes_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.tiff").write_bytes(b"x")
+    _checkpoint(tmp_path / "model.pt", ["TUM", "STR"])
+    config = write_config(
+        tmp_path,
+        f"slide_id,path\na,{tmp_path / 'a.tiff'}\n",
+        f"train: {{checkpoint: {tmp_path / 'model.pt'}}}\n",
+    )
+    run = snakemake("-n", "--cores", "1", "--configfile", str(config), cwd=tmp_path)
+    assert run.returncode != 0
+    assert "Job stats" not in run.stdout  # refused before any job is planned
+    assert "config key train.checkpoint:" in run.stdout
+    assert "['TUM', 'STR', 'BACK'] differ from the config's classes" in run.stdout, run.stdout
 
 
 def test_checkpoint_skips_training(tmp_path: Path) -> None:
     (tmp_path / "a.tiff").write_bytes(b"x")
-    (tmp_path / "model.pt").write_bytes(b"x")
+    _checkpoint(tmp_path / "model.pt", ["TUM", "STR", "LYM", "NEC"])
     config = write_config(
         tmp_path,
         f"slide_id,path,mpp\na,{tmp_path / 'a.tiff'},0.25\n",
@@ -87,16 +136,17 @@ def test_checkpoint_skips_training(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("sheet", "message"),
     [
-        ("slide_id,mpp\na,0.5\n", "missing column(s) path"),
-        ("slide_id,path,annotations\na,{s},{g}\na,{s},{g}\n", "duplicate slide_id(s) a"),
+        ("slide_id,mpp\na,0.5\n", "line 1: missing column(s) path"),
+        ("slide_id,path,annotations\na,{s},{g}\na,{s},{g}\n", "line 3: column slide_id: dup"),
         (
             "slide_id,path,annotations\na,{s},{g}\nb,{d}/gone.svs,{g}\n",
-            "file(s) not found: b: path",
+            "line 3: column path: file not found",
         ),
-        ("slide_id,path,annotations\nx/y,{s},{g}\n", "slide_id 'x/y' contains a path separator"),
-        ("slide_id,path,annotations,mpp\na,{s},{g},fast\n", "line 2: column mpp"),
+        ("slide_id,path,annotations\nx/y,{s},{g}\n", "line 2: column slide_id: 'x/y' contains"),
+        ("slide_id,path,annotations,mpp\na,{s},{g},fast\n", "line 2: column mpp: not a number"),
+        ("slide_id,path,annotations,split\na,{s},{g},a b\n", "line 2: column split: 'a b'"),
     ],
-    ids=["missing-column", "duplicate-id", "missing-file", "path-separator", "bad-mpp"],
+    ids=["missing-column", "duplicate-id", "missing-file", "path-separator", "bad-mpp", "split"],
 )
 def test_bad_sample_sheet_is_rejected(tmp_path: Path, sheet: str, message: str) -> None:
     (tmp_path / "s.tiff").write_bytes(b"x")
@@ -114,7 +164,7 @@ def test_bad_config_key_is_rejected(tmp_path: Path) -> None:
     config = write_config(tmp_path, f"slide_id,path\na,{tmp_path / 's.tiff'}\n", "tiles: {}\n")
     run = snakemake("-n", "--cores", "1", "--configfile", str(config), cwd=tmp_path)
     assert run.returncode != 0
-    assert "'tiles' was unexpected" in run.stdout
+    assert f"{config}: tiles: unknown key" in run.stdout, run.stdout
 
 
 # ---- the tiny end-to-end run (configs/ci.yaml) -----------------------------------------------
@@ -140,7 +190,7 @@ def test_ci_run_writes_every_output(ci_run: tuple[Path, subprocess.CompletedProc
         "patches/train.zarr", "model/model.pt", "model/train_log.csv", "model/curves.png",
         "mosaics/ci_00.ome.zarr", "mosaics/ci_00.run.json", "geojson/ci_00.geojson",
         "geojson/ci_00.overlay.png", "geojson/ci_00.export.json", "evaluate/ci_00/metrics.json",
-        "logs/infer/ci_00.log", "benchmarks/infer/ci_00.tsv", "config.yaml", "report.html",
+        "logs/infer/ci_00.log", "benchmarks/infer/ci_00.tsv", "config/infer.yaml", "report.html",
     ):  # fmt: skip
         assert (res / path).exists(), path
     collection = json.loads((res / "geojson" / "ci_00.geojson").read_text())
@@ -161,9 +211,13 @@ def test_ci_run_writes_every_output(ci_run: tuple[Path, subprocess.CompletedProc
 def test_ci_rerun_has_nothing_to_do(ci_run: tuple[Path, subprocess.CompletedProcess]) -> None:
     work, run = ci_run
     assert run.returncode == 0, run.stdout[-3000:]
-    again = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "configs/ci.yaml"), cwd=work)
-    assert again.returncode == 0, again.stdout
-    assert "Nothing to be done" in again.stdout, again.stdout
+    for activated in (True, False):  # how `wsi-lpd` is found does not rerun anything
+        again = snakemake(
+            "-n", "--cores", "2", "--configfile", str(REPO / "configs/ci.yaml"), cwd=work,
+            activated=activated,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stdout
+        assert "Nothing to be done" in again.stdout, again.stdout
 
 
 @pytest.mark.slow
@@ -189,4 +243,97 @@ def test_corrupt_slide_fails_alone(ci_run: tuple[Path, subprocess.CompletedProce
     assert not (res / "geojson" / "broken.export.json").exists()
     page = (res / "report.html").read_text()
     assert 'id="slide-broken"' in page and 'class="failed">failed' in page
-    assert "wsi-lpd: error:" in page and "broken.svs" in page
+    record = json.loads((res / "logs" / "tile" / "broken.failure.json").read_text())
+    assert record["stage"] == "tile" and "broken.svs" in record["message"]
+    assert record["message"] in page.replace("&#39;", "'")
+
+
+# ---- "your own cohort": QuPath-named annotations in, GeoJSON for QuPath out ------------------
+
+
+def _feature(name: str) -> bool:
+    import wsi_lpd.classes
+    import wsi_lpd.mosaic
+
+    return {"class_map": hasattr(wsi_lpd.classes, "ClassMapping"),
+            "labels_0_background": hasattr(wsi_lpd.mosaic, "to_stored_labels")}[name]  # fmt: skip
+
+
+QUPATH_NAMES = {"TUM": "Tumor", "STR": "Stroma", "LYM": "Immune cells", "NEC": "Necrosis"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (_feature("class_map") and _feature("labels_0_background")),
+    reason="needs the QuPath class mapping (wsi_lpd.classes.ClassMapping) and mosaic labels "
+    "with 0 = background (wsi_lpd.mosaic.to_stored_labels)",
+)
+def test_own_cohort_from_qupath_back_to_qupath(tmp_path: Path) -> None:
+    """Synthetic slides whose annotations carry QuPath's built-in class names (plus a `Region*`
+    annotation to ignore), exported as {slide_id}.geojson, a sample sheet with one held-out
+    slide, a config of the user's own: the workflow runs through; the GeoJSON carries its
+    provenance and the mosaic's label image has 0 = background."""
+    import hashlib
+
+    import zarr
+
+    from wsi_lpd.mosaic import open_mosaic
+
+    cli = SNAKEMAKE.with_name("wsi-lpd")
+    slides = tmp_path / "slides"
+    synth = subprocess.run(
+        [str(cli), "synth", "--out", str(slides), "--n-slides", "2", "--width-px", "2048",
+         "--height-px", "2048", "--seed", "3", "--prefix", "own"],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert synth.returncode == 0, synth.stderr
+    qupath = tmp_path / "qupath"
+    qupath.mkdir()
+    for sid in ("own_00", "own_01"):
+        collection = json.loads((slides / f"{sid}.annotations.geojson").read_text())
+        for feat in collection["features"]:
+            cls = feat["properties"]["classification"]
+            cls["name"] = QUPATH_NAMES[cls["name"]]
+        region = json.loads(json.dumps(collection["features"][0]))
+        region["properties"]["classification"]["name"] = "Region*"
+        collection["features"].append(region)
+        (qupath / f"{sid}.geojson").write_text(json.dumps(collection))
+    (tmp_path / "samples.csv").write_text(
+        "slide_id,path,annotations,truth,split\n"
+        f"own_00,{slides}/own_00.tiff,qupath/own_00.geojson,{slides}/own_00.mask.tiff,train\n"
+        f"own_01,{slides}/own_01.tiff,qupath/own_01.geojson,{slides}/own_01.mask.tiff,test\n"
+    )
+    (tmp_path / "cohort.yaml").write_text(
+        "samples: samples.csv\nresults: results/own\n"
+        "tile: {mpp: 2.0, patch_px: 64, overlap_px: 0, min_tissue: 0.5}\n"
+        f"train: {{model_config: {REPO / 'configs/model/lpd_tiny_test.yaml'}, device: cpu}}\n"
+        "infer: {device: cpu, batch_size: 8, workers: 0}\n"
+        "export: {min_area_um2: 500}\nthreads: {train: 1, infer: 1}\n"
+    )
+    run = snakemake(
+        "--cores", "2", "--resources", "gpu=1", "--configfile", "cohort.yaml", cwd=tmp_path,
+        timeout=1200,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-6000:]
+    res = tmp_path / "results" / "own"
+    # [DATA] QuPath's names were mapped onto the model's classes; `Region*` was ignored
+    patches_log = (res / "logs" / "patches" / "_cohort.log").read_text()
+    assert "Region*" in patches_log, patches_log[-2000:]
+    # [MOSAIC/export] provenance in the FeatureCollection, QuPath's classes on the features
+    model_sha = hashlib.sha256((res / "model" / "model.pt").read_bytes()).hexdigest()
+    for sid in ("own_00", "own_01"):
+        collection = json.loads((res / "geojson" / f"{sid}.geojson").read_text())
+        meta = collection["properties"]["wsi_lpd"]
+        assert meta["model_sha256"] == model_sha and meta["version"] and meta["run_date"]
+        assert meta["mpp"] > 0 and meta["slide_id"] == sid
+    # [MOSAIC] stored labels: 0 = background, foreground classes 1…C
+    store = res / "mosaics" / "own_01.ome.zarr"
+    mosaic = open_mosaic(store)
+    stored = np.asarray(zarr.open_group(str(store), mode="r")["labels/classes/0"][:])
+    labels = np.asarray(mosaic.labels[:])
+    background = mosaic.classes.background_index
+    assert np.array_equal(stored == 0, labels == background)
+    assert stored.max() <= mosaic.classes.num_foreground
+    # the held-out slide is scored and the report says so
+    page = (res / "report.html").read_text()
+    assert 'id="held-out-miou"' in page and "not used for training" in page

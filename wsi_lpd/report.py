@@ -1,8 +1,10 @@
 """The run report: one self-contained HTML page (inline CSS, images embedded as base64 data).
 
-The page is built from plain data (``ReportData``); gathering that data from a results folder is
-the report stage's job (``pipelines/report.py``). Nothing here refers to an external resource, so
-the page can be mailed or archived as one file.
+:func:`collect_report` gathers plain data (``ReportData``) from a results folder laid out by
+:class:`wsi_lpd.cohort.ResultsLayout`; :func:`render_html` renders it with the Jinja2 templates in
+``wsi_lpd/templates``. Failed jobs are read from their failure records (JSON, see
+:func:`wsi_lpd.cohort.write_failure_record`), training trouble from ``train_log.csv`` and the
+checkpoint. Nothing on the page refers to an external resource.
 """
 
 from __future__ import annotations
@@ -11,27 +13,41 @@ import base64
 import csv
 import html
 import io
+import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from wsi_lpd.cohort import (
+    COHORT_KEY,
+    COHORT_STAGES,
+    SLIDE_STAGES,
+    ResultsLayout,
+    SampleSheet,
+    read_failure_record,
+)
 
 log = logging.getLogger(__name__)
 
-ERROR_PREFIX = "wsi-lpd: error:"
 STAGE_ORDER = ("demo_cohort", "tile", "patches", "train", "infer", "export", "evaluate", "report")
+COLLAPSE_DROP = 0.15  # validation collapse: the best-so-far metric falls by more and stays down
+LOSS_RISE = 1.5  # divergence: the last quarter's mean loss is this many times the best quarter's
 
 
 @dataclass
 class Failure:
-    """One failed job: the slide (or ``cohort``), the stage, its error line and its log."""
+    """One failed job: the slide (or ``_cohort``), the stage, its error and its log."""
 
     slide_id: str
     stage: str
     message: str
     log_path: str
+    error_type: str | None = None
 
 
 @dataclass
@@ -39,7 +55,7 @@ class SlideRow:
     """Everything the page shows about one slide of the sample sheet."""
 
     slide_id: str
-    role: str  # train | test | infer (annotated slides outside the test split train the model)
+    role: str  # train | test | infer (wsi_lpd.cohort.Sample.role)
     split: str | None = None
     status: str = "not run"  # ok | failed | not run
     overlay_uri: str | None = None
@@ -60,6 +76,7 @@ class ModelInfo:
     curves_uri: str | None = None
     curve_svg: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    untrained_classes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -76,6 +93,7 @@ class ReportData:
     failures: list[Failure] = field(default_factory=list)
     model: ModelInfo | None = None
     config_text: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 # ---- readers of small run files ------------------------------------------------------------
@@ -129,31 +147,6 @@ def read_benchmark_s(path: str | os.PathLike) -> float | None:
     return sum(values) / len(values)
 
 
-def error_line(text: str) -> str | None:
-    """The failure line of a stage log, or None when the log shows no failure.
-
-    In order: the last ``wsi-lpd: error: …`` line (a typed error), the last line of a Python
-    traceback (a crash), the message of a command-line usage error (click/typer, plain or boxed).
-    """
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith(ERROR_PREFIX)]
-    if errors:
-        return errors[-1]
-    if any(ln.startswith("Traceback (most recent call last)") for ln in lines):
-        return lines[-1]
-    for i, ln in enumerate(lines):
-        if ln.startswith("Error:"):
-            return f"usage error: {ln.removeprefix('Error:').strip()}"
-        if ln.startswith("╭─ Error"):
-            body = []
-            for nxt in lines[i + 1 :]:
-                if not nxt.startswith("│"):
-                    break
-                body.append(nxt.strip("│ "))
-            return "usage error: " + " ".join(b for b in body if b)
-    return None
-
-
 def read_train_log(path: str | os.PathLike) -> list[dict[str, float]]:
     """Rows of ``train_log.csv`` as floats (cells that are not numbers are left out)."""
     rows: list[dict[str, float]] = []
@@ -205,30 +198,208 @@ def svg_line_chart(
     )
 
 
+# ---- training trouble ----------------------------------------------------------------------
+
+
+def training_warnings(
+    rows: Sequence[Mapping[str, float]], untrained_classes: Sequence[str] = ()
+) -> list[str]:
+    """Sentences about a training run that went wrong, from ``train_log.csv`` rows.
+
+    Validation collapse: after its best value, validation mIoU fell by more than
+    ``COLLAPSE_DROP`` and never came back within it. Divergence: a loss that is not finite, or a
+    last-quarter mean loss ``LOSS_RISE`` times the lowest quarter's. Classes never trained: named
+    by the checkpoint.
+    """
+    out: list[str] = []
+    val = [(r["iteration"], r["val_mIoU"]) for r in rows if "iteration" in r and "val_mIoU" in r]
+    finite = [(it, v) for it, v in val if math.isfinite(v)]
+    if finite:
+        best_it, best = max(finite, key=lambda p: p[1])
+        last_good = max(i for i, (_, v) in enumerate(finite) if v >= best - COLLAPSE_DROP)
+        after = finite[last_good + 1 :]
+        if after:
+            first_it = after[0][0]
+            worst = max(v for _, v in after)
+            out.append(
+                f"Validation collapse: validation mIoU peaked at {best:.2f} at iteration "
+                f"{best_it:g} and stayed at or below {worst:.2f} from iteration {first_it:g} on "
+                f"(the model kept is the best checkpoint; check the learning rate and schedule)."
+            )
+    losses = [(r["iteration"], r["total"]) for r in rows if "iteration" in r and "total" in r]
+    bad = [it for it, v in losses if not math.isfinite(v)]
+    if bad:
+        out.append(f"Divergence: the training loss is not finite from iteration {bad[0]:g}.")
+    elif len(losses) >= 8:
+        q = len(losses) // 4
+        quarters = [
+            sum(v for _, v in losses[i * q : (i + 1) * q]) / q for i in range(len(losses) // q)
+        ]
+        last = sum(v for _, v in losses[-q:]) / q
+        lowest = min(quarters)
+        if lowest > 0 and last > LOSS_RISE * lowest:
+            out.append(
+                f"Divergence: the training loss rose to {last:.3g} in the last quarter of the run "
+                f"from {lowest:.3g} at its lowest."
+            )
+    if untrained_classes:
+        out.append(
+            "Classes never trained (no training patch carried them): "
+            + ", ".join(untrained_classes)
+            + "; their predictions are meaningless."
+        )
+    return out
+
+
+def untrained_classes(contract: Mapping[str, Any]) -> list[str]:
+    """``untrained_classes`` of a checkpoint contract (top level or its ``training`` record)."""
+    found = contract.get("untrained_classes")
+    if found is None:
+        found = (contract.get("training") or {}).get("untrained_classes")
+    return [str(c) for c in found or []]
+
+
+# ---- gathering a results folder ------------------------------------------------------------
+
+
+def _read_json(path: str | os.PathLike) -> dict[str, Any] | None:
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("%s: ignored, not readable JSON (%s)", p, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _timings(layout: ResultsLayout) -> dict[str, dict[str, float]]:
+    """``{slide or '_cohort': {stage: seconds}}`` from the benchmark files."""
+    out: dict[str, dict[str, float]] = {}
+    for tsv in sorted(Path(layout.root, "benchmarks").glob("*/*.tsv")):
+        seconds = read_benchmark_s(tsv)
+        if seconds is not None:
+            out.setdefault(tsv.stem, {})[tsv.parent.name] = seconds
+    return out
+
+
+def _failure(layout: ResultsLayout, stage: str, key: str) -> Failure | None:
+    """The failure of one job: its record, unless the job's output exists (a later success)."""
+    record = read_failure_record(layout.failure_record(stage, key))
+    if record is None:
+        return None
+    finished = layout.finished(stage, key)
+    if finished is not None and os.path.exists(finished):
+        return None
+    return Failure(
+        key, stage, str(record["message"]), layout.log(stage, key), record.get("error_type")
+    )
+
+
+def _slide_row(
+    layout: ResultsLayout, sample: Any, trained_here: bool, opts: Mapping[str, Any],
+    timings: Mapping[str, dict[str, float]],
+) -> SlideRow:  # fmt: skip
+    sid = sample.slide_id
+    entry = SlideRow(sid, sample.role(trained_here), split=sample.split)
+    entry.timings_s = dict(timings.get(sid, {}))
+    export = _read_json(layout.export_meta(sid))
+    if export is not None:
+        entry.status = "ok"
+        classes = export.get("classes") or {}
+        entry.areas_mm2 = {
+            str(name): float(stats["area_um2"]) / 1e6
+            for name, stats in classes.items()
+            if isinstance(stats, dict) and stats.get("area_um2") is not None
+        }
+        entry.n_features = export.get("features")
+        entry.mosaic_mpp = (export.get("inputs") or {}).get("mpp")
+    if os.path.isfile(layout.overlay(sid)):
+        entry.overlay_uri = image_data_uri(layout.overlay(sid), opts["image_max_px"])
+    if opts["embed_qc"] and os.path.isfile(layout.tissue_qc(sid)):
+        entry.qc_uri = image_data_uri(layout.tissue_qc(sid), opts["image_max_px"])
+    metrics = _read_json(layout.metrics(sid))
+    if metrics is not None:
+        entry.metrics = {**(metrics.get("pooled") or {}), "protocol": metrics.get("protocol")}
+    return entry
+
+
+def _model_info(layout: ResultsLayout, model: str) -> ModelInfo:
+    trained_here = Path(model).resolve() == Path(layout.model).resolve()
+    info = ModelInfo(str(model), trained_here)
+    if not os.path.isfile(model):
+        info.summary["state"] = "missing (training did not finish)" if trained_here else "missing"
+        return info
+    info.summary["size"] = f"{os.path.getsize(model) / 2**20:.1f} MiB"
+    try:
+        from wsi_lpd.model.checkpoint import read_checkpoint
+
+        info.untrained_classes = untrained_classes(read_checkpoint(model))
+    except (ValueError, OSError) as exc:
+        log.warning("%s: classes not checked, cannot read the checkpoint (%s)", model, exc)
+    if not trained_here:
+        return info
+    run = _read_json(layout.train_run) or {}
+    for key in ("iterations", "best_val_mIoU", "images_per_s", "wall_time_s"):
+        if run.get(key) is not None:
+            info.summary[key] = run[key]
+    method = (run.get("parameters") or {}).get("method")
+    if method:
+        info.summary["method"] = method
+    if os.path.isfile(layout.curves):
+        info.curves_uri = image_data_uri(layout.curves, 1000, fmt="png")
+    return info
+
+
+def collect_report(
+    layout: ResultsLayout,
+    sheet: SampleSheet,
+    model: str,
+    opts: Mapping[str, Any],
+    class_colors: Mapping[str, tuple[int, int, int]],
+    config_text: str | None = None,
+) -> ReportData:
+    """Gather what exists under ``layout.root`` into the report's data."""
+    timings = _timings(layout)
+    model_info = _model_info(layout, model)
+    slides = [_slide_row(layout, s, model_info.trained_here, opts, timings) for s in sheet.samples]
+    failures = [f for st in COHORT_STAGES if (f := _failure(layout, st, COHORT_KEY))]
+    for entry in slides:
+        for stage in SLIDE_STAGES:
+            found = _failure(layout, stage, entry.slide_id)
+            if found is not None:
+                failures.append(found)
+                if entry.status != "ok":
+                    entry.status = "failed"
+    rows = read_train_log(layout.train_log) if os.path.isfile(layout.train_log) else []
+    if model_info.trained_here and rows:
+        if "total" in rows[-1]:
+            model_info.summary["final loss"] = round(rows[-1]["total"], 4)
+        if model_info.curves_uri is None:
+            pts = [(r["iteration"], r["total"]) for r in rows if "iteration" in r and "total" in r]
+            model_info.curve_svg = svg_line_chart(
+                [p[0] for p in pts], [p[1] for p in pts], "training loss per iteration"
+            )
+    warnings = training_warnings(
+        rows if model_info.trained_here else [], model_info.untrained_classes
+    )
+    return ReportData(
+        title=str(opts["title"]),
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        results_dir=layout.root,
+        samples_path=sheet.path,
+        slides=slides,
+        class_colors=dict(class_colors),
+        cohort_timings_s=timings.get(COHORT_KEY, {}),
+        failures=failures,
+        model=model_info,
+        config_text=config_text,
+        warnings=warnings,
+    )
+
+
 # ---- HTML ----------------------------------------------------------------------------------
-
-CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;
-color:#222;padding:0 1em}
-h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
-th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right;vertical-align:top}
-th{background:#f3f3f3}td.l,th.l{text-align:left}
-.ok{color:#1a7f37;font-weight:600}.failed{color:#c62828;font-weight:600}
-.notrun{color:#8a6d00;font-weight:600}
-.muted{color:#777}.swatch{display:inline-block;width:.9em;height:.9em;border:1px solid #999;
-vertical-align:middle;margin-right:.3em}
-.gallery{display:flex;flex-wrap:wrap;gap:1em}
-figure{margin:0;border:1px solid #ddd;padding:.5em;background:#fff}
-figure img{display:block;max-width:100%}figcaption{font-size:.85em;margin-top:.3em}
-code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}
-pre{background:#f6f8fa;padding:.8em;overflow:auto}
-.summary span{margin-right:1.5em}
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _fmt_seconds(s: float | None) -> str:
@@ -257,202 +428,77 @@ def _fmt_pct(v: Any) -> str:
     return f"{100 * v:.1f}"
 
 
-def _status(status: str) -> str:
-    css = {"ok": "ok", "failed": "failed"}.get(status, "notrun")
-    return f'<span class="{css}">{_e(status)}</span>'
+def held_out_miou(data: ReportData) -> tuple[float | None, int]:
+    """Mean mIoU of the evaluated slides not used for training, and their number — the figure
+    the README quotes for the demo."""
+    scores = [
+        r.metrics["miou"]
+        for r in data.slides
+        if r.metrics and r.role != "train" and isinstance(r.metrics.get("miou"), int | float)
+    ]
+    return (sum(scores) / len(scores) if scores else None), len(scores)
 
 
-def _swatch(color: tuple[int, int, int] | None) -> str:
-    if color is None:
-        return ""
-    r, g, b = color
-    return f'<span class="swatch" style="background:rgb({r},{g},{b})"></span>'
+def render_html(data: ReportData) -> str:
+    """The whole page as one string (``wsi_lpd/templates/report.html.j2``)."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+    from markupsafe import Markup
 
+    env = Environment(
+        loader=PackageLoader("wsi_lpd", "templates"),
+        autoescape=select_autoescape(["j2"], default_for_string=True, default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(seconds=_fmt_seconds, area=_fmt_area, pct=_fmt_pct, value=_fmt_value)
 
-def _class_order(data: ReportData) -> list[str]:
-    names = list(data.class_colors)
+    def swatch(color: Sequence[int] | None) -> Markup:
+        if color is None:
+            return Markup("")
+        r, g, b = (int(c) for c in color)
+        return Markup(f'<span class="swatch" style="background:rgb({r},{g},{b})"></span>')
+
+    area_classes = list(data.class_colors)
     for row in data.slides:
-        names += [n for n in row.areas_mm2 if n not in names]
-    return [n for n in names if any(n in r.areas_mm2 for r in data.slides)]
-
-
-def _slides_table(data: ReportData) -> str:
-    classes = _class_order(data)
-    head = "".join(f"<th>{_swatch(data.class_colors.get(n))}{_e(n)} mm²</th>" for n in classes)
-    rows = []
-    for r in data.slides:
-        areas = "".join(f"<td>{_fmt_area(r.areas_mm2.get(n))}</td>" for n in classes)
-        miou = _fmt_pct(r.metrics.get("miou")) if r.metrics else ""
-        rows.append(
-            f'<tr id="slide-{_e(r.slide_id)}"><td class="l">{_e(r.slide_id)}</td>'
-            f'<td class="l">{_e(r.role)}</td><td class="l">{_status(r.status)}</td>{areas}'
-            f"<td>{'' if r.n_features is None else r.n_features}</td><td>{miou}</td>"
-            f"<td>{_fmt_seconds(sum(r.timings_s.values()) if r.timings_s else None)}</td></tr>"
-        )
-    return (
-        '<table><tr><th class="l">slide</th><th class="l">role</th><th class="l">status</th>'
-        f"{head}<th>features</th><th>mIoU %</th><th>wall time</th></tr>"
-        + "".join(rows)
-        + "</table>"
-    )
-
-
-def _gallery(data: ReportData) -> str:
-    figures = []
-    for r in data.slides:
-        for uri, what in ((r.overlay_uri, "prediction overlay"), (r.qc_uri, "tissue QC")):
-            if uri:
-                figures.append(
-                    f'<figure><img src="{uri}" alt="{_e(r.slide_id)} {what}">'
-                    f"<figcaption><b>{_e(r.slide_id)}</b> — {what}</figcaption></figure>"
-                )
-    if not figures:
-        return '<p class="muted">No thumbnails (no slide finished tiling or export).</p>'
-    return '<div class="gallery">' + "".join(figures) + "</div>"
-
-
-def _timings_table(data: ReportData) -> str:
-    stages = [s for s in STAGE_ORDER if s in data.cohort_timings_s]
-    stages += [s for r in data.slides for s in r.timings_s if s not in stages]
-    stages = sorted(
-        set(stages), key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER)
-    )
-    if not stages:
-        return '<p class="muted">No benchmark files found.</p>'
-    head = "".join(f"<th>{_e(s)}</th>" for s in stages)
-    rows = []
+        area_classes += [n for n in row.areas_mm2 if n not in area_classes]
+    area_classes = [n for n in area_classes if any(n in r.areas_mm2 for r in data.slides)]
+    figures = [
+        {"uri": uri, "slide_id": r.slide_id, "what": what}
+        for r in data.slides
+        for uri, what in ((r.overlay_uri, "prediction overlay"), (r.qc_uri, "tissue QC"))
+        if uri
+    ]
+    evaluated = [r for r in data.slides if r.metrics]
+    iou_classes: list[str] = []
+    for r in evaluated:
+        iou_classes += [c for c in (r.metrics or {}).get("per_class", {}) if c not in iou_classes]
+    protocol = next((r.metrics.get("protocol") for r in evaluated if r.metrics.get("protocol")), "")
+    miou, n_held_out = held_out_miou(data)
     entries: list[tuple[str, Mapping[str, float]]] = [
         (r.slide_id, r.timings_s) for r in data.slides
     ]
     if data.cohort_timings_s:
         entries.append(("whole cohort", data.cohort_timings_s))
-    for name, t in entries:
-        cells = "".join(f"<td>{_fmt_seconds(t.get(s))}</td>" for s in stages)
-        total = sum(t.values()) if t else None
-        rows.append(f'<tr><td class="l">{_e(name)}</td>{cells}<td>{_fmt_seconds(total)}</td></tr>')
-    col_totals = "".join(
-        f"<td>{_fmt_seconds(sum(t.get(s, 0.0) for _, t in entries))}</td>" for s in stages
+    stages = sorted(
+        {s for _, t in entries for s in t},
+        key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s),
     )
-    grand = sum(sum(t.values()) for _, t in entries)
-    rows.append(f'<tr><th class="l">sum</th>{col_totals}<th>{_fmt_seconds(grand)}</th></tr>')
-    return (
-        f'<table><tr><th class="l">slide</th>{head}<th>total</th></tr>{"".join(rows)}</table>'
-        '<p class="muted">Wall time per job from the Snakemake benchmark files.</p>'
-    )
-
-
-def _model_section(model: ModelInfo | None) -> str:
-    if model is None:
-        return '<p class="muted">No model information.</p>'
-    parts = [f"<p>Model: <code>{_e(model.path)}</code>"]
-    parts.append(" (trained in this run)</p>" if model.trained_here else " (given checkpoint)</p>")
-    if model.summary:
-        cells = "".join(
-            f'<tr><td class="l">{_e(k)}</td><td>{_e(_fmt_value(v))}</td></tr>'
-            for k, v in model.summary.items()
-        )
-        parts.append(f"<table>{cells}</table>")
-    if model.curves_uri:
-        parts.append(
-            f'<figure><img src="{model.curves_uri}" alt="training curves">'
-            "<figcaption>training curves</figcaption></figure>"
-        )
-    elif model.curve_svg:
-        parts.append(model.curve_svg)
-    elif model.trained_here:
-        parts.append('<p class="muted">No training curves found.</p>')
-    return "".join(parts)
-
-
-def _evaluation_section(data: ReportData) -> str:
-    evaluated = [r for r in data.slides if r.metrics]
-    if not evaluated:
-        return '<p class="muted">No slide with ground truth was evaluated.</p>'
-    classes: list[str] = []
-    for r in evaluated:
-        classes += [c for c in (r.metrics or {}).get("per_class", {}) if c not in classes]
-    head = "".join(f"<th>IoU {_e(c)}</th>" for c in classes)
-    rows = []
-    for r in evaluated:
-        m = r.metrics or {}
-        per = m.get("per_class", {})
-        cells = "".join(f"<td>{_fmt_pct((per.get(c) or {}).get('iou'))}</td>" for c in classes)
-        rows.append(
-            f'<tr><td class="l">{_e(r.slide_id)}</td><td class="l">{_e(r.role)}</td>'
-            f"<td>{_fmt_pct(m.get('miou'))}</td><td>{_fmt_pct(m.get('mdice'))}</td>"
-            f"<td>{_fmt_pct(m.get('fwiou'))}</td><td>{_fmt_pct(m.get('pixel_accuracy'))}</td>"
-            f"{cells}</tr>"
-        )
-    test = [r.metrics["miou"] for r in evaluated if r.role != "train" and r.metrics.get("miou")]
-    note = (
-        f"<p>Mean mIoU over the {len(test)} slide(s) not used for training: "
-        f"<b>{_fmt_pct(sum(test) / len(test))} %</b>.</p>"
-        if test
-        else ""
-    )
-    protocol = next((r.metrics.get("protocol") for r in evaluated if r.metrics.get("protocol")), "")
-    return (
-        f'<p class="muted">Scores in %, protocol {_e(protocol)}.</p>'
-        '<table><tr><th class="l">slide</th><th class="l">role</th><th>mIoU</th><th>mDice</th>'
-        f"<th>FwIoU</th><th>pixel acc.</th>{head}</tr>{''.join(rows)}</table>{note}"
-    )
-
-
-def _failures_section(failures: Iterable[Failure], slides: Sequence[SlideRow]) -> str:
-    failures = list(failures)
-    not_run = [r.slide_id for r in slides if r.status == "not run"]
-    if not failures and not not_run:
-        return '<p class="ok">No failures.</p>'
-    parts = []
-    if failures:
-        rows = "".join(
-            f'<tr><td class="l">{_e(f.slide_id)}</td><td class="l">{_e(f.stage)}</td>'
-            f'<td class="l"><code>{_e(f.message)}</code></td>'
-            f'<td class="l"><code>{_e(f.log_path)}</code></td></tr>'
-            for f in failures
-        )
-        parts.append(
-            '<table><tr><th class="l">slide</th><th class="l">stage</th><th class="l">error</th>'
-            f'<th class="l">log</th></tr>{rows}</table>'
-        )
-    if not_run:
-        parts.append(
-            "<p>Not finished (no result and no error line in the logs): "
-            + ", ".join(f"<code>{_e(s)}</code>" for s in not_run)
-            + "</p>"
-        )
-    return "".join(parts)
-
-
-def render_html(data: ReportData) -> str:
-    """The whole page as one string."""
-    n_ok = sum(r.status == "ok" for r in data.slides)
-    n_failed = sum(r.status == "failed" for r in data.slides)
-    config = (
-        f"<details><summary>workflow config</summary><pre>{_e(data.config_text)}</pre></details>"
-        if data.config_text
-        else ""
-    )
-    sections = [
-        ("Slides", _slides_table(data)),
-        ("Thumbnails", _gallery(data)),
-        ("Failures", _failures_section(data.failures, data.slides)),
-        ("Evaluation", _evaluation_section(data)),
-        ("Model and training", _model_section(data.model)),
-        ("Wall time per stage", _timings_table(data)),
-    ]
-    body = "".join(f'<h2 id="{_e(t.lower().split()[0])}">{_e(t)}</h2>{s}' for t, s in sections)
-    return (
-        "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><title>{_e(data.title)}</title>'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<style>{CSS}</style></head><body>"
-        f"<h1>{_e(data.title)}</h1>"
-        f'<p class="summary"><span>{len(data.slides)} slide(s)</span>'
-        f'<span class="ok">{n_ok} done</span>'
-        f'<span class="{"failed" if n_failed else "muted"}">{n_failed} failed</span>'
-        f"<span>generated {_e(data.generated)}</span></p>"
-        f'<p class="muted">results <code>{_e(data.results_dir)}</code>, sample sheet '
-        f"<code>{_e(data.samples_path)}</code></p>"
-        f"{body}{config}</body></html>\n"
+    return env.get_template("report.html.j2").render(
+        d=data,
+        n_ok=sum(r.status == "ok" for r in data.slides),
+        n_failed=sum(r.status == "failed" for r in data.slides),
+        not_run=[r.slide_id for r in data.slides if r.status == "not run"],
+        swatch=swatch,
+        area_classes=area_classes,
+        figures=figures,
+        evaluated=evaluated,
+        iou_classes=iou_classes,
+        protocol=protocol,
+        held_out_miou=miou,
+        n_held_out=n_held_out,
+        timing_stages=stages,
+        timing_rows=entries,
+        timing_totals={s: sum(t.get(s, 0.0) for _, t in entries) for s in stages},
+        timing_grand=sum(sum(t.values()) for _, t in entries),
     )

@@ -5,21 +5,21 @@
 if DEMO:
 
     rule demo_cohort:
+        input:
+            settings=L.stage_config("synth"),
         output:
             demo_outputs(),
         log:
-            f"{LOGS}/demo_cohort/_cohort.log",
+            L.log("demo_cohort", COHORT_KEY),
         benchmark:
-            f"{BENCH}/demo_cohort/_cohort.tsv"
+            L.benchmark("demo_cohort", COHORT_KEY)
         params:
-            cli=WSI_LPD,
             out=output_dir,
             flags=demo_flags(),
-            config=CONFIG_COPY,
-            settings=config["synth"],
+            fail=failure_record("demo_cohort", COHORT_KEY),
         conda:
             CONDA_ENV
         threads: THREADS["demo_cohort"]
         shell:
-            "{params.cli} synth --out {params.out:q} {params.flags} --config {params.config:q}"
-            " > {log:q} 2>&1"
+            "{params.fail} wsi-lpd synth --out {params.out:q} {params.flags}"
+            " --config {input.settings:q} > {log:q} 2>&1"

@@ -3,24 +3,23 @@
 
 rule evaluate:
     input:
-        mosaic=f"{RESULTS}/mosaics/{{slide}}.ome.zarr/zarr.json",
+        mosaic=root_of(L.mosaic("{slide}")),
         truth=truth_file,
+        settings=L.stage_config("evaluate"),
     output:
-        metrics=f"{RESULTS}/evaluate/{{slide}}/metrics.json",
-        table=f"{RESULTS}/evaluate/{{slide}}/metrics.md",
+        metrics=L.metrics("{slide}"),
+        table=L.metrics_table("{slide}"),
     log:
-        f"{LOGS}/evaluate/{{slide}}.log",
+        L.log("evaluate", "{slide}"),
     benchmark:
-        f"{BENCH}/evaluate/{{slide}}.tsv"
+        L.benchmark("evaluate", "{slide}")
     params:
-        cli=WSI_LPD,
         out=output_dir,
         mosaic=mosaic_store,
-        config=CONFIG_COPY,
-        settings=config["evaluate"],
+        fail=failure_record("evaluate"),
     conda:
         CONDA_ENV
     threads: THREADS["evaluate"]
     shell:
-        "{params.cli} evaluate --pred {params.mosaic:q} --truth {input.truth:q} --out {params.out:q}"
-        " --config {params.config:q} > {log:q} 2>&1"
+        "{params.fail} wsi-lpd evaluate --pred {params.mosaic:q} --truth {input.truth:q}"
+        " --out {params.out:q} --config {input.settings:q} > {log:q} 2>&1"

@@ -3,25 +3,24 @@
 
 rule export:
     input:
-        mosaic=f"{RESULTS}/mosaics/{{slide}}.ome.zarr/zarr.json",
+        mosaic=root_of(L.mosaic("{slide}")),
         slide=slide_file,
+        settings=L.stage_config("export"),
     output:
-        geojson=f"{RESULTS}/geojson/{{slide}}{GEOJSON_SUFFIX}",
-        overlay=f"{RESULTS}/geojson/{{slide}}.overlay.png",
-        meta=f"{RESULTS}/geojson/{{slide}}.export.json",
+        geojson=L.geojson("{slide}"),
+        overlay=L.overlay("{slide}"),
+        meta=L.export_meta("{slide}"),
     log:
-        f"{LOGS}/export/{{slide}}.log",
+        L.log("export", "{slide}"),
     benchmark:
-        f"{BENCH}/export/{{slide}}.tsv"
+        L.benchmark("export", "{slide}")
     params:
-        cli=WSI_LPD,
         out=output_dir,
         mosaic=mosaic_store,
-        config=CONFIG_COPY,
-        settings=config["export"],
+        fail=failure_record("export"),
     conda:
         CONDA_ENV
     threads: THREADS["export"]
     shell:
-        "{params.cli} export {params.mosaic:q} --out {params.out:q} --slide {input.slide:q}"
-        " --config {params.config:q} > {log:q} 2>&1"
+        "{params.fail} wsi-lpd export {params.mosaic:q} --out {params.out:q}"
+        " --slide {input.slide:q} --config {input.settings:q} > {log:q} 2>&1"

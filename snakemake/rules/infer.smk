@@ -1,31 +1,31 @@
-# Whole-slide inference into an OME-Zarr mosaic (class probabilities + labels).
+# Whole-slide inference into an OME-Zarr mosaic (class probabilities + labels), over the slide's
+# tiles (which a `roi` of the sheet already limits).
 
 
 rule infer:
     input:
         slide=slide_file,
-        tiles=f"{RESULTS}/tiles/{{slide}}",
+        tiles=L.tiles("{slide}"),
         model=MODEL,
+        settings=L.stage_config("infer"),
     output:
         # the store's root metadata stands for the mosaic (no Snakemake file inside it)
-        store=f"{RESULTS}/mosaics/{{slide}}.ome.zarr/zarr.json",
-        meta=f"{RESULTS}/mosaics/{{slide}}.run.json",
+        store=root_of(L.mosaic("{slide}")),
+        meta=L.mosaic_meta("{slide}"),
     log:
-        f"{LOGS}/infer/{{slide}}.log",
+        L.log("infer", "{slide}"),
     benchmark:
-        f"{BENCH}/infer/{{slide}}.tsv"
+        L.benchmark("infer", "{slide}")
     params:
-        cli=WSI_LPD,
         out=output_dir,
         mpp=slide_mpp_flag,
-        config=CONFIG_COPY,
-        settings=config["infer"],
+        fail=failure_record("infer"),
     conda:
         CONDA_ENV
     threads: THREADS["infer"]
     resources:
         gpu=1,
     shell:
-        "{params.cli} infer {input.slide:q} --model {input.model:q} --out {params.out:q}"
+        "{params.fail} wsi-lpd infer {input.slide:q} --model {input.model:q} --out {params.out:q}"
         " --slide-id {wildcards.slide} --tiles {input.tiles:q} {params.mpp}"
-        " --config {params.config:q} > {log:q} 2>&1"
+        " --config {input.settings:q} > {log:q} 2>&1"

@@ -7,24 +7,23 @@ if not CHECKPOINT:
             tiles=train_tiles(),
             annotations=train_annotations(),
             truth=train_truths(),
+            settings=L.stage_config("patches"),
         output:
             # the store's root metadata stands for the store (no Snakemake file inside it)
-            store=f"{RESULTS}/patches/train.zarr/zarr.json",
+            store=root_of(L.patch_store),
         log:
-            f"{LOGS}/patches/_cohort.log",
+            L.log("patches", COHORT_KEY),
         benchmark:
-            f"{BENCH}/patches/_cohort.tsv"
+            L.benchmark("patches", COHORT_KEY)
         params:
-            cli=WSI_LPD,
             tiles=repeated_flag("--tiles", train_tiles()),
             annotations=repeated_flag("--annotations", train_annotations()),
             truth=repeated_flag("--truth", train_truths()),
             out=output_store,
-            config=CONFIG_COPY,
-            settings={"patches": config["patches"], "classes": config["classes"]},
+            fail=failure_record("patches", COHORT_KEY),
         conda:
             CONDA_ENV
         threads: THREADS["patches"]
         shell:
-            "{params.cli} patches {params.tiles} {params.annotations} {params.truth}"
-            " --out {params.out:q} --config {params.config:q} > {log:q} 2>&1"
+            "{params.fail} wsi-lpd patches {params.tiles} {params.annotations} {params.truth}"
+            " --out {params.out:q} --config {input.settings:q} > {log:q} 2>&1"

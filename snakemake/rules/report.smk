@@ -4,25 +4,24 @@
 
 rule report:
     input:
-        sheet=SHEET,
+        sheet=SHEET.path,
         exports=all_export_files(),
         metrics=all_metrics(),
         model=MODEL,
         training=training_outputs(),
+        settings=L.stage_config("report"),
     output:
-        f"{RESULTS}/report.html",
+        L.report,
     log:
-        f"{LOGS}/report/_cohort.log",
+        L.log("report", COHORT_KEY),
     benchmark:
-        f"{BENCH}/report/_cohort.tsv"
+        L.benchmark("report", COHORT_KEY)
     params:
-        cli=WSI_LPD,
         results=output_dir,
-        config=CONFIG_COPY,
-        settings=config["report"],
+        fail=failure_record("report", COHORT_KEY),
     conda:
         CONDA_ENV
     threads: THREADS["report"]
     shell:
-        "{params.cli} report --results {params.results:q} --samples {input.sheet:q}"
-        " --model {input.model:q} --out {output:q} --config {params.config:q} > {log:q} 2>&1"
+        "{params.fail} wsi-lpd report --results {params.results:q} --samples {input.sheet:q}"
+        " --model {input.model:q} --out {output:q} --config {input.settings:q} > {log:q} 2>&1"

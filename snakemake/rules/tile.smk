@@ -4,20 +4,21 @@
 rule tile:
     input:
         slide=slide_file,
+        roi=roi_file,
+        settings=L.stage_config("tile"),
     output:
-        directory(f"{RESULTS}/tiles/{{slide}}"),
+        directory(L.tiles("{slide}")),
     log:
-        f"{LOGS}/tile/{{slide}}.log",
+        L.log("tile", "{slide}"),
     benchmark:
-        f"{BENCH}/tile/{{slide}}.tsv"
+        L.benchmark("tile", "{slide}")
     params:
-        cli=WSI_LPD,
         mpp=slide_mpp_flag,
-        config=CONFIG_COPY,
-        settings=config["tile"],
+        roi=roi_flag,
+        fail=failure_record("tile"),
     conda:
         CONDA_ENV
     threads: THREADS["tile"]
     shell:
-        "{params.cli} tile {input.slide:q} --out {output:q} --slide-id {wildcards.slide}"
-        " {params.mpp} --config {params.config:q} > {log:q} 2>&1"
+        "{params.fail} wsi-lpd tile {input.slide:q} --out {output:q} --slide-id {wildcards.slide}"
+        " {params.mpp} {params.roi} --config {input.settings:q} > {log:q} 2>&1"
