@@ -45,3 +45,7 @@ class DatasetError(WsiLpdError, ValueError):
 
 class NoTissueWarning(UserWarning):
     """No tissue was detected on a slide; its tile grid is empty."""
+
+
+class DeviceBusyError(WsiLpdError, RuntimeError):
+    """Every GPU a process could take is held by another process (``--device cuda:auto``)."""
