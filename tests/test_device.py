@@ -1,4 +1,4 @@
-"""Device selection: ``cuda:auto`` gives each process its own GPU (simulated GPU count, on the CPU)."""
+"""Device selection: `cuda:auto` gives each process its own GPU (simulated GPU count, CPU only)."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_cuda_auto_inside_a_slurm_job_uses_the_allocated_gpu(
 
 def test_cuda_auto_refused_without_cuda_or_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match="cuda:auto.*not available"):
+    with pytest.raises(ConfigError, match=r"cuda:auto.*not available"):
         resolve_device("cuda:auto")
     with pytest.raises(ConfigError, match="sees no GPU"):
         claim_gpu(0, tmp_path)
