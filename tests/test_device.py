@@ -18,7 +18,7 @@ FORK = multiprocessing.get_context("fork")
 
 @pytest.fixture(autouse=True)
 def _clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "WSI_LPD_GPU_WAIT_S"):
+    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "WSI_LPD_GPU_WAIT_S", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WSI_LPD_GPU_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.setattr(device, "POLL_S", 0.05)
@@ -124,6 +124,14 @@ def test_cuda_auto_inside_a_slurm_job_uses_the_allocated_gpu(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     assert resolve_device("cuda:auto") == torch.device("cuda", 0)
     assert not (tmp_path / "locks").exists()  # no lock: the scheduler owns the assignment
+
+
+def test_cuda_auto_gives_each_rank_of_a_slurm_job_its_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cuda(monkeypatch, 2)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("cuda:auto") == torch.device("cuda", 1)
 
 
 def test_cuda_auto_refused_without_cuda_or_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

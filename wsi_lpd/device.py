@@ -5,7 +5,8 @@
 (``fcntl.flock`` on ``gpu-<id>.lock`` in ``$WSI_LPD_GPU_LOCK_DIR``, default
 ``/tmp/wsi-lpd-gpu-locks``) and holds the lock until it exits, so the OS frees it even after a
 crash. GPUs are those CUDA sees, so ``CUDA_VISIBLE_DEVICES`` is honoured; inside a SLURM job
-with GPUs the scheduler's allocation is the job's own and ``cuda:auto`` is simply ``cuda:0``.
+with GPUs the scheduler's allocation is the job's own and ``cuda:auto`` is ``cuda:0`` (``cuda:r``
+for the process of local rank r, ``LOCAL_RANK``, of a multi-GPU run).
 """
 
 from __future__ import annotations
@@ -52,8 +53,14 @@ def own_gpu() -> int:
     if _held:
         return next(iter(_held))
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("CUDA_VISIBLE_DEVICES"):
-        log.info("cuda:auto: the GPU SLURM allocated to job %s", os.environ["SLURM_JOB_ID"])
-        return 0
+        # the job's own GPUs; rank r of a multi-process run (LOCAL_RANK) takes the r-th
+        index = int(os.environ.get("LOCAL_RANK", "0")) % max(1, torch.cuda.device_count())
+        log.info(
+            "cuda:auto: GPU %d of those SLURM allocated to job %s",
+            index,
+            os.environ["SLURM_JOB_ID"],
+        )
+        return index
     wait_s = float(os.environ.get("WSI_LPD_GPU_WAIT_S", "0"))
     return claim_gpu(torch.cuda.device_count(), lock_dir(), wait_s=wait_s)
 
