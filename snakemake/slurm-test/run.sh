@@ -71,9 +71,14 @@ mkdir -p /etc/slurm
 cp "$scratch/gres.conf" /etc/slurm/gres.conf
 
 started=()   # pid files of the daemons this script started
+local_pid=   # the local run in the background
 stop_all() {
     local rc=$?
     set +e
+    if [ -n "$local_pid" ] && kill -0 "$local_pid" 2>/dev/null; then
+        pkill -TERM -P "$local_pid"
+        kill "$local_pid"
+    fi
     if [ -n "${started[*]:-}" ] && command -v scancel >/dev/null; then
         scancel --quiet --user "$(id -un)" 2>/dev/null
     fi
@@ -144,6 +149,7 @@ timeout 480 snakemake "${common[@]}" --directory "$scratch/slurm" \
     --slurm-keep-successful-logs >"$scratch/slurm.log" 2>&1 || slurm_rc=$?
 t1=$(date +%s)
 wait "$local_pid"
+local_pid=
 if [ "$(cat "$scratch/local.rc")" != 0 ]; then
     tail -n 30 "$scratch/local.log"
     say "FAIL: the local run failed ($scratch/local.log)"
