@@ -71,14 +71,16 @@ mkdir -p /etc/slurm
 cp "$scratch/gres.conf" /etc/slurm/gres.conf
 
 started=()   # pid files of the daemons this script started
-local_pid=   # the local run in the background
+runs=()      # the two snakemake runs, in background subshells (a signal interrupts `wait`)
 stop_all() {
     local rc=$?
     set +e
-    if [ -n "$local_pid" ] && kill -0 "$local_pid" 2>/dev/null; then
-        pkill -TERM -P "$local_pid"
-        kill "$local_pid"
-    fi
+    for run in local slurm; do   # `timeout` passes the signal on to its snakemake
+        [ -f "$scratch/$run.pid" ] || continue
+        pid=$(cat "$scratch/$run.pid")
+        kill -TERM "$pid" 2>/dev/null || continue
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    done
     if [ -n "${started[*]:-}" ] && command -v scancel >/dev/null; then
         scancel --quiet --user "$(id -un)" 2>/dev/null
     fi
@@ -134,25 +136,33 @@ common=(--snakefile "$repo/Snakefile" --configfile "$repo/configs/ci.yaml")
 read -r -a local_threads <<<"$("$py" "$here/cluster.py" threads "$profile")"
 t0=$(date +%s)
 (
+    rc=0
     timeout 420 snakemake "${common[@]}" --directory "$scratch/local" \
         --workflow-profile "$repo/snakemake/profiles/local" "${local_threads[@]}" \
-        >"$scratch/local.log" 2>&1
-    echo $? >"$scratch/local.rc"
-    echo $(($(date +%s) - t0)) >"$scratch/local.s"
+        >"$scratch/local.log" 2>&1 &
+    echo $! >"$scratch/local.pid"
+    wait $! || rc=$?
+    echo "$rc $(($(date +%s) - t0))" >"$scratch/local.rc"
 ) &
-local_pid=$!
+runs+=($!)
 # The status checks start after 2 s instead of the plugin's 40 s (the CI jobs are short); the
 # plugin's own logs of successful jobs are kept, they map SLURM job ids to rules for the check.
-slurm_rc=0
-timeout 480 snakemake "${common[@]}" --directory "$scratch/slurm" \
-    --workflow-profile "$profile" --slurm-init-seconds-before-status-checks 2 \
-    --slurm-keep-successful-logs >"$scratch/slurm.log" 2>&1 || slurm_rc=$?
-t1=$(date +%s)
-wait "$local_pid"
-local_pid=
-if [ "$(cat "$scratch/local.rc")" != 0 ]; then
+(
+    rc=0
+    timeout 480 snakemake "${common[@]}" --directory "$scratch/slurm" \
+        --workflow-profile "$profile" --slurm-init-seconds-before-status-checks 2 \
+        --slurm-keep-successful-logs >"$scratch/slurm.log" 2>&1 &
+    echo $! >"$scratch/slurm.pid"
+    wait $! || rc=$?
+    echo "$rc $(($(date +%s) - t0))" >"$scratch/slurm.rc"
+) &
+runs+=($!)
+wait "${runs[@]}"
+read -r local_rc local_s <"$scratch/local.rc"
+read -r slurm_rc slurm_s <"$scratch/slurm.rc"
+if [ "$local_rc" != 0 ]; then
     tail -n 30 "$scratch/local.log"
-    say "FAIL: the local run failed ($scratch/local.log)"
+    say "FAIL: the local run failed, exit $local_rc ($scratch/local.log)"
     exit 1
 fi
 if [ "$slurm_rc" != 0 ]; then
@@ -161,5 +171,5 @@ if [ "$slurm_rc" != 0 ]; then
     exit 1
 fi
 scontrol show job -o >"$scratch/jobs.txt"   # finished jobs stay listed for MinJobAge=600 s
-say "local run $(cat "$scratch/local.s") s, SLURM run $((t1 - t0)) s (concurrently)"
+say "local run $local_s s, SLURM run $slurm_s s (concurrently)"
 "$py" "$here/cluster.py" check "$profile" "$scratch" "$scratch/local" "$scratch/slurm"
