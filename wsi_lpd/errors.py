@@ -53,3 +53,7 @@ class TrainingError(WsiLpdError, RuntimeError):
 
 class TrainingDivergedError(TrainingError, FloatingPointError):
     """The training loss became NaN or infinite; the message names the iteration."""
+
+
+class DeviceBusyError(WsiLpdError, RuntimeError):
+    """Every GPU a process could take is held by another process (``--device cuda:auto``)."""
