@@ -340,10 +340,16 @@ class TrainWorkflowSection(Section):
         "(its classes must equal the config's classes, names and order)",
     )
     device: str = Field(
-        "auto", description="torch device of the training job (auto, cpu, cuda[:N])"
+        "auto", description="torch device of the training job (auto, cpu, cuda[:N], cuda:auto)"
     )
     max_iters: int | None = Field(
         None, ge=1, description="override train.max_iters of the model config (null keeps it)"
+    )
+    gpus: int = Field(
+        1,
+        ge=1,
+        description="processes of the training job, one per GPU (`wsi-lpd train --nproc`); "
+        "the job asks the scheduler for this many GPUs",
     )
 
 

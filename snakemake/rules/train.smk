@@ -27,9 +27,9 @@ if not CHECKPOINT:
             CONDA_ENV
         threads: THREADS["train"]
         resources:
-            gpu=1,
+            gpu=config["train"]["gpus"],
         shell:
             "{params.fail} wsi-lpd train --patches {params.patches:q}"
             " --model-config {input.model_config:q} --out {params.out:q}"
-            " --device {params.device} {params.flags}"
+            " --device {params.device} --nproc {resources.gpu} {params.flags}"
             " $(test -e {params.state:q} && echo --resume) > {log:q} 2>&1"
