@@ -45,3 +45,7 @@ class DatasetError(WsiLpdError, ValueError):
 
 class NoTissueWarning(UserWarning):
     """No tissue was detected on a slide; its tile grid is empty."""
+
+
+class MosaicIntegrityError(WsiLpdError, OSError):
+    """A finished mosaic store lacks a chunk its writer recorded, or a chunk was altered."""
