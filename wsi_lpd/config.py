@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wsi_lpd.errors import ConfigError
 
@@ -92,3 +92,40 @@ def load_section(model: type[S], path: str | os.PathLike | None, section: str) -
     if path is None:
         return parse_section(model, {}, None, section)
     return parse_section(model, read_yaml(path).get(section), path, section)
+
+
+# --- infer section
+class InferSection(Section):
+    """``infer:`` whole-slide inference into an OME-Zarr mosaic."""
+
+    device: str = "auto"
+    batch_size: int = Field(16, ge=1)
+    workers: int | None = Field(None, ge=0)
+    prefetch: int = Field(4, ge=1)
+    overlap: float = Field(0.25, ge=0.0, lt=1.0)
+    blend: Literal["gaussian", "cosine"] = "gaussian"
+    sigma_frac: float = Field(0.125, gt=0.0)
+    output_mpp: float | None = Field(None, gt=0.0)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    tissue_mpp: float = Field(8.0, gt=0.0)
+    slide_mpp: float | None = Field(None, gt=0.0)
+    decode: Literal["auto", "cpu", "gpu"] = "auto"
+
+
+# --- export section
+class ExportSection(Section):
+    """``export:`` mosaic → QuPath GeoJSON and overlay."""
+
+    slide: str | None = None
+    min_area_um2: float = Field(1000.0, ge=0.0)
+    simplify_um: float | None = Field(None, ge=0.0)
+    object_type: Literal["annotation", "detection"] = "annotation"
+    per_class: bool = False
+    subtract_bounds: bool = False
+    gzip: bool = False
+    block_px: int = Field(2048, ge=64)
+    min_probability: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict
+    )
+    workers: int | None = Field(None, ge=1)
+    verify: Literal["sizes", "checksums"] = "sizes"
