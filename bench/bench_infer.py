@@ -141,8 +141,10 @@ def measure(
     overlap: float = 0.25,
     amp: str = "auto",
     repeat: int = 1,
+    slide_path: Path | None = None,
 ) -> dict:
-    """Forward-only, read-only and full-pipeline windows/s on one synthetic slide."""
+    """Forward-only, read-only and full-pipeline windows/s on one synthetic slide (written at
+    ``side_px``² unless ``slide_path`` names one already written)."""
     cfg = CONFIGS[config]
     model, contract = build(config, dev)
     amp_dtype = None
@@ -150,11 +152,12 @@ def measure(
         amp_dtype = torch.float16 if amp == "fp16" else torch.bfloat16
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        synth = write_synthetic_slide(
-            Path(tmp) / "bench.svs", width_px=side_px, height_px=side_px, mpp=0.5, seed=0
-        )
+        if slide_path is None:
+            slide_path = write_synthetic_slide(
+                Path(tmp) / "bench.svs", width_px=side_px, height_px=side_px, mpp=0.5, seed=0
+            ).slide_path
         synth_s = time.perf_counter() - t0
-        slide = open_slide(synth.slide_path)
+        slide = open_slide(slide_path)
         s = cfg["mpp"] / slide.mpp  # output at the model's resolution (LPD predicts full size)
         hw = (math.ceil(slide.dimensions[1] / s), math.ceil(slide.dimensions[0] / s))
         x, y, w, h = slide.bounds
