@@ -173,7 +173,7 @@ def measure(
             read_s = min(
                 read_s,
                 time_reads(
-                    synth.slide_path,
+                    slide_path,
                     cfg["mpp"],
                     locations,
                     cfg["patch_px"],
