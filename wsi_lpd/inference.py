@@ -65,13 +65,17 @@ DECODES = ("auto", "cpu", "gpu")
 BLEND_QUEUE = 2  # batches waiting for the blending thread
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """Reading processes by default: one per core beyond the first, at most 4 (0 on one core)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return min(4, max(0, cores - 1))
+    return min(4, max(0, usable_cores() - 1))
 
 
 class SlideLike(Protocol):
@@ -615,7 +619,7 @@ def infer_slide(
             bounds=tuple(int(v) for v in slide.bounds),  # type: ignore[arg-type]
             model_sha256=model_sha256,
             parameters=params,
-            workers=max(1, workers),
+            workers=usable_cores(),  # pyramid chunks in parallel threads
         )
         sink = _BandSink(acc, writer, roi, s)
         try:
