@@ -347,3 +347,16 @@ def test_min_probability_and_parallel_workers(tmp_path, monkeypatch) -> None:
     assert bad.exit_code == 1 and "XYZ" in bad.output
     bad = invoke(path, "--out", tmp_path / "d", "--min-probability", "STR=1.5")
     assert bad.exit_code == 1 and "min_probability" in bad.output
+
+
+def test_invalid_geometry_is_refused_before_writing() -> None:
+    from shapely.geometry import Polygon
+
+    from wsi_lpd.errors import AnnotationError
+    from wsi_lpd.geojson import feature
+
+    bowtie = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
+    with pytest.raises(AnnotationError, match="TUM: invalid Polygon"):
+        feature(bowtie, "TUM", (200, 0, 0))
+    ok = feature(shapely.box(0, 0, 5, 5), "TUM", (200, 0, 0), measurements={"a": 1})
+    assert ok.is_valid and ok["properties"]["measurements"] == {"a": 1.0}

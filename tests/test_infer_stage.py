@@ -218,3 +218,13 @@ def test_mosaic_records_absolute_slide_path(
     m = open_mosaic(files["root"] / "rel" / "s1.ome.zarr")
     assert m.attrs["slide_path"] == str((files["root"] / "s1.tiff").resolve())
     assert Path(m.attrs["slide_path"]).is_absolute()
+
+
+def test_mistyped_config_value_is_one_line(files: dict[str, Path]) -> None:
+    cfg = files["root"] / "typed.yaml"
+    cfg.write_text("infer:\n  batch_size: abc\n  overlap: '0.5'\n")
+    res = _run(
+        files["slide"], "--model", files["model"], "--out", files["root"] / "t", "--config", cfg
+    )
+    assert res.exit_code == 1
+    assert "typed.yaml: infer.batch_size: Input should be a valid integer" in res.output
