@@ -5,24 +5,19 @@
 #
 #   bench/gpu_check.sh [--dry-run]
 #
-# Python: $PYTHON if set, else the current `python` when it imports wsi_lpd and torch, else a venv
-# (.venv-gpu-check) built from requirements.lock.
+# Python: $PYTHON if set, else the current `python` when it imports wsi_lpd, torch and torchvision,
+# else .venv (built from requirements.lock by `make install` when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 py="${PYTHON:-python}"
 if ! "$py" -c "import wsi_lpd, torch, torchvision" 2>/dev/null; then
-    venv=.venv-gpu-check
-    if [ ! -x "$venv/bin/python" ]; then
-        echo "gpu_check: building $venv from requirements.lock" >&2
-        python3 -m venv "$venv"
-        "$venv/bin/python" -m pip install --quiet --upgrade "pip>=24"
-        "$venv/bin/python" -m pip install --quiet -r requirements.lock
-        "$venv/bin/python" -m pip install --quiet --no-deps -r requirements-nodeps.txt
-        "$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
+    py=.venv/bin/python
+    if ! "$py" -c "import wsi_lpd, torch, torchvision" 2>/dev/null; then
+        echo "gpu_check: building .venv from requirements.lock (make install)" >&2
+        make install
     fi
-    py="$venv/bin/python"
 fi
 
 if [ "${1:-}" != "--dry-run" ]; then
