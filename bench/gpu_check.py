@@ -126,7 +126,7 @@ def main() -> None:
         flush=True,
     )
     config = "small" if dry else "paper"
-    side = 512 if dry else 8192
+    side = 512 if dry else 12288  # ≈ 1350 paper-model windows; the synthetic slide takes ~1.5 min
     batch = 4 if dry else 64
     workers = default_workers()
     runs = {}
