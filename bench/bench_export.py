@@ -4,10 +4,13 @@ A 100k×100k level-0 slide at 0.5 µm/px, inferred at 1 µm/px, gives a 50k×50k
 probabilities are a smooth random field (Gaussian-weighted random logits on a coarse grid, one
 per class, evaluated separably block by block: ``W_y @ G @ W_x^T``) with background outside an
 elliptical "tissue" section; labels are their argmax. The mosaic is written band by band with
-``MosaicWriter`` (level 0 only) — no inference. The export then runs in a child process, whose
-wall time and peak RSS are measured; file size and vertex count come from its outputs.
+``MosaicWriter`` (level 0 only) — no inference. The export then runs in a child process once per
+``--workers`` value (default 1 and 2: block rows in dask worker processes), whose wall time and
+peak RSS are measured (the export process's own ``VmHWM`` and the largest worker's); the speed-up
+is relative to the first value. File size and vertex count come from its outputs; the GeoJSON of
+every run is checked to hold the same polygons as the first.
 
-    python bench/bench_export.py [--level0-px 100000] [--keep DIR]
+    python bench/bench_export.py [--level0-px 100000] [--workers 1,2] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -102,16 +106,18 @@ try:
 except SystemExit as exc:
     if exc.code:
         raise
+import resource
 status = Path("/proc/self/status").read_text().splitlines()
 print("VmHWM_kB", next(line.split()[1] for line in status if line.startswith("VmHWM")))
+print("CHILD_kB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 
 
-def run_export(mosaic: Path, out: Path, extra: list[str]) -> tuple[float, float]:
-    """Run the export stage in a child process; (wall s, child peak RSS MiB).
+def run_export(mosaic: Path, out: Path, extra: list[str]) -> tuple[float, float, float]:
+    """Run the export stage in a child process; (wall s, its peak RSS MiB, largest worker MiB).
 
     The peak is the child's own ``VmHWM`` (``ru_maxrss`` of a child also counts the RSS the
-    parent had when it forked).
+    parent had when it forked); its dask workers are spawned, so their ``ru_maxrss`` is their own.
     """
     started = time.perf_counter()
     proc = subprocess.run(
@@ -122,7 +128,14 @@ def run_export(mosaic: Path, out: Path, extra: list[str]) -> tuple[float, float]
     )
     wall = time.perf_counter() - started
     peak_kb = int(proc.stdout.split("VmHWM_kB")[-1].split()[0])
-    return wall, peak_kb / 1024
+    worker_kb = int(proc.stdout.split("CHILD_kB")[-1].split()[0])
+    return wall, peak_kb / 1024, worker_kb / 1024
+
+
+def _polygons(path: Path) -> list[tuple[str, int]]:
+    from wsi_lpd.geojson import read_annotations
+
+    return sorted((a.class_name or "", round(a.geometry.area)) for a in read_annotations(path))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--feature-um", type=float, default=800.0, help="region scale (µm)")
     ap.add_argument("--keep", type=Path, default=None, help="keep mosaic and outputs here")
     ap.add_argument("--export-args", default="", help="extra export flags, space separated")
+    ap.add_argument("--workers", default="1,2", help="comma-separated --workers values to compare")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_export-"))
@@ -151,19 +165,36 @@ def main(argv: list[str] | None = None) -> None:
                 feature_um=args.feature_um,
             )
             log.info("mosaic %d×%d px written in %.1f s", side, side, time.perf_counter() - t0)
-        out = work / "export"
-        wall, peak = run_export(mosaic, out, args.export_args.split())
-        meta = json.loads((out / "bench.export.json").read_text())
-        geojson = next(out.glob("bench.geojson*"))
+        runs = []
+        reference = None
+        for n in (int(v) for v in args.workers.split(",")):
+            out = work / f"export-{n}"
+            wall, peak, worker = run_export(
+                mosaic, out, ["--workers", str(n), *args.export_args.split()]
+            )
+            meta = json.loads((out / "bench.export.json").read_text())
+            geojson = next(out.glob("bench.geojson*"))
+            polygons = _polygons(geojson)
+            reference = reference or polygons
+            runs.append(
+                {
+                    "workers": n,
+                    "wall_s": round(wall, 1),
+                    "speedup": round(runs[0]["wall_s"] / wall, 2) if runs else 1.0,
+                    "peak_rss_mib": round(peak, 1),
+                    "largest_worker_rss_mib": round(worker, 1) if n > 1 else None,
+                    "same_polygons_as_first": polygons == reference,
+                    "geojson_mib": round(geojson.stat().st_size / 2**20, 2),
+                    "features": meta["features"],
+                    "vertices": meta["vertices"],
+                }
+            )
+            log.info("workers %d: %s", n, runs[-1])
         result = {
             "mosaic_px": [side, side],
             "level0_px": [args.level0_px, args.level0_px],
-            "wall_s": round(wall, 1),
-            "peak_rss_mib": round(peak, 1),
-            "geojson_mib": round(geojson.stat().st_size / 2**20, 2),
-            "features": meta["features"],
-            "vertices": meta["vertices"],
-            "classes": meta["classes"],
+            "cpus": len(os.sched_getaffinity(0)),
+            "runs": runs,
         }
         print(json.dumps(result, indent=2))
     finally:

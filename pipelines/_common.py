@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-import yaml
-
 from wsi_lpd.config import S, load_section, parse_section
-from wsi_lpd.errors import ConfigError, WsiLpdError
 from wsi_lpd.io import write_json
 
 log = logging.getLogger("wsi_lpd")
@@ -145,59 +141,3 @@ def _held_back(logger_name: str) -> Iterator[list[logging.LogRecord]]:
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
-
-
-def load_config_section(
-    config: str | os.PathLike | None, section: str, allowed: Iterable[str] | None = None
-) -> dict[str, Any]:
-    """Read one top-level section of a YAML config (``{}`` when no config is given).
-
-    Untyped predecessor of :func:`section_with_flags`, kept while the train/patches/infer/
-    export/report stages still use it. With ``allowed``, a key outside it raises
-    ``ConfigError`` naming the file, section and key.
-    """
-    if config is None:
-        return {}
-    path = Path(config)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    value = data.get(section, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: section {section!r} must be a mapping")
-    unknown = sorted(set(value) - set(allowed)) if allowed is not None else []
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) in section {section!r}: {', '.join(unknown)}")
-    return value
-
-
-def merge_options(section: Mapping[str, Any], **flags: Any) -> dict[str, Any]:
-    """Config section values overridden by flags that were given (not None) (kept while other
-    stages still use it; typed stages use :func:`section_with_flags`)."""
-    merged = dict(section)
-    merged.update({k: v for k, v in flags.items() if v is not None})
-    return merged
-
-
-def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Transitional: the old per-command decorator (``wsi-lpd: error: …``), kept only while the
-    train/patches/infer/export/report stages still use it. The one error boundary of every
-    command is :func:`pipelines.cli.boundary`; a stage drops this decorator when it moves there."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except (WsiLpdError, FileNotFoundError) as exc:
-            from wsi_lpd.cohort import record_failure
-
-            record_failure(func.__module__.rsplit(".", 1)[-1], None, exc)
-            print(f"wsi-lpd: error: {exc}", file=sys.stderr)
-            raise SystemExit(1) from None
-
-    return wrapper

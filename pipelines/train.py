@@ -67,7 +67,9 @@ def command(
     ] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda[:N] or cuda:auto (a free GPU).")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda[:N] or cuda:auto (a free GPU).")
+    ] = "auto",
     nproc: Annotated[
         int, typer.Option(help="Data-parallel processes (one per GPU; gloo on the CPU).")
     ] = 1,

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
-import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-import pipelines.export as export_stage
+from pipelines.cli import app as cli_app
 from wsi_lpd.classes import BCSS_CLASSES
 from wsi_lpd.geojson import read_annotations
 from wsi_lpd.mosaic import MosaicWriter, write_mosaic
@@ -60,17 +59,16 @@ def make_mosaic(path: Path, lab: np.ndarray, bounds=None) -> Path:
         slide_id="s1",
         slide_path="/nonexistent/s1.svs",
         bounds=bounds,
+        model_sha256="ab" * 32,
     )
 
 
 def invoke(*args: object):
-    """Run the stage through a local typer app; restore the root log handlers afterwards."""
-    app = typer.Typer()
-    app.command()(export_stage.command)
+    """Run the stage through the real CLI; restore the root log handlers afterwards."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        return CliRunner().invoke(app, [str(a) for a in args])
+        return CliRunner().invoke(cli_app, ["export", *[str(a) for a in args]])
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
@@ -113,7 +111,12 @@ def test_export_writes_geojson_overlay_and_metadata(mosaic, tmp_path) -> None:
         assert props["classification"]["color"] == list(
             BCSS_CLASSES.all[BCSS_CLASSES.index(props["classification"]["name"])].color
         )
-        assert props["measurements"]["Mean probability"] == pytest.approx(200 / 255)
+        assert props["measurements"]["Class probability (mean)"] == pytest.approx(200 / 255)
+        assert props["measurements"]["Margin to runner-up (mean)"] == pytest.approx(187 / 255)
+    fc = json.loads((out / "s1.geojson").read_text())["properties"]["wsi_lpd"]
+    assert fc["model_sha256"] == "ab" * 32 and fc["mpp"] == 2.0 and fc["slide_mpp"] == 0.5
+    assert fc["version"] and fc["run_date"].startswith("20") and fc["slide_id"] == "s1"
+    assert meta["classes"]["TUM"]["mean_margin"] == pytest.approx(187 / 255, abs=1e-4)
     back = read_annotations(out / "s1.geojson")
     assert {a.class_name for a in back} == set(BCSS_CLASSES.foreground_names)  # no BACK
     for k, name in enumerate(BCSS_CLASSES.foreground_names):
@@ -202,9 +205,8 @@ MEMORY_CHILD = textwrap.dedent(
     import sys, typer
     from pathlib import Path
     from typer.testing import CliRunner
-    import pipelines.export as m
-    t = typer.Typer(); t.command()(m.command)
-    r = CliRunner().invoke(t, [sys.argv[1], "--out", sys.argv[2], "--block-px", "1024"])
+    from pipelines.cli import app
+    r = CliRunner().invoke(app, ["export", sys.argv[1], "--out", sys.argv[2], "--block-px", "1024"])
     assert r.exit_code == 0, r.output
     # VmHWM: this process's own peak (ru_maxrss would include the parent's at fork time)
     status = Path("/proc/self/status").read_text().splitlines()
@@ -259,3 +261,98 @@ def test_export_memory_does_not_grow_with_mosaic_size(tmp_path) -> None:
         assert meta["features"] == 2
     # 8192² labels + probs are 320 MiB: reading them whole would more than double the peak
     assert peaks[1] < 1.3 * peaks[0], peaks
+
+
+def _copy_store(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_export_refuses_a_store_with_a_missing_chunk(mosaic, tmp_path) -> None:
+    path, _ = mosaic
+    ok = invoke(path, "--out", tmp_path / "ok", "--workers", 1)
+    assert ok.exit_code == 0, ok.output  # untouched store: exported
+    data = _copy_store(path, tmp_path / "data" / "s1.ome.zarr")
+    for chunk in (data / "0" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()
+    res = invoke(data, "--out", tmp_path / "out1")
+    assert res.exit_code == 1
+    last = res.output.strip().splitlines()[-1]
+    assert "data/s1.ome.zarr: chunk 0/c/0/0/0 is missing" in last
+    assert not (tmp_path / "out1").exists()
+    label = _copy_store(path, tmp_path / "label" / "s1.ome.zarr")
+    (label / "labels/classes/0/c/0/0").unlink()
+    res = invoke(label, "--out", tmp_path / "out2")
+    assert res.exit_code == 1 and "chunk labels/classes/0/c/0/0 is missing" in res.output
+    assert not (tmp_path / "out2").exists()
+
+
+def test_min_probability_and_parallel_workers(tmp_path, monkeypatch) -> None:
+    import wsi_lpd.vectorize
+
+    monkeypatch.setattr(wsi_lpd.vectorize, "PARALLEL_MIN_PX", 0)  # small test raster
+    lab = scene()
+    probs = one_hot_probs(lab)
+    probs[:, lab == 1] = np.array([20, 120, 20, 20, 95], np.uint8)[:, None]  # STR at 0.47
+    path = write_mosaic(
+        tmp_path / "s1.ome.zarr",
+        probs,
+        classes=BCSS_CLASSES,
+        mpp=2.0,
+        slide_mpp=0.5,
+        level0_width=1200,
+        level0_height=1040,
+        slide_id="s1",
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("export:\n  min_probability: {STR: 0.5}\n  min_area_um2: 0\n")
+    res = invoke(path, "--out", tmp_path / "a", "--config", cfg, "--block-px", 64, "--workers", 1)
+    assert res.exit_code == 0, res.output
+    names = [a.class_name for a in read_annotations(tmp_path / "a" / "s1.geojson")]
+    assert "STR" not in names and "TUM" in names
+    meta = json.loads((tmp_path / "a" / "s1.export.json").read_text())
+    assert meta["classes"]["STR"]["dropped_low_probability"] == 1
+    res = invoke(
+        path,
+        "--out",
+        tmp_path / "b",
+        "--min-area-um2",
+        0,
+        "--block-px",
+        64,
+        "--workers",
+        2,
+        "--min-probability",
+        "STR=0.4",
+    )
+    assert res.exit_code == 0, res.output
+    two = read_annotations(tmp_path / "b" / "s1.geojson")
+    one = invoke(
+        path, "--out", tmp_path / "c", "--min-area-um2", 0, "--block-px", 64, "--workers", 1
+    )
+    assert one.exit_code == 0
+    ref = read_annotations(tmp_path / "c" / "s1.geojson")
+    assert sorted((a.class_name, round(a.geometry.area)) for a in two) == sorted(
+        (a.class_name, round(a.geometry.area)) for a in ref
+    )
+    assert any(a.class_name == "STR" for a in two)
+    bad = invoke(path, "--out", tmp_path / "d", "--min-probability", "XYZ=0.5")
+    assert bad.exit_code == 1 and "XYZ" in bad.output
+    bad = invoke(path, "--out", tmp_path / "d", "--min-probability", "STR=1.5")
+    assert bad.exit_code == 1 and "min_probability" in bad.output
+
+
+def test_invalid_geometry_is_refused_before_writing() -> None:
+    from shapely.geometry import Polygon
+
+    from wsi_lpd.errors import AnnotationError
+    from wsi_lpd.geojson import feature
+
+    bowtie = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
+    with pytest.raises(AnnotationError, match="TUM: invalid Polygon"):
+        feature(bowtie, "TUM", (200, 0, 0))
+    ok = feature(shapely.box(0, 0, 5, 5), "TUM", (200, 0, 0), measurements={"a": 1})
+    assert ok.is_valid and ok["properties"]["measurements"] == {"a": 1.0}

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-import typer
 from shapely.geometry import box
 from typer.testing import CliRunner
 
-from pipelines import infer
+from pipelines.cli import app as cli_app
 from wsi_lpd.classes import BCSS_CLASSES
 from wsi_lpd.model.build import build_model
 from wsi_lpd.model.checkpoint import checkpoint_sha256, save_checkpoint
@@ -71,9 +70,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _run(*args: str) -> object:
-    app = typer.Typer()
-    app.command()(infer.command)
-    return CliRunner().invoke(app, [str(a) for a in args])
+    return CliRunner().invoke(cli_app, ["infer", *[str(a) for a in args]])
 
 
 def test_stage_writes_mosaic_and_run_json(files: dict[str, Path]) -> None:
@@ -177,3 +174,54 @@ def test_stage_errors_are_one_line(files: dict[str, Path]) -> None:
     res = _run(files["slide"], "--model", files["model"], "--out", out, "--config", cfg)
     assert res.exit_code == 1 and "overlapp" in res.output
     assert not out.exists() or not any(out.glob("*.ome.zarr"))
+
+
+def test_config_classes_must_match_the_checkpoint(files: dict[str, Path]) -> None:
+    out = files["root"] / "classes"
+    cfg = files["root"] / "classes.yaml"
+    cfg.write_text(
+        "classes:\n  foreground:\n"
+        + "".join(f"    - {{name: {n}, color: [1, 2, 3]}}\n" for n in ("TUM", "LYM", "STR", "NEC"))
+        + "  background: {name: BACK, color: [255, 255, 255]}\ninfer: {workers: 0, device: cpu}\n"
+    )
+    res = _run(files["slide"], "--model", files["model"], "--out", out, "--config", cfg)
+    assert res.exit_code == 1
+    line = res.output.strip().splitlines()[-1]  # model loading may log before it
+    assert "model.pt" in line and "classes.yaml" in line
+    assert "TUM, STR, LYM, NEC, BACK" in line and "names and order" in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_mosaic_records_absolute_slide_path(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(files["root"])
+    res = _run(
+        "s1.tiff",
+        "--model",
+        "model.pt",
+        "--out",
+        "rel",
+        "--tiles",
+        "tiles",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--output-mpp",
+        "4.0",
+    )
+    assert res.exit_code == 0, res.output
+    m = open_mosaic(files["root"] / "rel" / "s1.ome.zarr")
+    assert m.attrs["slide_path"] == str((files["root"] / "s1.tiff").resolve())
+    assert Path(m.attrs["slide_path"]).is_absolute()
+
+
+def test_mistyped_config_value_is_one_line(files: dict[str, Path]) -> None:
+    cfg = files["root"] / "typed.yaml"
+    cfg.write_text("infer:\n  batch_size: abc\n  overlap: '0.5'\n")
+    res = _run(
+        files["slide"], "--model", files["model"], "--out", files["root"] / "t", "--config", cfg
+    )
+    assert res.exit_code == 1
+    assert "typed.yaml: infer.batch_size: Input should be a valid integer" in res.output

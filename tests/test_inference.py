@@ -422,3 +422,57 @@ def test_peak_rss_bounded_by_bands(tmp_path: Path) -> None:
     assert large["peak"] < 1.3 * small["peak"], (imports, small, large)
     added_small, added_large = small["peak"] - imports["peak"], large["peak"] - imports["peak"]
     assert added_large < 1.4 * added_small, (imports, small, large)
+
+
+def test_jpeg_tiles_decoded_on_the_device_match_the_slide_reader(tmp_path: Path) -> None:
+    """``decode="gpu"`` on the CPU device: JPEG tile bytes through torchvision's decoder give the
+    same mosaic as the slide reader, within JPEG/resampling tolerance; workers read the bytes."""
+    from wsi_lpd.synth import write_synthetic_slide
+
+    synth = write_synthetic_slide(
+        tmp_path / "j.svs", width_px=768, height_px=512, seed=1, tile_px=256, texture=False
+    )
+    slide = open_slide(synth.slide_path)
+    common = dict(output_mpp=2.0, progress=False, batch_size=8)
+    cpu = infer_slide(
+        slide, RedModel(), contract(1.0, 64), tmp_path / "c.ome.zarr", decode="cpu", **common
+    )
+    gpu = infer_slide(
+        slide,
+        RedModel(),
+        contract(1.0, 64),
+        tmp_path / "g.ome.zarr",
+        decode="gpu",
+        workers=1,
+        **common,
+    )
+    assert cpu.decode == "cpu" and gpu.decode == "gpu" and gpu.windows == cpu.windows
+    a = open_mosaic(cpu.mosaic_path).probs[0].astype(int)
+    b = open_mosaic(gpu.mosaic_path).probs[0].astype(int)
+    assert np.abs(a - b).mean() < 2.0 and np.abs(a - b).max() <= 16
+
+
+def test_decode_auto_on_cpu_and_plain_tiff_use_the_reader(
+    plain_slide: Path, tmp_path: Path
+) -> None:
+    slide = open_slide(plain_slide)
+    res = infer_slide(
+        slide,
+        ConstantModel(CONST),
+        contract(1.0, 64),
+        tmp_path / "a.ome.zarr",
+        decode="gpu",
+        output_mpp=4.0,
+        progress=False,
+    )
+    assert res.decode == "cpu"  # zlib/uncompressed TIFF: no JPEG tiles
+    assert open_mosaic(res.mosaic_path).attrs["slide_path"] == str(plain_slide.resolve())
+    with pytest.raises(ConfigError, match="decode"):
+        infer_slide(
+            slide,
+            ConstantModel(CONST),
+            contract(1.0, 64),
+            tmp_path / "b.ome.zarr",
+            decode="nvjpeg",
+            progress=False,
+        )

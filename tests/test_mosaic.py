@@ -9,8 +9,9 @@ import pytest
 import zarr
 
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
-from wsi_lpd.errors import DatasetError
+from wsi_lpd.errors import DatasetError, MosaicIntegrityError
 from wsi_lpd.mosaic import (
+    MANIFEST,
     MosaicWriter,
     downsample_probs,
     level_shapes,
@@ -113,7 +114,7 @@ def test_opens_with_dask_and_ome_zarr_reader(mosaic_path: tuple[Path, np.ndarray
     assert [d.shape for d in image[0].data] == [(5, 1300, 1100), (5, 650, 550), (5, 325, 275)]
     assert [d.shape for d in label[0].data] == [(1300, 1100), (650, 550), (325, 275)]
     props = label[0].metadata["properties"]
-    assert props[0]["name"] == "TUM" and props[4]["name"] == "BACK"
+    assert props[0]["name"] == "BACK" and props[1]["name"] == "TUM" and props[4]["name"] == "NEC"
 
 
 def test_validates_against_ngff_05_models(mosaic_path: tuple[Path, np.ndarray]) -> None:
@@ -175,3 +176,74 @@ def test_custom_classes_and_not_a_mosaic(tmp_path: Path) -> None:
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
     with pytest.raises(DatasetError, match=r"plain\.zarr"):
         open_mosaic(tmp_path / "plain.zarr")
+
+
+def test_labels_stored_with_zero_background_read_as_class_indices(
+    mosaic_path: tuple[Path, np.ndarray],
+) -> None:
+    path, probs = mosaic_path
+    m = open_mosaic(path)
+    argmax = probs.argmax(0)
+    stored = zarr.open_group(str(path), mode="r")["labels"]["classes"]["0"][:]
+    assert np.array_equal(stored, (argmax + 1) % 5)  # BACK (4) → 0, TUM (0) → 1, …
+    assert np.array_equal(m.labels[100:300, 7:9], argmax[100:300, 7:9])
+    assert np.array_equal(np.asarray(m.level(1).labels), downsample_probs(probs).argmax(0))
+    colors = zarr.open_group(str(path), mode="r")["labels"]["classes"].attrs["ome"]
+    values = {c["label-value"]: c["rgba"][3] for c in colors["image-label"]["colors"]}
+    assert values == {0: 0, 1: 255, 2: 255, 3: 255, 4: 255}  # every class visible in napari
+
+
+def test_old_layout_still_reads(tmp_path: Path) -> None:
+    probs = _random_probs(64, 48, seed=3)
+    path = write_mosaic(tmp_path / "old.ome.zarr", probs, **META)
+    g = zarr.open_group(str(path), mode="r+")
+    g["labels"]["classes"]["0"][:] = probs.argmax(0).astype(np.uint8)  # v1: background = 4
+    g.attrs["wsi_lpd"] = {**g.attrs["wsi_lpd"], "format": "wsi-lpd-mosaic/1"}
+    (path / MANIFEST).unlink()
+    m = open_mosaic(path)
+    assert np.array_equal(m.labels[:], probs.argmax(0))
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_or_altered_chunk_is_refused_by_name(
+    mosaic_path: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    src, _ = mosaic_path
+    assert open_mosaic(src).num_levels == 3  # untouched: opens
+    data = _copy(src, tmp_path / "data.ome.zarr")
+    (data / "0" / "c" / "0" / "1" / "1").unlink()
+    with pytest.raises(MosaicIntegrityError, match=r"data\.ome\.zarr: chunk 0/c/0/1/1 is missing"):
+        open_mosaic(data)
+    label = _copy(src, tmp_path / "label.ome.zarr")
+    (label / "labels/classes/1/c/0/1").unlink()
+    with pytest.raises(MosaicIntegrityError, match="chunk labels/classes/1/c/0/1"):
+        open_mosaic(label)
+    altered = _copy(src, tmp_path / "altered.ome.zarr")
+    chunk = altered / "0" / "c" / "0" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[-1] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    assert open_mosaic(altered).num_levels == 3  # same size: the cheap check passes
+    with pytest.raises(MosaicIntegrityError, match="0/c/0/0/0 was altered"):
+        open_mosaic(altered, verify="checksums")
+    chunk.write_bytes(bytes(raw[:-1]))
+    with pytest.raises(MosaicIntegrityError, match="was altered"):
+        open_mosaic(altered)
+    (altered / MANIFEST).unlink()
+    with pytest.raises(MosaicIntegrityError, match=r"manifest\.json missing"):
+        open_mosaic(altered)
+
+
+def test_parallel_pyramid_equals_serial(tmp_path: Path) -> None:
+    probs = _random_probs(1100, 1300, seed=4)
+    a = write_mosaic(tmp_path / "a.ome.zarr", probs, **META)
+    b = write_mosaic(tmp_path / "b.ome.zarr", probs, workers=2, **META)
+    for k in (1, 2):
+        assert np.array_equal(open_mosaic(a).level(k).probs[:], open_mosaic(b).level(k).probs[:])
+        assert np.array_equal(open_mosaic(a).level(k).labels[:], open_mosaic(b).level(k).labels[:])

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
-import pipelines.export as export_stage
+from pipelines.cli import app as cli_app
 from wsi_lpd.classes import BCSS_CLASSES
 from wsi_lpd.mosaic import write_mosaic
 
@@ -99,11 +98,9 @@ def test_export_is_valid_for_jts(validator, tmp_path, flags) -> None:
         slide_id="s2",
         bounds=(123, 45, 5000, 4000),
     )
-    app = typer.Typer()
-    app.command()(export_stage.command)
     out = tmp_path / "out"
     args = [str(mosaic), "--out", str(out), "--block-px", "64", "--min-area-um2", "0", *flags]
-    res = CliRunner().invoke(app, args)
+    res = CliRunner().invoke(cli_app, ["export", *args])
     assert res.exit_code == 0, res.output
     geojson = next(out.glob("s2.geojson*"))
     rc, report = validator(geojson)

@@ -304,6 +304,47 @@ class PatchesSection(Section):
     _paths = field_validator("tiles", "annotations", "truth", mode="before")(_one_or_many)
 
 
+# --- infer section
+
+
+class InferSection(Section):
+    """``infer:`` whole-slide inference into an OME-Zarr mosaic."""
+
+    device: str = "auto"
+    batch_size: int = Field(16, ge=1)
+    workers: int | None = Field(None, ge=0)
+    prefetch: int = Field(4, ge=1)
+    overlap: float = Field(0.25, ge=0.0, lt=1.0)
+    blend: Literal["gaussian", "cosine"] = "gaussian"
+    sigma_frac: float = Field(0.125, gt=0.0)
+    output_mpp: float | None = Field(None, gt=0.0)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    tissue_mpp: float = Field(8.0, gt=0.0)
+    slide_mpp: float | None = Field(None, gt=0.0)
+    decode: Literal["auto", "cpu", "gpu"] = "auto"
+
+
+# --- export section
+
+
+class ExportSection(Section):
+    """``export:`` mosaic → QuPath GeoJSON and overlay."""
+
+    slide: str | None = None
+    min_area_um2: float = Field(1000.0, ge=0.0)
+    simplify_um: float | None = Field(None, ge=0.0)
+    object_type: Literal["annotation", "detection"] = "annotation"
+    per_class: bool = False
+    subtract_bounds: bool = False
+    gzip: bool = False
+    block_px: int = Field(2048, ge=64)
+    min_probability: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict
+    )
+    workers: int | None = Field(None, ge=1)
+    verify: Literal["sizes", "checksums"] = "sizes"
+
+
 # --- workflow section
 # The workflow YAML (configs/demo.yaml, configs/cohort.example.yaml): the keys the Snakefile reads
 # and the report section. Stage sections typed elsewhere replace their ``dict`` fields here.
@@ -398,8 +439,8 @@ class WorkflowConfig(Section):
     synth: SynthSection = Field(default_factory=SynthSection, description="`wsi-lpd synth`")
     tile: TileSection = Field(default_factory=TileSection, description="`wsi-lpd tile`")
     patches: PatchesSection = Field(default_factory=PatchesSection, description="`wsi-lpd patches`")
-    infer: dict[str, Any] = Field(default_factory=dict, description="`wsi-lpd infer` options")
-    export: dict[str, Any] = Field(default_factory=dict, description="`wsi-lpd export` options")
+    infer: InferSection = Field(default_factory=InferSection, description="`wsi-lpd infer`")
+    export: ExportSection = Field(default_factory=ExportSection, description="`wsi-lpd export`")
     evaluate: EvaluateSection = Field(
         default_factory=EvaluateSection, description="`wsi-lpd evaluate`"
     )

@@ -57,3 +57,7 @@ class TrainingDivergedError(TrainingError, FloatingPointError):
 
 class DeviceBusyError(WsiLpdError, RuntimeError):
     """Every GPU a process could take is held by another process (``--device cuda:auto``)."""
+
+
+class MosaicIntegrityError(WsiLpdError, OSError):
+    """A finished mosaic store lacks a chunk its writer recorded, or a chunk was altered."""

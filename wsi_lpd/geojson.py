@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import geojson as geojson_pkg
 import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
@@ -167,11 +168,20 @@ def feature(
     measurements: Mapping[str, float] | None = None,
     name: str | None = None,
 ) -> dict[str, Any]:
-    """A QuPath feature: UUID4 id, objectType inside properties, classification with colour."""
+    """A QuPath feature: UUID4 id, objectType inside properties, classification with colour.
+
+    Built and validated with the ``geojson`` package (closed rings of ≥ 4 positions, valid
+    geometry type) after a shapely validity check; an invalid geometry raises ``AnnotationError``
+    before anything is written.
+    """
     if object_type not in OBJECT_TYPES:
         raise ValueError(f"object_type must be one of {OBJECT_TYPES}, got {object_type!r}")
     if isinstance(geometry, MultiPolygon) and len(geometry.geoms) == 1:
         geometry = geometry.geoms[0]
+    if not geometry.is_valid:
+        raise AnnotationError(
+            f"{class_name}: invalid {geometry.geom_type} ({shapely.is_valid_reason(geometry)})"
+        )
     properties: dict[str, Any] = {
         "objectType": object_type,
         "classification": {"name": class_name, "color": [int(c) for c in color]},
@@ -180,23 +190,31 @@ def feature(
         properties["name"] = name
     if measurements:
         properties["measurements"] = {k: float(v) for k, v in measurements.items()}
-    return {
-        "type": "Feature",
-        "id": str(uuid.uuid4()),
-        "geometry": mapping(geometry),
-        "properties": properties,
-    }
+    geom = geojson_pkg.GeoJSON.to_instance(mapping(geometry), strict=True)
+    feat = geojson_pkg.Feature(id=str(uuid.uuid4()), geometry=geom, properties=properties)
+    if not feat.is_valid:
+        raise AnnotationError(f"{class_name}: not a valid GeoJSON feature ({feat.errors()})")
+    return feat
 
 
-def write_feature_collection(path: str | os.PathLike, features: Iterable[Mapping[str, Any]]) -> int:
+def write_feature_collection(
+    path: str | os.PathLike,
+    features: Iterable[Mapping[str, Any]],
+    properties: Mapping[str, Any] | None = None,
+) -> int:
     """Stream features into a FeatureCollection file (gzip when ``path`` ends in ``.gz``).
 
-    Returns the number of features written. Callers wanting atomicity pass a temporary path.
+    ``properties`` (e.g. provenance) become the collection's ``properties`` member, which QuPath
+    ignores. Returns the number of features written. Callers wanting atomicity pass a temporary
+    path (``wsi_lpd.io.atomic_file``).
     """
     path = Path(path)
     n = 0
     with _open_text(path, "w") as fh:
-        fh.write('{"type": "FeatureCollection", "features": [')
+        fh.write('{"type": "FeatureCollection", ')
+        if properties:
+            fh.write(f'"properties": {json.dumps(dict(properties), default=str)}, ')
+        fh.write('"features": [')
         for feat in features:
             fh.write(",\n" if n else "\n")
             json.dump(feat, fh, separators=(",", ":"))

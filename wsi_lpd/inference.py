@@ -7,12 +7,16 @@ first window starts at 0 and the last ends at the mosaic edge (nnU-Net style), a
 intersect the tissue (level-0 MultiPolygon; ``None`` = the slide's bounds). Window (ox, oy) reads
 level-0 ``(round(ox·s), round(oy·s))``.
 
-Flow. A torch ``DataLoader`` (each worker re-opens its own slide handle) reads windows in row order
-while the device runs ``model.predict``; probabilities are upsampled (bilinear) to ``window_px`` and
-blended into row-band accumulators on the device (see ``blending.py``). A band is finalised —
-divided by its weight sum, masked to tissue, quantised to uint8, argmax → labels — and written once
-no pending window can reach it, in a background thread. Memory is bounded by the bands in flight
-(≈ ``(C+2)·4 B·(band_px + window_px)·mosaic width``) plus the loader's prefetch queue.
+Flow. A torch ``DataLoader`` (``workers`` processes, default one per spare core up to 4, each
+re-opening its own slide handle, ``prefetch`` batches each) reads windows in row order while the
+device runs ``model.predict``. With ``decode="gpu"`` (or ``auto`` on CUDA) and a JPEG-tiled TIFF/SVS
+level, workers only read the compressed tile bytes and the tiles are decoded on the device
+(``wsi_lpd.jpeg_tiles``). Probabilities are upsampled (bilinear) to ``window_px`` and blended into
+row-band accumulators on the device (see ``blending.py``) by a blending thread, so blending overlaps
+the next forward pass. A band is finalised — divided by its weight sum, masked to tissue, quantised
+to uint8, argmax → labels — and written once no pending window can reach it, in a writer thread.
+No per-batch device synchronisation happens unless ``timing`` is asked for. Memory is bounded by the
+bands in flight (≈ ``(C+2)·4 B·(band_px + window_px)·mosaic width``) plus the prefetch queue.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pickle
 import resource
 import time
 import warnings
+from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -42,6 +47,13 @@ from wsi_lpd.blending import BandAccumulator, window_weights
 from wsi_lpd.classes import ClassList
 from wsi_lpd.device import resolve_device
 from wsi_lpd.errors import CheckpointError, ConfigError, NoTissueWarning
+from wsi_lpd.jpeg_tiles import (
+    JpegTileLevel,
+    assemble_windows,
+    decode_tiles,
+    jpeg_level_for,
+    window_rect,
+)
 from wsi_lpd.mosaic import CHUNK_PX, MosaicWriter
 from wsi_lpd.slide import default_slide_id
 from wsi_lpd.tissue import rasterize
@@ -49,6 +61,21 @@ from wsi_lpd.tissue import rasterize
 log = logging.getLogger(__name__)
 
 MPP_TOLERANCE = 0.10
+DECODES = ("auto", "cpu", "gpu")
+BLEND_QUEUE = 2  # batches waiting for the blending thread
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Reading processes by default: one per core beyond the first, at most 4 (0 on one core)."""
+    return min(4, max(0, usable_cores() - 1))
 
 
 class SlideLike(Protocol):
@@ -80,11 +107,13 @@ class InferenceResult:
     wall_s: float
     forward_s: float
     loader_wait_s: float
+    blend_wait_s: float
     write_wait_s: float
     windows_per_s: float
     peak_rss_mib: float
     cuda_peak_mib: float | None
     device: str
+    decode: str
     parameters: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,8 +127,10 @@ def check_contract(
     slide_mpp: float,
     expected_classes: ClassList | None = None,
     source: str = "model",
+    expected_source: str = "expected",
 ) -> ClassList:
-    """Refuse a model that does not fit: classes differ, or its mpp is finer than the slide's
+    """Refuse a model that does not fit: classes differ (names or order) from
+    ``expected_classes`` (read from ``expected_source``), or its mpp is finer than the slide's
     level 0 by more than 10 %. Returns the model's classes."""
     try:
         classes = ClassList.from_dict(contract["classes"])
@@ -109,7 +140,9 @@ def check_contract(
         raise CheckpointError(f"{source}: contract lacks classes/mpp/patch_px ({exc})") from exc
     if expected_classes is not None and classes.names != expected_classes.names:
         raise CheckpointError(
-            f"{source}: model classes {classes.names} differ from expected {expected_classes.names}"
+            f"{source}: model classes {', '.join(classes.names)} differ from "
+            f"{expected_source} classes {', '.join(expected_classes.names)} (names and order must "
+            "match)"
         )
     if model_mpp <= 0 or patch_px < 1:
         raise CheckpointError(f"{source}: invalid mpp {model_mpp} or patch_px {patch_px}")
@@ -197,6 +230,37 @@ class WindowDataset(Dataset):
         return torch.from_numpy(np.require(img, requirements=("C", "W"))).permute(2, 0, 1), i
 
 
+class JpegWindowDataset(Dataset):
+    """Windows as compressed JPEG tiles: ``(tiles {(ty, tx): bytes}, level rectangle, index)``;
+    decoding and assembly happen on the compute device (:func:`wsi_lpd.jpeg_tiles.decode_tiles`)."""
+
+    def __init__(
+        self, tiles: JpegTileLevel, locations_level0: np.ndarray, patch_px: int, scale: float
+    ) -> None:
+        self.tiles, self.locations, self.patch_px, self.scale = (
+            tiles,
+            locations_level0,
+            patch_px,
+            scale,
+        )
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def __getitem__(self, i: int) -> tuple[dict, tuple[int, int, int, int], int]:
+        x, y = (float(v) for v in self.locations[i])
+        rect = window_rect(self.tiles, x, y, self.patch_px, self.scale)
+        data = {t: self.tiles.tile_bytes(*t) for t in self.tiles.tiles_for(*rect)}
+        return data, rect, i
+
+
+def _collate_jpeg(items: list) -> tuple[dict, list, torch.Tensor]:
+    tiles: dict = {}
+    for data, _, _ in items:
+        tiles.update(data)
+    return tiles, [rect for _, rect, _ in items], torch.tensor([i for _, _, i in items])
+
+
 def _reopen_slide(_worker_id: int) -> None:
     info = get_worker_info()
     if info is not None:
@@ -266,9 +330,38 @@ class _BandSink:
     ) -> None:
         self.acc, self.writer, self.roi, self.s = acc, writer, roi, level0_per_px
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mosaic-writer")
+        self.blender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mosaic-blend")
+        self.blending: deque[Future] = deque()
         self.pending: Future | None = None
         self.next_band = 0
         self.wait_s = 0.0
+        self.blend_wait_s = 0.0
+
+    def _blend(
+        self, out: torch.Tensor, weights: torch.Tensor, origins: np.ndarray, next_row: int
+    ) -> None:
+        with torch.inference_mode():  # thread-local: the blending thread sets its own
+            for k, (oy, ox) in enumerate(origins.tolist()):
+                self.acc.add(out[k], weights, oy, ox)
+            self.flush_until(next_row)
+
+    def blend(
+        self, out: torch.Tensor, weights: torch.Tensor, origins: np.ndarray, next_row: int
+    ) -> None:
+        """Blend a batch (``origins`` (B, 2) mosaic px) in the blending thread, then write the
+        bands above ``next_row``; waits only when ``BLEND_QUEUE`` batches are already queued."""
+        while len(self.blending) >= BLEND_QUEUE:
+            t0 = time.perf_counter()
+            self.blending.popleft().result()
+            self.blend_wait_s += time.perf_counter() - t0
+        self.blending.append(self.blender.submit(self._blend, out, weights, origins, next_row))
+
+    def drain(self) -> None:
+        """Wait for every queued batch to be blended."""
+        while self.blending:
+            t0 = time.perf_counter()
+            self.blending.popleft().result()
+            self.blend_wait_s += time.perf_counter() - t0
 
     def _wait(self) -> None:
         if self.pending is not None:
@@ -290,6 +383,8 @@ class _BandSink:
 
     def finish(self) -> Path:
         """Write the remaining bands, build the pyramid, rename the mosaic into place."""
+        self.drain()
+        self.blender.shutdown(wait=True)
         self.flush_until(self.acc.height_px)
         self._wait()
         self.pool.shutdown(wait=True)
@@ -300,6 +395,9 @@ class _BandSink:
 
     def abort(self) -> None:
         """Stop writing and remove the temporary store."""
+        for job in self.blending:
+            job.cancel()
+        self.blender.shutdown(wait=True)
         if self.pending is not None:
             self.pending.cancel()
         self.pool.shutdown(wait=True)
@@ -319,6 +417,69 @@ def _window_px(patch_px: int, model_mpp: float, output_mpp: float) -> int:
     return window_px
 
 
+def _resolve_decode(
+    decode: str, slide: SlideLike, model_mpp: float, dev: torch.device
+) -> JpegTileLevel | None:
+    """The JPEG tile level to decode on the device, or None for ``slide.read_region``."""
+    if decode not in DECODES:
+        raise ConfigError(f"decode: expected one of {', '.join(DECODES)}, got {decode!r}")
+    if decode == "cpu" or (decode == "auto" and dev.type != "cuda"):
+        return None
+    tiles = jpeg_level_for(slide, model_mpp)
+    if tiles is None and decode == "gpu":
+        log.warning(
+            "%s: the level read at %g µm/px is not JPEG-tiled; decoding on the CPU instead",
+            getattr(slide, "path", "slide"),
+            model_mpp,
+        )
+    return tiles
+
+
+def window_loader(
+    slide: SlideLike,
+    locations: np.ndarray,
+    patch_px: int,
+    model_mpp: float,
+    *,
+    batch_size: int,
+    workers: int,
+    prefetch: int,
+    tiles: JpegTileLevel | None,
+    pin_memory: bool,
+) -> DataLoader:
+    """The window DataLoader: decoded uint8 windows, or JPEG tile bytes when ``tiles`` is set."""
+    common: dict[str, Any] = dict(
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        prefetch_factor=prefetch if workers else None,
+        persistent_workers=False,
+    )
+    if tiles is not None:
+        scale = model_mpp / (slide.mpp * tiles.downsample)
+        ds = JpegWindowDataset(tiles, locations, patch_px, scale)
+        return DataLoader(ds, collate_fn=_collate_jpeg, **common)
+    return DataLoader(
+        WindowDataset(slide, locations, patch_px, model_mpp),
+        pin_memory=pin_memory,
+        worker_init_fn=_reopen_slide if workers else None,
+        **common,
+    )
+
+
+def batch_images(
+    batch: Any, tiles: JpegTileLevel | None, patch_px: int, dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(uint8 images B×3×P×P, window indices)`` of a loader batch (decoding tiles on ``dev``)."""
+    if tiles is None:
+        images, idx = batch
+        return images, idx
+    data, rects, idx = batch
+    keys = list(data)
+    decoded = dict(zip(keys, decode_tiles([data[k] for k in keys], dev), strict=True))
+    return assemble_windows(tiles, rects, decoded, patch_px, dev), idx
+
+
 def infer_slide(
     slide: SlideLike,
     model: torch.nn.Module,
@@ -331,7 +492,9 @@ def infer_slide(
     sigma_frac: float = 1 / 8,
     output_mpp: float | None = None,
     batch_size: int = 16,
-    workers: int = 0,
+    workers: int | None = None,
+    prefetch: int = 4,
+    decode: str = "auto",
     device: str | torch.device = "cpu",
     amp: str | None = None,
     progress: bool = True,
@@ -339,12 +502,18 @@ def infer_slide(
     expected_classes: ClassList | None = None,
     model_sha256: str = "",
     band_px: int = CHUNK_PX,
+    timing: bool = False,
 ) -> InferenceResult:
     """Predict a whole slide into ``out_path`` (``{slide_id}.ome.zarr``), written atomically.
 
     ``output_mpp`` (µm/px) defaults to the model's native output resolution (model mpp × patch_px /
     predicted map size). ``band_px`` (output px) must be a multiple of the 512-px chunk. ``amp``:
     ``auto`` / None (bf16 where supported, else fp16), ``bf16``, ``fp16`` or ``off``; CUDA only.
+    ``workers``: reading processes (None: :func:`default_workers`); ``prefetch``: batches queued
+    per worker; ``decode``: ``cpu`` (``slide.read_region``), ``gpu`` (JPEG tiles decoded on the
+    compute device — nvJPEG on CUDA, libjpeg-turbo on the CPU) or ``auto`` (``gpu`` on CUDA for
+    JPEG-tiled levels). ``timing`` synchronises the device after each forward pass so that
+    ``forward_s`` is exact (slower on CUDA).
     """
     from tqdm.auto import tqdm
 
@@ -352,10 +521,14 @@ def infer_slide(
     source = str(getattr(slide, "path", "")) or "slide"
     classes = check_contract(contract, slide.mpp, expected_classes, source=source)
     model_mpp, patch_px = float(contract["mpp"]), int(contract["patch_px"])
+    workers = default_workers() if workers is None else workers
     if not 0.0 <= overlap < 1.0:
         raise ConfigError(f"overlap: must be in [0, 1), got {overlap}")
-    if batch_size < 1 or workers < 0:
-        raise ConfigError(f"batch_size ({batch_size}) must be ≥ 1 and workers ({workers}) ≥ 0")
+    if batch_size < 1 or workers < 0 or prefetch < 1:
+        raise ConfigError(
+            f"batch_size ({batch_size}) and prefetch ({prefetch}) must be ≥ 1, workers "
+            f"({workers}) ≥ 0"
+        )
     if band_px < CHUNK_PX or band_px % CHUNK_PX:
         raise ConfigError(f"band_px: must be a multiple of {CHUNK_PX}, got {band_px}")
     dev = resolve_device(device)
@@ -363,6 +536,7 @@ def infer_slide(
         torch.cuda.reset_peak_memory_stats(dev)
     predict = Predictor(model, contract, classes, dev, amp, source)
     sid = slide_id or default_slide_id(source)
+    tiles = _resolve_decode(decode, slide, model_mpp, dev)
     forward_s = loader_s = 0.0
 
     with torch.inference_mode():
@@ -395,13 +569,16 @@ def infer_slide(
             window_px=window_px,
             batch_size=batch_size,
             workers=workers,
+            prefetch=prefetch,
+            decode="gpu" if tiles is not None else "cpu",
             device=str(dev),
             band_px=band_px,
             amp=str(predict.autocast).replace("torch.", "") if predict.autocast else "off",
             tissue="given" if tissue is not None else "bounds",
         )
         log.info(
-            "%s: mosaic %dx%d px at %.3g µm/px, %d of %d windows of %d px on %s",
+            "%s: mosaic %dx%d px at %.3g µm/px, %d of %d windows of %d px on %s (decode %s, "
+            "%d reading workers)",
             sid,
             mosaic_hw[1],
             mosaic_hw[0],
@@ -410,19 +587,24 @@ def infer_slide(
             total,
             window_px,
             dev,
+            params["decode"],
+            workers,
         )
         weights = torch.from_numpy(window_weights(window_px, blend, sigma_frac)).to(dev)
         acc = BandAccumulator(len(classes.all), mosaic_hw[0], mosaic_hw[1], band_px, dev)
         locations = np.round(origins[:, ::-1] * s).astype(np.int64)  # (x, y) level 0
-        loader = DataLoader(
-            WindowDataset(slide, locations, patch_px, model_mpp),
+        loader = window_loader(
+            slide,
+            locations,
+            patch_px,
+            model_mpp,
             batch_size=batch_size,
-            shuffle=False,
-            num_workers=workers,
+            workers=workers,
+            prefetch=prefetch,
+            tiles=tiles,
             pin_memory=dev.type == "cuda",
-            worker_init_fn=_reopen_slide if workers else None,
-            prefetch_factor=4 if workers else None,
         )
+        slide_path = getattr(slide, "path", "")
         writer = MosaicWriter(
             out_path,
             classes=classes,
@@ -433,10 +615,11 @@ def infer_slide(
             level0_width=width0,
             level0_height=height0,
             slide_id=sid,
-            slide_path=str(getattr(slide, "path", "")),
+            slide_path=str(Path(slide_path).resolve()) if slide_path else "",
             bounds=tuple(int(v) for v in slide.bounds),  # type: ignore[arg-type]
             model_sha256=model_sha256,
             parameters=params,
+            workers=usable_cores(),  # pyramid chunks in parallel threads
         )
         sink = _BandSink(acc, writer, roi, s)
         try:
@@ -450,7 +633,7 @@ def infer_slide(
                     if batch is None:
                         break
                     t0 = time.perf_counter()
-                    images, idx = batch
+                    images, idx = batch_images(batch, tiles, patch_px, dev)
                     out = predict(images)
                     if out.shape[-2:] != (window_px, window_px):
                         out = torch.nn.functional.interpolate(
@@ -460,14 +643,13 @@ def infer_slide(
                             align_corners=False,
                             antialias=out.shape[-1] > window_px,
                         )
-                    for k, i in enumerate(idx.tolist()):
-                        acc.add(out[k], weights, int(origins[i, 0]), int(origins[i, 1]))
-                    if dev.type == "cuda":
+                    if timing and dev.type == "cuda":
                         torch.cuda.synchronize(dev)
                     forward_s += time.perf_counter() - t0
                     done += len(idx)
                     bar.update(len(idx))
-                    sink.flush_until(int(origins[done, 0]) if done < len(origins) else 1 << 62)
+                    next_row = int(origins[done, 0]) if done < len(origins) else 1 << 62
+                    sink.blend(out, weights, origins[idx.numpy()], next_row)
             final = sink.finish()
         except BaseException:
             sink.abort()
@@ -487,22 +669,25 @@ def infer_slide(
         wall_s=wall,
         forward_s=forward_s,
         loader_wait_s=loader_s,
+        blend_wait_s=sink.blend_wait_s,
         write_wait_s=sink.wait_s,
         windows_per_s=len(origins) / wall if wall > 0 else 0.0,
         peak_rss_mib=_peak_rss_mib(),
         cuda_peak_mib=torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
         device=str(dev),
+        decode=str(params["decode"]),
         parameters=params,
     )
     log.info(
-        "%s: %d windows in %.1f s (%.1f win/s; forward+blend %.1f s, waiting on reads "
-        "%.1f s, on writes %.1f s)",
+        "%s: %d windows in %.1f s (%.1f win/s; forward %.1f s, waiting on reads %.1f s, "
+        "on blending %.1f s, on writes %.1f s)",
         sid,
         result.windows,
         wall,
         result.windows_per_s,
         forward_s,
         loader_s,
+        sink.blend_wait_s,
         sink.wait_s,
     )
     return result

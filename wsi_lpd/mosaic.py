@@ -4,28 +4,37 @@ Layout of ``{slide}.ome.zarr/``:
 
 - ``0, 1, 2, …``: class probabilities, ``(C+1, Y, X)`` uint8 (0-255 ≙ 0-1), axes ``c, y, x``
   (``y, x`` in micrometer), chunks ``(C+1, 512, 512)``; each level halves ``y, x`` down to ≤ 512 px.
-- ``labels/classes/0, 1, …``: argmax class index ``(Y, X)`` uint8 (background = C), chunks 512×512.
+- ``labels/classes/0, 1, …``: argmax label ``(Y, X)`` uint8, chunks 512×512, with 0 = background
+  and foreground class ``k`` of ``classes.all`` stored as ``k + 1`` (OME-NGFF/napari practice: label
+  0 is transparent). Format ``wsi-lpd-mosaic/1`` stored the in-memory index (background = C);
+  :attr:`Mosaic.labels` reads both layouts as in-memory class indices (background last).
 - root attrs ``ome`` (multiscales + omero channels) and ``wsi_lpd`` (format, classes, mpp,
-  slide_mpp, level0_width, level0_height, level0_per_px, slide_id, slide_path, bounds,
-  model_sha256, parameters, chunk_px).
+  slide_mpp, level0_width, level0_height, level0_per_px, slide_id, slide_path (absolute), bounds,
+  model_sha256, parameters, chunk_px, label_background, manifest).
+- ``manifest.json``, written last: every file of the store (chunks and metadata) with its size in
+  bytes and CRC-32. :func:`open_mosaic` refuses a store whose recorded files are missing or have
+  another size (and, with ``verify="checksums"``, another CRC-32), naming the store and the chunk.
 
 Mosaic pixel (i, j) of level 0 covers level-0 slide px [j·s, (j+1)·s) × [i·s, (i+1)·s),
 s = ``level0_per_px``; level k pixels cover 2^k times as much.
 
 The writer fills level 0 in full-width row bands (each band a whole number of chunk rows, so every
 chunk is written exactly once), then builds each coarser level chunk by chunk from the previous one:
-memory is bounded by the band and chunk sizes, never by the slide size. Everything is written into a
-temporary store beside the final path and renamed into place by ``close()``: the final path holds a
-finished mosaic or nothing.
+memory is bounded by the band and chunk sizes, never by the slide size (the pyramid's chunks run in
+parallel threads with dask, ``workers``). Everything is written into a temporary store beside the
+final path (:func:`wsi_lpd.io.atomic_dir`) and renamed into place by ``close()``: the final path
+holds a finished mosaic or nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
-import uuid
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +43,15 @@ import numpy as np
 import zarr
 
 from wsi_lpd.classes import ClassList
-from wsi_lpd.errors import ConfigError, DatasetError
+from wsi_lpd.errors import ConfigError, DatasetError, MosaicIntegrityError
+from wsi_lpd.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
-FORMAT = "wsi-lpd-mosaic/1"
+FORMAT = "wsi-lpd-mosaic/2"
+FORMATS_READ = ("wsi-lpd-mosaic/1", FORMAT)
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "wsi-lpd-manifest/1"
 NGFF_VERSION = "0.5"
 CHUNK_PX = 512
 MIN_LEVEL_PX = 512
@@ -113,6 +126,27 @@ def image_ome_attrs(classes: ClassList, num_levels: int, mpp: float, name: str) 
     }
 
 
+def _stored_labels(classes: ClassList) -> list[tuple[int, Any]]:
+    """``(stored label value, class)``: background 0 first, then foreground classes 1…C."""
+    return [(0, classes.all[classes.background_index])] + [
+        (k + 1, c) for k, c in enumerate(classes.foreground)
+    ]
+
+
+def to_stored_labels(labels: np.ndarray, background_index: int) -> np.ndarray:
+    """In-memory class indices (background = ``background_index``) → stored (0 = background)."""
+    lut = np.arange(1, 257, dtype=np.uint16).astype(np.uint8)
+    lut[background_index] = 0
+    return lut[labels]
+
+
+def from_stored_labels(background_index: int) -> np.ndarray:
+    """256-entry lookup: stored label (0 = background) → in-memory class index (background last)."""
+    lut = np.full(256, background_index, dtype=np.uint8)
+    lut[1 : background_index + 1] = np.arange(background_index, dtype=np.uint8)
+    return lut
+
+
 def label_ome_attrs(classes: ClassList, num_levels: int, mpp: float) -> dict[str, Any]:
     """``ome`` attrs of ``labels/classes``: multiscales (y, x) and image-label colours/names."""
     return {
@@ -127,9 +161,12 @@ def label_ome_attrs(classes: ClassList, num_levels: int, mpp: float) -> dict[str
         ],
         "image-label": {
             "colors": [
-                {"label-value": i, "rgba": [*c.color, 255]} for i, c in enumerate(classes.all)
+                {"label-value": label, "rgba": [*c.color, 0 if label == 0 else 255]}
+                for label, c in _stored_labels(classes)
             ],
-            "properties": [{"label-value": i, "name": c.name} for i, c in enumerate(classes.all)],
+            "properties": [
+                {"label-value": label, "name": c.name} for label, c in _stored_labels(classes)
+            ],
             "source": {"image": "../../"},
         },
     }
@@ -156,8 +193,55 @@ def argmax_channels(probs: np.ndarray) -> np.ndarray:
     return index
 
 
-def _temporary_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+def _store_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """``(key, path)`` of every file under a store, keys relative with ``/``, sorted."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            key = path.relative_to(root).as_posix()
+            if key != MANIFEST:
+                yield key, path
+
+
+def _crc32(path: Path) -> int:
+    return zlib.crc32(path.read_bytes())
+
+
+def write_manifest(root: Path) -> dict[str, Any]:
+    """Record size (bytes) and CRC-32 of every file of the store ``root`` in ``manifest.json``."""
+    files = {key: [p.stat().st_size, _crc32(p)] for key, p in _store_files(root)}
+    manifest = {"format": MANIFEST_FORMAT, "hash": "crc32", "files": files}
+    write_json(root / MANIFEST, manifest)
+    return manifest
+
+
+def verify_manifest(root: Path, checksums: bool = False) -> int:
+    """Check every file the manifest records (size; CRC-32 too with ``checksums``).
+
+    Returns the number of files checked; ``MosaicIntegrityError`` naming the store and the first
+    missing or altered chunk.
+    """
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MosaicIntegrityError(f"{root}: {MANIFEST} missing or unreadable ({exc})") from exc
+    for key, (size, crc) in files.items():
+        path = root / key
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            raise MosaicIntegrityError(
+                f"{root}: chunk {key} is missing (the store is incomplete; rerun infer)"
+            ) from None
+        if actual != size:
+            raise MosaicIntegrityError(
+                f"{root}: chunk {key} was altered ({actual} bytes, {size} written)"
+            )
+        if checksums and _crc32(path) != crc:
+            raise MosaicIntegrityError(f"{root}: chunk {key} was altered (CRC-32 differs)")
+    return len(files)
 
 
 def _create_array(
@@ -197,6 +281,7 @@ class MosaicWriter:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     chunk_px: int = CHUNK_PX
     min_level_px: int = MIN_LEVEL_PX
+    workers: int = 1
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -207,8 +292,8 @@ class MosaicWriter:
             )
         if self.mpp <= 0 or self.slide_mpp <= 0:
             raise ConfigError(f"{self.path}: mpp and slide_mpp must be positive")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = _temporary_sibling(self.path)
+        self._stack = contextlib.ExitStack()
+        self.tmp_path = self._stack.enter_context(atomic_dir(self.path))
         self.shapes = level_shapes(self.height_px, self.width_px, self.min_level_px)
         self.num_channels = len(self.classes.all)
         self._rows_done = 0
@@ -236,7 +321,7 @@ class MosaicWriter:
                     (h, w),
                     (c, c),
                     ("y", "x"),
-                    self.classes.background_index,
+                    0,
                 )
             )
         log.debug(
@@ -283,20 +368,36 @@ class MosaicWriter:
         elif labels.shape != (h, w_total):
             raise ValueError(f"{self.path}: labels band must be {(h, w_total)}, got {labels.shape}")
         self._probs[0][:, y0_px : y0_px + h, :] = probs
-        self._labels[0][y0_px : y0_px + h, :] = labels.astype(np.uint8, copy=False)
+        stored = to_stored_labels(
+            labels.astype(np.uint8, copy=False), self.classes.background_index
+        )
+        self._labels[0][y0_px : y0_px + h, :] = stored
         self._rows_done = y0_px + h
 
-    def _build_level(self, k: int) -> None:
-        """Fill level ``k`` from level ``k-1``, one output chunk at a time."""
+    def _build_chunk(self, k: int, y: int, x: int) -> None:
+        """Output chunk at ``(y, x)`` of level ``k`` from level ``k-1``."""
         src, dst, dst_labels = self._probs[k - 1], self._probs[k], self._labels[k]
         h, w = self.shapes[k]
         c = self.chunk_px
-        for y in range(0, h, c):
-            for x in range(0, w, c):
-                block = src[:, 2 * y : 2 * min(y + c, h), 2 * x : 2 * min(x + c, w)]
-                small = downsample_probs(np.asarray(block))[:, : min(c, h - y), : min(c, w - x)]
-                dst[:, y : y + small.shape[1], x : x + small.shape[2]] = small
-                dst_labels[y : y + small.shape[1], x : x + small.shape[2]] = argmax_channels(small)
+        block = src[:, 2 * y : 2 * min(y + c, h), 2 * x : 2 * min(x + c, w)]
+        small = downsample_probs(np.asarray(block))[:, : min(c, h - y), : min(c, w - x)]
+        dst[:, y : y + small.shape[1], x : x + small.shape[2]] = small
+        labels = to_stored_labels(argmax_channels(small), self.classes.background_index)
+        dst_labels[y : y + small.shape[1], x : x + small.shape[2]] = labels
+
+    def _build_level(self, k: int) -> None:
+        """Fill level ``k`` from level ``k-1`` chunk by chunk (dask threads if ``workers`` > 1)."""
+        h, w = self.shapes[k]
+        c = self.chunk_px
+        origins = [(y, x) for y in range(0, h, c) for x in range(0, w, c)]
+        if self.workers <= 1 or len(origins) == 1:
+            for y, x in origins:
+                self._build_chunk(k, y, x)
+            return
+        import dask
+
+        tasks = [dask.delayed(self._build_chunk)(k, y, x) for y, x in origins]
+        dask.compute(*tasks, scheduler="threads", num_workers=self.workers)
 
     def attrs(self) -> dict[str, Any]:
         """The ``wsi_lpd`` root attrs (see the module docstring)."""
@@ -315,6 +416,8 @@ class MosaicWriter:
             "model_sha256": self.model_sha256,
             "parameters": dict(self.parameters),
             "chunk_px": self.chunk_px,
+            "label_background": 0,
+            "manifest": MANIFEST,
         }
 
     def close(self) -> Path:
@@ -338,32 +441,32 @@ class MosaicWriter:
             {"ome": {"version": NGFF_VERSION, "labels": [LABELS_NAME]}}
         )
         self._labels_group.attrs.update({"ome": label_ome_attrs(self.classes, n, self.mpp)})
-        final = Path(self.path)
-        if final.exists():
-            old = _temporary_sibling(final)
-            final.rename(old)
-            self.tmp_path.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            self.tmp_path.rename(final)
+        manifest = write_manifest(self.tmp_path)
         self._closed = True
-        for stale in final.parent.glob(f".{final.name}.partial-*"):
+        self._stack.close()
+        final = Path(self.path)
+        for stale in final.parent.glob(f".{final.stem}.partial-*{final.suffix}"):
             log.info("removing stale partial mosaic %s", stale)
             shutil.rmtree(stale, ignore_errors=True)
         log.info(
-            "wrote mosaic %s (%d levels, level 0 %dx%d px at %.3g µm/px)",
+            "wrote mosaic %s (%d levels, level 0 %dx%d px at %.3g µm/px, %d files in %s)",
             final,
             n,
             self.shapes[0][1],
             self.shapes[0][0],
             self.mpp,
+            len(manifest["files"]),
+            MANIFEST,
         )
         return final
 
     def abort(self) -> None:
         """Remove the temporary store; ``path`` is left as it was."""
+        if self._closed:
+            return
         self._closed = True
-        shutil.rmtree(self.tmp_path, ignore_errors=True)
+        aborted = RuntimeError(f"{self.path}: mosaic writing aborted")
+        self._stack.__exit__(RuntimeError, aborted, None)
 
     def __enter__(self) -> MosaicWriter:
         return self
@@ -388,23 +491,70 @@ def write_mosaic(path: str | os.PathLike, probs: np.ndarray, **meta: Any) -> Pat
     return Path(path)
 
 
+class LabelView:
+    """Lazy, sliceable ``(Y, X)`` in-memory class indices (background last) of a stored label array.
+
+    Slicing reads only the chunks asked for and maps stored labels (0 = background, classes 1…C;
+    or, for format ``wsi-lpd-mosaic/1``, the in-memory indices themselves) to class indices.
+    """
+
+    def __init__(self, array: zarr.Array, lut: np.ndarray | None) -> None:
+        self.array = array
+        self.lut = lut
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.array.chunks)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        stored = np.asarray(self.array[index])
+        return stored if self.lut is None else self.lut[stored]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
 @dataclass(frozen=True)
 class MosaicLevel:
-    """One pyramid level: arrays and the level-0 px per mosaic px at this level."""
+    """One pyramid level: arrays and the level-0 px per mosaic px at this level.
+
+    ``labels`` gives in-memory class indices (background last); ``stored_labels`` the raw array.
+    """
 
     probs: zarr.Array
-    labels: zarr.Array
+    labels: LabelView
     level0_per_px: float
+
+    @property
+    def stored_labels(self) -> zarr.Array:
+        return self.labels.array
 
 
 @dataclass
 class Mosaic:
-    """An opened mosaic: level-0 ``probs`` ``(C+1, Y, X)`` / ``labels`` ``(Y, X)`` zarr arrays."""
+    """An opened mosaic: level-0 ``probs`` ``(C+1, Y, X)`` zarr array and ``labels`` ``(Y, X)``
+    in-memory class indices (:class:`LabelView`, background last, whatever the stored layout)."""
 
     path: Path
     group: zarr.Group
     probs: zarr.Array
-    labels: zarr.Array
+    labels: LabelView
     attrs: dict[str, Any]
     classes: ClassList
     num_levels: int
@@ -427,12 +577,21 @@ class Mosaic:
         """Pyramid level ``i`` (0 = full resolution); each level halves the size."""
         if not 0 <= i < self.num_levels:
             raise IndexError(f"{self.path}: level {i} out of range 0-{self.num_levels - 1}")
-        labels = self.group["labels"][LABELS_NAME][str(i)]
+        stored = self.group["labels"][LABELS_NAME][str(i)]
+        labels = LabelView(stored, self.labels.lut)  # type: ignore[arg-type]
         return MosaicLevel(self.group[str(i)], labels, self.level0_per_px * 2**i)  # type: ignore[arg-type]
 
 
-def open_mosaic(path: str | os.PathLike) -> Mosaic:
-    """Open a finished mosaic read-only; ``DatasetError`` naming the path when it is not one."""
+def open_mosaic(path: str | os.PathLike, verify: str = "sizes") -> Mosaic:
+    """Open a finished mosaic read-only; ``DatasetError`` naming the path when it is not one.
+
+    ``verify``: ``sizes`` (default: every chunk the writer recorded exists with its size, a
+    ``stat`` per file), ``checksums`` (also reads each file and compares its CRC-32) or ``none``.
+    A missing or altered chunk raises ``MosaicIntegrityError`` naming the store and the chunk.
+    Stores of format ``wsi-lpd-mosaic/1`` carry no manifest and open with a warning.
+    """
+    if verify not in ("sizes", "checksums", "none"):
+        raise ConfigError(f"verify: expected sizes, checksums or none, got {verify!r}")
     p = Path(path)
     if not p.is_dir():
         raise DatasetError(f"{p}: mosaic not found")
@@ -442,10 +601,19 @@ def open_mosaic(path: str | os.PathLike) -> Mosaic:
         ome = group.attrs.get("ome") or {}
         n = len(ome["multiscales"][0]["datasets"])
         probs = group["0"]
-        labels = group["labels"][LABELS_NAME]["0"]
+        stored = group["labels"][LABELS_NAME]["0"]
     except (KeyError, IndexError, TypeError, ValueError, FileNotFoundError) as exc:
         raise DatasetError(f"{p}: not a wsi-lpd OME-Zarr mosaic ({exc!r})") from exc
-    if attrs.get("format") != FORMAT:
+    fmt = attrs.get("format")
+    if fmt not in FORMATS_READ:
         raise DatasetError(f"{p}: root attrs carry no wsi_lpd mosaic metadata")
     classes = ClassList.from_dict(attrs["classes"])
+    if fmt == FORMAT:
+        if verify != "none":
+            verify_manifest(p, checksums=verify == "checksums")
+        lut: np.ndarray | None = from_stored_labels(classes.background_index)
+    else:
+        log.warning("%s: format %s records no chunk manifest; integrity not checked", p, fmt)
+        lut = None
+    labels = LabelView(stored, lut)  # type: ignore[arg-type]
     return Mosaic(p, group, probs, labels, attrs, classes, n)  # type: ignore[arg-type]

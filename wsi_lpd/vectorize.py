@@ -21,17 +21,23 @@ How it works (all geometry is exact until the simplification step):
    to level-0 px (× ``level0_per_px``), clipping to the slide and an optional offset (OpenSlide
    bounds, which QuPath crops to).
 
-Mean class probability per component: while a block is read, its pixels of class k are labelled
-into 4-connected components (``scipy.ndimage.label``) and the ``probs[k]`` values summed per
-component (``np.bincount``); only (point, count, sum) per component leaves the block. At the end
-every record is assigned to the merged component containing its point, so the mean is exact over
-the component's pixels while memory stays bounded by one block of labels and probabilities.
+Confidence per component: while a block is read, its pixels of class k are labelled into
+4-connected components (``scipy.ndimage.label``) and, per component (``np.bincount``), the class's
+own probability ``probs[k]`` and the margin to the runner-up ``probs[k] − max_{j≠k} probs[j]``
+(background included) are summed; only (point, count, sums) per component leaves the block. At the
+end every record is assigned to the merged component containing its point, so both means are exact
+over the component's pixels while memory stays bounded by one block of labels and probabilities.
+A component whose mean class probability is below ``min_probability[class]`` is dropped.
+
+Parallelism: block rows are independent until the final merge; with ``workers`` > 1 (and a raster
+of at least ``PARALLEL_MIN_PX``) they run in dask worker processes (each reads its own blocks from
+the zarr store), so memory stays bounded by ``workers`` blocks plus the merged polygons.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,6 +50,7 @@ from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
 from wsi_lpd.classes import ClassList
+from wsi_lpd.errors import ConfigError
 from wsi_lpd.geojson import feature
 
 log = logging.getLogger(__name__)
@@ -51,7 +58,9 @@ log = logging.getLogger(__name__)
 BLOCK_PX = 2048
 MIN_AREA_UM2 = 1000.0
 AREA_KEY = "Area µm^2"
-PROBABILITY_KEY = "Mean probability"
+PROBABILITY_KEY = "Class probability (mean)"
+MARGIN_KEY = "Margin to runner-up (mean)"
+PARALLEL_MIN_PX = 1 << 22  # smaller rasters are vectorised in-process (spawning costs more)
 
 
 class MosaicLike(Protocol):
@@ -74,6 +83,8 @@ class ClassPolygons:
     area_um2: np.ndarray = field(default_factory=lambda: np.zeros(0))
     mean_probability: np.ndarray = field(default_factory=lambda: np.zeros(0))
     pixel_count: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    mean_margin: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    dropped_low_probability: int = 0
 
     @property
     def geometry(self) -> BaseGeometry:
@@ -88,13 +99,22 @@ class ClassPolygons:
         """Summed area of all components in µm²."""
         return float(self.area_um2.sum())
 
+    def _pixel_mean(self, values: np.ndarray) -> float:
+        n = self.pixel_count.sum()
+        if n == 0 or len(values) != len(self.pixel_count) or not np.isfinite(values).all():
+            return float("nan")
+        return float((values * self.pixel_count).sum() / n)
+
     @property
     def class_mean_probability(self) -> float:
-        """Pixel-weighted mean probability over all components (NaN when unknown)."""
-        n = self.pixel_count.sum()
-        if n == 0 or not np.isfinite(self.mean_probability).all():
-            return float("nan")
-        return float((self.mean_probability * self.pixel_count).sum() / n)
+        """Pixel-weighted mean of the class's own probability over all components (NaN if
+        unknown)."""
+        return self._pixel_mean(self.mean_probability)
+
+    @property
+    def class_mean_margin(self) -> float:
+        """Pixel-weighted mean margin to the runner-up over all components (NaN if unknown)."""
+        return self._pixel_mean(self.mean_margin)
 
     @property
     def num_vertices(self) -> int:
@@ -184,21 +204,35 @@ def _read(array: Any, index: tuple[slice | int, ...]) -> np.ndarray:
 
 @dataclass
 class _Records:
-    """Per-component records of one class: interior points (mosaic px), pixel counts, sums."""
+    """Per-component records of one class: interior points (mosaic px), pixel counts, sums of
+    the class probability and of the margin to the runner-up (0-255 units)."""
 
     points: list[np.ndarray] = field(default_factory=list)
     counts: list[np.ndarray] = field(default_factory=list)
     sums: list[np.ndarray] = field(default_factory=list)
+    margins: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, points: np.ndarray, counts: np.ndarray, sums: np.ndarray) -> None:
+    def add(
+        self, points: np.ndarray, counts: np.ndarray, sums: np.ndarray, margins: np.ndarray
+    ) -> None:
         self.points.append(points)
         self.counts.append(counts)
         self.sums.append(sums)
+        self.margins.append(margins)
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def extend(self, other: _Records) -> None:
+        for name in ("points", "counts", "sums", "margins"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if not self.points:
-            return np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0)
-        return np.concatenate(self.points), np.concatenate(self.counts), np.concatenate(self.sums)
+            return np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+        return (
+            np.concatenate(self.points),
+            np.concatenate(self.counts),
+            np.concatenate(self.sums),
+            np.concatenate(self.margins),
+        )
 
 
 def _strip_bincount(
@@ -216,25 +250,46 @@ def _strip_bincount(
     return count, total
 
 
+def _top_two(prob_block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Largest and second-largest value over the channels of ``(C, h, w)`` uint8."""
+    top1 = prob_block[0].copy()
+    top2 = np.zeros_like(top1)
+    for c in range(1, prob_block.shape[0]):
+        p = prob_block[c]
+        np.maximum(top2, np.minimum(top1, p), out=top2)
+        np.maximum(top1, p, out=top1)
+    return top1, top2
+
+
 def _block_components(
     block: np.ndarray, prob_block: np.ndarray | None, nothing: int, min_area_px: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """4-connected components of every class in a block, numbered jointly (0 = none).
 
-    Returns (component raster int32, pixel count per id, probability sum per id — NaN without
-    probabilities). Components below ``min_area_px`` that do not touch the block border are set
-    to ``nothing`` in ``block`` (in place): they can't grow into larger ones across a seam.
+    ``prob_block`` holds all ``C+1`` channels. Returns (component raster int32, pixel count per
+    id, class-probability sum per id, runner-up margin sum per id — NaN without probabilities).
+    Components below ``min_area_px`` that do not touch the block border are set to ``nothing`` in
+    ``block`` (in place): they can't grow into larger ones across a seam.
     """
     ids = np.zeros(block.shape, dtype=np.int32)
     counts: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
     sums: list[np.ndarray] = [np.zeros(1)]
+    margins: list[np.ndarray] = [np.zeros(1)]
+    top = _top_two(prob_block) if prob_block is not None else None
     offset = 0
     for k in np.unique(block):
         if k == nothing:
             continue
         mask = block == k
         comp, n = ndimage.label(mask)
-        count, total = _strip_bincount(comp, n + 1, None if prob_block is None else prob_block[k])
+        own = None if prob_block is None else prob_block[k]
+        count, total = _strip_bincount(comp, n + 1, own)
+        if top is not None and own is not None:
+            other = np.where(own == top[0], top[1], top[0])
+            margin = own.astype(np.int16) - other.astype(np.int16)
+            _, margin_total = _strip_bincount(comp, n + 1, margin)
+        else:
+            margin_total = np.full(n + 1, np.nan)
         if min_area_px > 0:
             touching = np.zeros(n + 1, dtype=bool)
             for edge in (comp[0], comp[-1], comp[:, 0], comp[:, -1]):
@@ -248,8 +303,9 @@ def _block_components(
         del comp
         counts.append(count[1:])
         sums.append(total[1:])
+        margins.append(margin_total[1:])
         offset += n
-    return ids, np.concatenate(counts), np.concatenate(sums)
+    return ids, np.concatenate(counts), np.concatenate(sums), np.concatenate(margins)
 
 
 def _process_block(
@@ -264,7 +320,7 @@ def _process_block(
     """Polygonise one block into ``faces_out`` and its component records into ``records``."""
     y0, x0 = origin
     block = block.copy()
-    ids, counts, sums = _block_components(block, prob_block, nothing, min_area_px)
+    ids, counts, sums, margins = _block_components(block, prob_block, nothing, min_area_px)
     faces, values, pixels = polygonize_block(block, nothing)
     if len(faces) == 0:
         return
@@ -278,7 +334,9 @@ def _process_block(
         sel = values == k
         faces_out.setdefault(int(k), []).append(faces[sel])
         fid = face_ids[sel]
-        records.setdefault(int(k), _Records()).add(points[sel], counts[fid], sums[fid])
+        records.setdefault(int(k), _Records()).add(
+            points[sel], counts[fid], sums[fid], margins[fid]
+        )
 
 
 # --------------------------------------------------------------------------- merging, cleaning
@@ -292,20 +350,24 @@ def _fill_small_holes(polygon: Polygon, min_area_px: float) -> Polygon:
     return Polygon(polygon.exterior, holes)
 
 
-def _component_stats(parts: np.ndarray, records: _Records | None) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel count and probability sum per merged component, from the block records."""
+def _component_stats(
+    parts: np.ndarray, records: _Records | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel count, probability sum and margin sum per merged component, from the records."""
     counts = np.zeros(len(parts), dtype=np.int64)
     sums = np.zeros(len(parts))
+    margins = np.zeros(len(parts))
     if records is None or len(parts) == 0:
-        return counts, sums
-    points, rec_counts, rec_sums = records.arrays()
+        return counts, sums, margins
+    points, rec_counts, rec_sums, rec_margins = records.arrays()
     tree = shapely.STRtree(parts)
     rec_idx, part_idx = tree.query(shapely.points(points), predicate="intersects")
     rec_idx, first = np.unique(rec_idx, return_index=True)  # defensive: one part per record
     part_idx = part_idx[first]
     np.add.at(counts, part_idx, rec_counts[rec_idx])
     np.add.at(sums, part_idx, rec_sums[rec_idx])
-    return counts, sums
+    np.add.at(margins, part_idx, rec_margins[rec_idx])
+    return counts, sums, margins
 
 
 def _simplify(parts: np.ndarray, tolerance_px: float) -> np.ndarray:
@@ -328,33 +390,65 @@ def _polygonal(geom: BaseGeometry) -> BaseGeometry:
     return shapely.union_all(parts) if parts else Polygon()
 
 
-def _scan(
-    labels: Any, probs: Any, nothing: int, min_area_px: float, block_px: int, progress: bool
-) -> tuple[dict[int, list[np.ndarray]], dict[int, _Records]]:
-    """Read the raster block by block: per class, the polygons of each block row, and records.
+def _scan_row(
+    labels: Any, probs: Any, nothing: int, min_area_px: float, block_px: int, y0: int
+) -> tuple[dict[int, np.ndarray], dict[int, _Records]]:
+    """One block row: per class, its merged polygons (mosaic px), and the component records.
 
-    Each block row is merged as soon as it is read; the union keeps the unit vertices on the
-    row's borders, so rows still match vertex for vertex.
+    The union keeps the unit vertices on the row's borders, so rows still match vertex for vertex.
     """
     height, width = labels.shape
+    row: dict[int, list[np.ndarray]] = {}
+    records: dict[int, _Records] = {}
+    ys = slice(y0, min(y0 + block_px, height))
+    for x0 in range(0, width, block_px):
+        xs = slice(x0, min(x0 + block_px, width))
+        block = _read(labels, (ys, xs))
+        if not (block != nothing).any():
+            continue
+        prob = _read(probs, (slice(None), ys, xs)) if probs is not None else None
+        _process_block(block, prob, nothing, min_area_px, (y0, x0), row, records)
+    merged = {
+        k: shapely.get_parts(shapely.coverage_union_all(np.concatenate(parts)))
+        for k, parts in row.items()
+    }
+    return merged, records
+
+
+def _scan(
+    labels: Any,
+    probs: Any,
+    nothing: int,
+    min_area_px: float,
+    block_px: int,
+    progress: bool,
+    workers: int = 1,
+) -> tuple[dict[int, list[np.ndarray]], dict[int, _Records]]:
+    """Read the raster block row by block row (rows in ``workers`` dask processes when > 1):
+    per class, the merged polygons of each row, and the component records."""
+    height = labels.shape[0]
+    starts = list(range(0, height, block_px))
+    if workers > 1 and len(starts) > 1 and labels.shape[0] * labels.shape[1] >= PARALLEL_MIN_PX:
+        import dask
+
+        tasks = [
+            dask.delayed(_scan_row)(labels, probs, nothing, min_area_px, block_px, y0)
+            for y0 in starts
+        ]
+        log.info("vectorising %d block rows in %d processes", len(starts), workers)
+        rows = dask.compute(*tasks, scheduler="processes", num_workers=workers)
+    else:
+        rows = (
+            _scan_row(labels, probs, nothing, min_area_px, block_px, y0)
+            for y0 in tqdm(starts, desc="vectorize", unit="row", disable=not progress)
+        )
     faces: dict[int, list[np.ndarray]] = {}
     records: dict[int, _Records] = {}
-    n_blocks = -(-height // block_px) * -(-width // block_px)
-    with tqdm(total=n_blocks, desc="vectorize", unit="block", disable=not progress) as bar:
-        for y0 in range(0, height, block_px):
-            row: dict[int, list[np.ndarray]] = {}
-            for x0 in range(0, width, block_px):
-                bar.update()
-                ys = slice(y0, min(y0 + block_px, height))
-                xs = slice(x0, min(x0 + block_px, width))
-                block = _read(labels, (ys, xs))
-                if not (block != nothing).any():
-                    continue
-                prob = _read(probs, (slice(0, nothing), ys, xs)) if probs is not None else None
-                _process_block(block, prob, nothing, min_area_px, (y0, x0), row, records)
-            for k, parts in row.items():
-                merged_row = shapely.coverage_union_all(np.concatenate(parts))
-                faces.setdefault(k, []).append(shapely.get_parts(merged_row))
+    for merged, recs in rows:
+        for k, parts in merged.items():
+            faces.setdefault(k, []).append(parts)
+        for k, rec in recs.items():
+            records.setdefault(k, _Records()).extend(rec)
     return faces, records
 
 
@@ -363,13 +457,13 @@ def _merge_class(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One class: merge its rows, measure, drop small parts, fill small holes.
 
-    Returns (polygons, pixel count, probability sum) per connected component.
+    Returns (polygons, pixel count, probability sum, margin sum) per connected component.
     """
     parts = shapely.get_parts(shapely.coverage_union_all(np.concatenate(rows)))
-    counts, sums = _component_stats(parts, records)
+    counts, sums, margins = _component_stats(parts, records)
     keep = shapely.area(parts) >= min_area_px
     parts = np.array([_fill_small_holes(p, min_area_px) for p in parts[keep]], dtype=object)
-    return parts, counts[keep], sums[keep]
+    return parts, counts[keep], sums[keep], margins[keep]
 
 
 def vectorize_labels(
@@ -385,6 +479,8 @@ def vectorize_labels(
     offset_px: tuple[float, float] = (0.0, 0.0),
     clip_box_px: tuple[float, float, float, float] | None = None,
     progress: bool = False,
+    min_probability: Mapping[str, float] | None = None,
+    workers: int = 1,
 ) -> list[ClassPolygons]:
     """Vectorise a ``Y×X`` label raster (numpy, zarr or dask) into polygons per foreground class.
 
@@ -393,17 +489,28 @@ def vectorize_labels(
     ``min_area_um2``: smaller components are removed and smaller holes filled; ``simplify_um``:
     coverage-simplification tolerance (None → one mosaic pixel, 0 → none); ``offset_px``:
     subtracted from the level-0 output coordinates (x, y), e.g. the OpenSlide bounds;
-    ``clip_box_px``: level-0 (x0, y0, x1, y1) the output is clipped to (before the offset).
-    Memory: one block of labels and probabilities plus the merged polygons.
+    ``clip_box_px``: level-0 (x0, y0, x1, y1) the output is clipped to (before the offset);
+    ``min_probability``: per class name, components whose mean class probability (0-1) is lower
+    are dropped; ``workers``: block rows vectorised in parallel processes (dask).
+    Memory: ``workers`` blocks of labels and probabilities plus the merged polygons.
     """
     if mpp <= 0 or level0_per_px <= 0:
         raise ValueError(f"mpp and level0_per_px must be positive, got {mpp}, {level0_per_px}")
     if block_px < 2:
         raise ValueError(f"block_px must be at least 2, got {block_px}")
     nothing = classes.background_index
+    thresholds = dict(min_probability or {})
+    unknown = sorted(set(thresholds) - set(classes.foreground_names))
+    if unknown:
+        raise ConfigError(
+            f"min_probability: unknown class(es) {', '.join(unknown)} (the mosaic has "
+            f"{', '.join(classes.foreground_names)})"
+        )
+    if thresholds and probs is None:
+        raise ConfigError("min_probability: needs the mosaic's probabilities")
     min_area_px = max(0.0, float(min_area_um2)) / mpp**2
     tolerance_px = 1.0 if simplify_um is None else max(0.0, float(simplify_um)) / mpp
-    faces, records = _scan(labels, probs, nothing, min_area_px, block_px, progress)
+    faces, records = _scan(labels, probs, nothing, min_area_px, block_px, progress, workers)
     merged = [
         (k, *_merge_class(faces.pop(k), records.pop(k, None), min_area_px)) for k in sorted(faces)
     ]
@@ -418,11 +525,22 @@ def vectorize_labels(
     clip = None if clip_box_px is None else shapely.box(*clip_box_px)
     results = []
     start = 0
-    for k, parts, counts, sums in merged:
+    for k, parts, counts, sums, margins in merged:
         mine = all_parts[start : start + len(parts)]
         start += len(parts)
+        threshold = float(thresholds.get(classes.all[k].name, 0.0))
         results.append(
-            _finish_class(classes, k, mine, counts, sums, scale, shift, clip, mpp / scale)
+            _finish_class(
+                classes,
+                k,
+                mine,
+                (counts, sums, margins),
+                scale,
+                shift,
+                clip,
+                mpp / scale,
+                threshold,
+            )
         )
     by_index = {r.index: r for r in results}
     return [
@@ -435,16 +553,22 @@ def _finish_class(
     classes: ClassList,
     k: int,
     parts: np.ndarray,
-    counts: np.ndarray,
-    sums: np.ndarray,
+    stats: tuple[np.ndarray, np.ndarray, np.ndarray],
     scale: float,
     shift: np.ndarray,
     clip: BaseGeometry | None,
     slide_mpp: float,
+    min_probability: float = 0.0,
 ) -> ClassPolygons:
-    """Scale one class's components to level-0 px, clip, offset and measure them."""
-    components, areas, means, pixels = [], [], [], []
-    for geom, n, s in zip(parts, counts, sums, strict=True):
+    """Scale one class's components to level-0 px, clip, offset and measure them; drop those
+    whose mean class probability is below ``min_probability``."""
+    components, areas, means, pixels, margins = [], [], [], [], []
+    dropped = 0
+    for geom, n, s, m in zip(parts, *stats, strict=True):
+        mean = s / n / 255.0 if n > 0 else float("nan")
+        if min_probability > 0 and not mean >= min_probability:
+            dropped += 1
+            continue
         geom = _polygonal(geom)
         if geom.is_empty:
             continue
@@ -457,9 +581,17 @@ def _finish_class(
         if shift.any():
             geom = shapely.transform(geom, lambda c: c - shift)
         components.append(geom)
-        means.append(s / n / 255.0 if n > 0 else float("nan"))
+        means.append(mean)
+        margins.append(m / n / 255.0 if n > 0 else float("nan"))
         pixels.append(n)
     tissue = classes.all[k]
+    if dropped:
+        log.info(
+            "%s: %d component(s) below min_probability %g dropped",
+            tissue.name,
+            dropped,
+            min_probability,
+        )
     return ClassPolygons(
         k,
         tissue.name,
@@ -468,6 +600,8 @@ def _finish_class(
         np.asarray(areas, dtype=np.float64),
         np.asarray(means, dtype=np.float64),
         np.asarray(pixels, dtype=np.int64),
+        np.asarray(margins, dtype=np.float64),
+        dropped,
     )
 
 
@@ -479,6 +613,8 @@ def vectorize_mosaic(
     subtract_bounds: bool = False,
     block_px: int = BLOCK_PX,
     progress: bool = False,
+    min_probability: Mapping[str, float] | None = None,
+    workers: int = 1,
 ) -> list[ClassPolygons]:
     """Vectorise an opened mosaic (``wsi_lpd.mosaic.open_mosaic``); see :func:`vectorize_labels`.
 
@@ -503,13 +639,17 @@ def vectorize_mosaic(
         offset_px=offset,
         clip_box_px=clip,
         progress=progress,
+        min_probability=min_probability,
+        workers=workers,
     )
 
 
-def _measurements(area_um2: float, mean_probability: float) -> dict[str, float]:
+def _measurements(area_um2: float, mean_probability: float, margin: float) -> dict[str, float]:
     out = {AREA_KEY: float(area_um2)}
     if np.isfinite(mean_probability):
         out[PROBABILITY_KEY] = float(mean_probability)
+    if np.isfinite(margin):
+        out[MARGIN_KEY] = float(margin)
     return out
 
 
@@ -526,16 +666,19 @@ def class_features(
                 res.name,
                 res.color,
                 object_type=object_type,
-                measurements=_measurements(res.total_area_um2, res.class_mean_probability),
+                measurements=_measurements(
+                    res.total_area_um2, res.class_mean_probability, res.class_mean_margin
+                ),
             )
             continue
-        for geom, area, mean in zip(
-            res.components, res.area_um2, res.mean_probability, strict=True
+        margins = res.mean_margin if len(res.mean_margin) else np.full(len(res.components), np.nan)
+        for geom, area, mean, margin in zip(
+            res.components, res.area_um2, res.mean_probability, margins, strict=True
         ):
             yield feature(
                 geom,
                 res.name,
                 res.color,
                 object_type=object_type,
-                measurements=_measurements(area, mean),
+                measurements=_measurements(area, mean, margin),
             )

@@ -22,4 +22,4 @@ rule evaluate:
     threads: THREADS["evaluate"]
     shell:
         "{params.fail} wsi-lpd evaluate --pred {params.mosaic:q} --truth {input.truth:q}"
-        " --out {params.out:q} --config {input.settings:q} > {log:q} 2>&1"
+        " --out {params.out:q} --config {input.settings:q} --workers {threads} > {log:q} 2>&1"

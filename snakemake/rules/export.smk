@@ -23,4 +23,4 @@ rule export:
     threads: THREADS["export"]
     shell:
         "{params.fail} wsi-lpd export {params.mosaic:q} --out {params.out:q}"
-        " --slide {input.slide:q} --config {input.settings:q} > {log:q} 2>&1"
+        " --slide {input.slide:q} --config {input.settings:q} --workers {threads} > {log:q} 2>&1"
