@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,7 @@ def confusion_vs_annotations(
 
 def evaluate_mosaics(preds: Sequence[Path], truths: Sequence[Path], workers: int = 1) -> Evaluation:
     """Mode A: one confusion matrix per (mosaic, truth) pair, summed per slide id."""
+    from wsi_lpd.geojson import qupath_offset_px
     from wsi_lpd.metrics import class_lookup
     from wsi_lpd.mosaic import open_mosaic
     from wsi_lpd.patch_store import class_geometries
@@ -181,7 +183,9 @@ def evaluate_mosaics(preds: Sequence[Path], truths: Sequence[Path], workers: int
                 workers,
             )
         else:
-            geoms = class_geometries(truth_path, classes)
+            bounds = mosaic.attrs.get("bounds") or (0, 0, 0, 0)
+            offset = qupath_offset_px(SimpleNamespace(bounds=bounds))
+            geoms = class_geometries(truth_path, classes, offset_px=offset)
             cm = confusion_vs_annotations(mosaic.labels, mosaic.level0_per_px, geoms, n, workers)
         key = mosaic.slide_id
         per_slide[key] = per_slide[key] + cm if key in per_slide else cm

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import shapely
-import shapely.affinity
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
@@ -354,27 +353,24 @@ def write_tissue_geojson(path: str | os.PathLike, tissue: BaseGeometry) -> int:
     return write_feature_collection(Path(path), feats)
 
 
-def read_tissue_geojson(path: str | os.PathLike) -> MultiPolygon:
-    """Union of all polygons of any class in a GeoJSON file, as a MultiPolygon in level-0 px."""
-    return _as_multipolygon(p for a in read_annotations(path) for p in _polygons(a.geometry))
-
-
-def shift_by_bounds(geometry: BaseGeometry, bounds: tuple[int, int, int, int]) -> BaseGeometry:
-    """GeoJSON drawn on a slide cropped to its bounds (QuPath on MRXS & co.) moved to level-0
-    px: ``geometry`` shifted by the bounds' (x, y) offset; unchanged for an uncropped slide."""
-    x, y = bounds[0], bounds[1]
-    if x == 0 and y == 0:
-        return geometry
-    return shapely.affinity.translate(geometry, xoff=x, yoff=y)
+def read_tissue_geojson(
+    path: str | os.PathLike, offset_px: tuple[float, float] = (0.0, 0.0)
+) -> MultiPolygon:
+    """Union of all polygons of any class in a GeoJSON file, as a MultiPolygon in level-0 px;
+    ``offset_px`` (:func:`wsi_lpd.geojson.qupath_offset_px`) is added to every coordinate."""
+    polygons = (
+        p for a in read_annotations(path, offset_px=offset_px) for p in _polygons(a.geometry)
+    )
+    return _as_multipolygon(polygons)
 
 
 def read_roi_geojson(
-    path: str | os.PathLike, bounds: tuple[int, int, int, int] = (0, 0, 0, 0)
+    path: str | os.PathLike, offset_px: tuple[float, float] = (0.0, 0.0)
 ) -> MultiPolygon:
     """The region of interest: union of the polygons of any class in a GeoJSON file, in level-0
-    px (shifted by the slide ``bounds`` when the slide is cropped). ``AnnotationError`` naming
-    the file when it holds no polygon."""
-    roi = _as_multipolygon(_polygons(shift_by_bounds(read_tissue_geojson(path), bounds)))
+    px (``offset_px`` added, :func:`wsi_lpd.geojson.qupath_offset_px` of a cropped slide).
+    ``AnnotationError`` naming the file when it holds no polygon."""
+    roi = read_tissue_geojson(path, offset_px)
     if roi.is_empty:
         raise AnnotationError(f"{path}: no polygon in the region of interest")
     return roi
