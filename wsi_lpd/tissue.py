@@ -145,16 +145,30 @@ def _piece_sizes(labels: np.ndarray, n: int) -> np.ndarray:
     return sizes
 
 
+def _set_pieces(mask: np.ndarray, labels: np.ndarray, ids: np.ndarray, value: bool) -> np.ndarray:
+    """``mask`` with the pixels of the pieces ``ids`` (labels in ``labels``) set to ``value``:
+    inside each piece's bounding box when they are few (one scan of ``labels``), else by a
+    lookup over the whole image."""
+    if ids.size > 1000:
+        chosen = np.zeros(int(labels.max()) + 1, dtype=bool)
+        chosen[ids] = True
+        hit = np.take(chosen, labels)
+        return mask | hit if value else mask & ~hit
+    out = mask.copy()
+    boxes = ndimage.find_objects(labels, max_label=int(ids.max()))
+    for i in ids.tolist():
+        box_ = boxes[i - 1]
+        out[box_][labels[box_] == i] = value
+    return out
+
+
 def _remove_small(mask: np.ndarray, min_px: float) -> np.ndarray:
     """Drop 4-connected foreground pieces smaller than ``min_px`` pixels."""
     if min_px <= 1 or not mask.any():
         return mask
     labels, n = ndimage.label(mask)
-    keep = _piece_sizes(labels, n) >= min_px
-    if keep[1:].all():
-        return mask
-    keep[0] = False
-    return np.take(keep, labels)
+    small = np.flatnonzero(_piece_sizes(labels, n)[1:] < min_px) + 1
+    return _set_pieces(mask, labels, small, False) if small.size else mask
 
 
 def _fill_small_holes(mask: np.ndarray, min_px: float) -> np.ndarray:
@@ -165,14 +179,11 @@ def _fill_small_holes(mask: np.ndarray, min_px: float) -> np.ndarray:
     labels, n = ndimage.label(~mask, structure=eight)
     if n == 0:
         return mask
-    sizes = _piece_sizes(labels, n)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    fill = sizes < min_px
+    fill = _piece_sizes(labels, n) < min_px
     fill[0] = False
-    fill[border] = False
-    if not fill.any():
-        return mask
-    return mask | np.take(fill, labels)
+    fill[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+    holes = np.flatnonzero(fill)
+    return _set_pieces(mask, labels, holes, True) if holes.size else mask
 
 
 def tissue_mask(
