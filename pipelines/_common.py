@@ -85,14 +85,17 @@ def package_versions() -> dict[str, str]:
 
 
 def write_run_metadata(
-    out_dir: str | os.PathLike,
+    out: str | os.PathLike,
     stage: str,
     parameters: Mapping[str, Any],
     inputs: Mapping[str, Any],
     started: float,
     **extra: Any,
 ) -> Path:
-    """Write ``run.json`` (stage, versions, parameters, inputs, wall time) into ``out_dir``."""
+    """Write the run metadata (stage, versions, parameters, inputs, wall time) atomically.
+
+    ``out`` is a folder (written to ``out/run.json``; an existing folder always counts as one) or
+    a file path ending in ``.json`` (e.g. ``{slide_id}.run.json``); returns the file written."""
     payload = {
         "stage": stage,
         "versions": package_versions(),
@@ -103,7 +106,10 @@ def write_run_metadata(
         "host": platform.node(),
         **extra,
     }
-    return write_json(Path(out_dir) / "run.json", payload)
+    target = Path(out)
+    if target.is_dir() or target.suffix.lower() != ".json":
+        target = target / "run.json"
+    return write_json(target, payload)
 
 
 def section_with_flags(

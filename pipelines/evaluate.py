@@ -63,7 +63,7 @@ def command(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Threads over mosaic row bands (mode A).", show_default=_default("workers")
+            help="dask threads over mosaic row bands (mode A).", show_default=_default("workers")
         ),
     ] = None,
     config: Annotated[

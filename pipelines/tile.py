@@ -101,6 +101,7 @@ def command(
     )
 
     from wsi_lpd.errors import NoTissueWarning
+    from wsi_lpd.geojson import qupath_offset_px
     from wsi_lpd.overlay import write_tile_qc
     from wsi_lpd.slide import default_slide_id, open_slide, validate_slide_id
     from wsi_lpd.tiling import check_patch_fits, make_tile_grid
@@ -116,8 +117,9 @@ def command(
     with open_slide(slide, mpp=opts.slide_mpp) as wsi:
         width, height = wsi.dimensions
         check_patch_fits(width, height, wsi.mpp, opts.tile_mpp, opts.patch_px, str(slide))
-        region = read_roi_geojson(opts.roi, wsi.bounds) if opts.roi else None
-        given = read_tissue_geojson(opts.tissue_geojson) if opts.tissue_geojson else None
+        offset = qupath_offset_px(wsi)
+        region = read_roi_geojson(opts.roi, offset) if opts.roi else None
+        given = read_tissue_geojson(opts.tissue_geojson, offset) if opts.tissue_geojson else None
         setup_logging()
         log.info(
             "%s: %s (%s), %dx%d px, %.4f µm/px, %d level(s)",

@@ -159,7 +159,11 @@ def test_mode_b_class_mismatch(tmp_path: Path, model_path: Path) -> None:
     assert not (tmp_path / "ev" / "metrics.json").exists()
 
 
-def _mosaic(path: Path, classes: ClassList = BCSS_CLASSES) -> Path:
+def _mosaic(
+    path: Path,
+    classes: ClassList = BCSS_CLASSES,
+    bounds: tuple[int, int, int, int] | None = None,
+) -> Path:
     """16×16 mosaic at 2 µm/px of a 0.5 µm/px slide (4 level-0 px per px): left TUM, right STR."""
     probs = np.zeros((len(classes.all), 16, 16), dtype=np.uint8)
     probs[0, :, :8] = 255
@@ -173,6 +177,7 @@ def _mosaic(path: Path, classes: ClassList = BCSS_CLASSES) -> Path:
         level0_width=64,
         level0_height=64,
         slide_id=path.name.split(".")[0],
+        bounds=bounds,
     )
 
 
@@ -242,6 +247,18 @@ def test_mode_a_mosaic_vs_geojson(tmp_path: Path) -> None:
     assert pooled["per_class"]["TUM"]["iou"] == pytest.approx(1.0)
     assert pooled["per_class"]["NEC"]["iou"] == pytest.approx(0.0)
     assert pooled["per_class"]["STR"]["iou"] == pytest.approx(0.0)
+
+
+def test_mode_a_geojson_of_a_cropped_slide_is_shifted_by_its_bounds(tmp_path: Path) -> None:
+    """QuPath shows a slide cropped at x = 32 from there: its box at x 1-15 is the STR half."""
+    mosaic = _mosaic(tmp_path / "s3.ome.zarr", bounds=(32, 0, 32, 64))
+    gj = tmp_path / "s3.geojson"
+    write_feature_collection(gj, [feature(box(1, 1, 15, 63), "STR", (0, 200, 0))])
+    code, output = _run("--pred", mosaic, "--truth", gj, "--out", tmp_path / "ev")
+    assert code == 0, output
+    pooled = json.loads((tmp_path / "ev" / "metrics.json").read_text())["pooled"]
+    assert pooled["pixels"] == 4 * 16
+    assert pooled["per_class"]["STR"]["iou"] == pytest.approx(1.0)
 
 
 def test_usage_errors(tmp_path: Path) -> None:

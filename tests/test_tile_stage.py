@@ -159,7 +159,7 @@ def test_errors_are_one_line_and_leave_nothing(
 
 
 def test_roi_limits_the_tiles_and_is_shifted_on_cropped_slides(make_tiff, tmp_path: Path) -> None:
-    from wsi_lpd.tissue import shift_by_bounds
+    from wsi_lpd.tissue import read_roi_geojson
 
     slide, _ = make_tiff()
     roi = tmp_path / "roi.geojson"
@@ -173,6 +173,17 @@ def test_roi_limits_the_tiles_and_is_shifted_on_cropped_slides(make_tiff, tmp_pa
     assert roi_tiles.x.max() < 512 and all_tiles.x.max() >= 512
     assert json.loads((half / "run.json").read_text())["parameters"]["roi"] == str(roi)
 
-    moved = shift_by_bounds(box(0, 0, 10, 10), (100, 50, 800, 600))
-    assert moved.bounds == (100, 50, 110, 60)
-    assert shift_by_bounds(box(0, 0, 10, 10), (0, 0, 800, 600)).bounds == (0, 0, 10, 10)
+    assert read_roi_geojson(roi, (100, 50)).bounds == (100, 50, 612, 818)
+    assert read_roi_geojson(roi).bounds == (0, 0, 512, 768)
+
+
+def test_run_metadata_goes_to_a_folder_or_a_named_file(tmp_path: Path) -> None:
+    from pipelines._common import write_run_metadata
+
+    folder = write_run_metadata(tmp_path / "out", "tile", {"a": 1}, {"slide": "s.svs"}, 0.0)
+    named = write_run_metadata(tmp_path / "infer" / "S1.run.json", "infer", {}, {}, 0.0, n=2)
+    assert folder == tmp_path / "out" / "run.json"
+    assert named == tmp_path / "infer" / "S1.run.json"
+    assert json.loads(folder.read_text())["parameters"] == {"a": 1}
+    assert json.loads(named.read_text())["n"] == 2
+    assert sorted(p.name for p in (tmp_path / "infer").iterdir()) == ["S1.run.json"]

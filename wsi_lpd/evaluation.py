@@ -1,9 +1,10 @@
 """Evaluation: mosaics against ground truth (mode A) or a model on patches / BCSS-WSSS (mode B).
 
 Mode A compares each mosaic's label image (class indices, background last) with a label mask
-TIFF or a QuPath GeoJSON; the mosaic is read in row bands that run in parallel on a thread pool
-(``workers``; zarr decompression and numpy release the GIL), at most ``2 × workers`` bands in
-flight, so memory is bounded by the band size, never by the slide. Mode B runs a model.
+TIFF or a QuPath GeoJSON; the mosaic is read in row bands, one ``dask.delayed`` task each, run by
+dask's threaded scheduler on ``workers`` threads (zarr decompression and numpy release the GIL).
+Each task reads its own band and returns a small confusion matrix, so at most ``workers`` bands
+are in memory: memory is bounded by the band size, never by the slide. Mode B runs a model.
 The result is :class:`Evaluation`: pooled and per-slide confusion matrices and their scores.
 """
 
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -40,21 +41,15 @@ class Evaluation:
     per_slide: dict[str, np.ndarray]
 
 
-def _bounded_map(
-    func: Callable[[Any], np.ndarray], items: Sequence[Any], workers: int
-) -> Iterator[np.ndarray]:
-    """``func`` over ``items`` on ``workers`` threads, at most ``2 × workers`` in flight."""
-    if workers <= 1 or len(items) <= 1:
-        yield from (func(i) for i in items)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: list[Future] = []
-        for item in items:
-            pending.append(pool.submit(func, item))
-            if len(pending) >= 2 * workers:
-                yield pending.pop(0).result()
-        for fut in pending:
-            yield fut.result()
+def _sum_over_bands(band: Callable[[int], np.ndarray], starts: Sequence[int], workers: int) -> Any:
+    """Sum of ``band(r0)`` over ``starts``: one dask task per band, ``workers`` threads
+    (dask's synchronous scheduler for one worker)."""
+    import dask
+
+    tasks = [dask.delayed(band, pure=True)(r0) for r0 in starts]
+    scheduler = "threads" if workers > 1 and len(tasks) > 1 else "sync"
+    parts = dask.compute(*tasks, scheduler=scheduler, num_workers=max(1, workers))
+    return np.sum(parts, axis=0, dtype=np.int64)
 
 
 class _RowOffset:
@@ -101,10 +96,9 @@ def confusion_vs_mask(
             background_index,
         )
 
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for part in _bounded_map(band, range(0, th, rows), workers):
-        cm += part
-    return cm
+    if th == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    return _sum_over_bands(band, range(0, th, rows), workers)
 
 
 def confusion_vs_annotations(
@@ -131,14 +125,14 @@ def confusion_vs_annotations(
         clipped = [None if g is None else g.intersection(window) for g in class_geometries]
         return mosaic_confusion_vs_annotations(labels, s, clipped, num_classes, rows_per_block)
 
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for part in _bounded_map(band, range(0, mh, per_band), workers):
-        cm += part
-    return cm
+    if mh == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    return _sum_over_bands(band, range(0, mh, per_band), workers)
 
 
 def evaluate_mosaics(preds: Sequence[Path], truths: Sequence[Path], workers: int = 1) -> Evaluation:
     """Mode A: one confusion matrix per (mosaic, truth) pair, summed per slide id."""
+    from wsi_lpd.geojson import qupath_offset_px
     from wsi_lpd.metrics import class_lookup
     from wsi_lpd.mosaic import open_mosaic
     from wsi_lpd.patch_store import class_geometries
@@ -189,7 +183,9 @@ def evaluate_mosaics(preds: Sequence[Path], truths: Sequence[Path], workers: int
                 workers,
             )
         else:
-            geoms = class_geometries(truth_path, classes)
+            bounds = mosaic.attrs.get("bounds") or (0, 0, 0, 0)
+            offset = qupath_offset_px(SimpleNamespace(bounds=bounds))
+            geoms = class_geometries(truth_path, classes, offset_px=offset)
             cm = confusion_vs_annotations(mosaic.labels, mosaic.level0_per_px, geoms, n, workers)
         key = mosaic.slide_id
         per_slide[key] = per_slide[key] + cm if key in per_slide else cm

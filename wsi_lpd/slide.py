@@ -624,6 +624,9 @@ class Slide:
         scale = mpp / self.mpp / self.level_downsamples[level]
         chunk = max(16, min(MAX_CHUNK_LEVEL_PX, int(MAX_CHUNK_LEVEL_PX / scale)))
         factor = mpp / self.mpp  # level-0 px per output px
+        if chunk >= max(out_w, out_h):  # one read: its array is the thumbnail (no copy)
+            rgb = self._read(0.0, 0.0, out_w, out_h, mpp)
+            return rgb if rgb.flags.writeable and rgb.flags.c_contiguous else np.array(rgb)
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
         cells = [(x, y) for y in range(0, out_h, chunk) for x in range(0, out_w, chunk)]
         from wsi_lpd.progress import progress as reporter

@@ -3,7 +3,9 @@
 Method: HSV saturation of a thumbnail (default 8 µm/px), a separable 3×3 median, an Otsu threshold
 with a floor (a blank slide finds nothing), near-black pixels excluded (pen, scanner borders),
 closing then opening with disks given in µm, small objects and holes removed by area in µm², then
-each connected piece traced into a polygon whose holes are interior rings.
+each connected piece traced into a polygon whose holes are interior rings (marching squares over
+the whole mask with array operations: no per-pixel Python). All array work is uint8/bool integer
+operations (saturation by a lookup table, Otsu from PIL's histogram), tens of Mpx/s.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import shapely
-import shapely.affinity
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
@@ -31,23 +32,33 @@ TISSUE_CLASS = "Tissue"
 TISSUE_COLOR = (0, 200, 0)
 
 
+_SATURATION_LUT: list[np.ndarray] = []
+
+
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation of an (h, w, 3) uint8 image, as uint8 0–255 (255 = fully saturated)."""
+    """HSV saturation of an (h, w, 3) uint8 image, as uint8 0–255 (255 = fully saturated):
+    ``(max − min)·255 // max``, looked up in a 64 K table indexed by (max, min)."""
+    if not _SATURATION_LUT:
+        mx, mn = np.divmod(np.arange(1 << 16, dtype=np.int64), 256)
+        _SATURATION_LUT.append(
+            np.where(mn <= mx, (mx - mn) * 255 // np.maximum(mx, 1), 0).astype(np.uint8)
+        )
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    mx = np.maximum(np.maximum(r, g), b)
-    mn = np.minimum(np.minimum(r, g), b)
-    chroma = (mx - mn).astype(np.uint16) * 255
-    return (chroma // np.maximum(mx, 1)).astype(np.uint8)
+    index = np.maximum(np.maximum(r, g), b).astype(np.uint16)
+    index <<= 8
+    index |= np.minimum(np.minimum(r, g), b)
+    return _SATURATION_LUT[0][index]
 
 
 def _median3(a: np.ndarray, axis: int) -> np.ndarray:
     """Median of each element and its two neighbours along ``axis`` (edges mirrored)."""
     pad = [(0, 0)] * a.ndim
     pad[axis] = (1, 1)
-    p = np.pad(a, pad, mode="reflect")
-    n = a.shape[axis]
-    lo, mid, hi = (np.take(p, np.arange(i, i + n), axis=axis) for i in range(3))
-    return np.maximum(np.minimum(lo, mid), np.minimum(np.maximum(lo, mid), hi))
+    p = np.moveaxis(np.pad(a, pad, mode="reflect"), axis, 0)
+    lo, mid, hi = p[:-2], p[1:-1], p[2:]  # views, no copies
+    out = np.minimum(lo, mid)
+    np.maximum(out, np.minimum(np.maximum(lo, mid), hi), out=out)
+    return np.moveaxis(out, 0, axis)
 
 
 def smooth3(a: np.ndarray) -> np.ndarray:
@@ -107,7 +118,11 @@ def erode_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
 def otsu_threshold(values: np.ndarray) -> float:
     """Otsu's threshold of a uint8 image from its histogram (as ``skimage.filters.threshold_otsu``
     on integers: bins are the integer values between the image's min and max)."""
-    counts = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    from PIL import Image
+
+    flat = np.ascontiguousarray(values, dtype=np.uint8)
+    image = Image.fromarray(flat.reshape(flat.shape[0], -1) if flat.ndim > 1 else flat[None])
+    counts = np.asarray(image.histogram(), dtype=np.float64)  # PIL's C loop, no int64 copy
     nonzero = np.flatnonzero(counts)
     lo, hi = int(nonzero[0]), int(nonzero[-1])
     if lo == hi:
@@ -122,15 +137,40 @@ def otsu_threshold(values: np.ndarray) -> float:
     return float(centers[int(np.argmax(variance12))])
 
 
+def _piece_sizes(labels: np.ndarray, n: int) -> np.ndarray:
+    """Pixel count of each label 0..n, counted in 1 Mpx slices (``np.bincount`` copies its input
+    to int64: whole-image copies cost more in page faults than the counting)."""
+    flat = labels.ravel()
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    for i in range(0, flat.size, 1 << 20):
+        sizes += np.bincount(flat[i : i + (1 << 20)], minlength=n + 1)
+    return sizes
+
+
+def _set_pieces(mask: np.ndarray, labels: np.ndarray, ids: np.ndarray, value: bool) -> np.ndarray:
+    """``mask`` with the pixels of the pieces ``ids`` (labels in ``labels``) set to ``value``:
+    inside each piece's bounding box when they are few (one scan of ``labels``), else by a
+    lookup over the whole image."""
+    if ids.size > 1000:
+        chosen = np.zeros(int(labels.max()) + 1, dtype=bool)
+        chosen[ids] = True
+        hit = np.take(chosen, labels)
+        return mask | hit if value else mask & ~hit
+    out = mask.copy()
+    boxes = ndimage.find_objects(labels, max_label=int(ids.max()))
+    for i in ids.tolist():
+        box_ = boxes[i - 1]
+        out[box_][labels[box_] == i] = value
+    return out
+
+
 def _remove_small(mask: np.ndarray, min_px: float) -> np.ndarray:
     """Drop 4-connected foreground pieces smaller than ``min_px`` pixels."""
     if min_px <= 1 or not mask.any():
         return mask
     labels, n = ndimage.label(mask)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = sizes >= min_px
-    keep[0] = False
-    return keep[labels]
+    small = np.flatnonzero(_piece_sizes(labels, n)[1:] < min_px) + 1
+    return _set_pieces(mask, labels, small, False) if small.size else mask
 
 
 def _fill_small_holes(mask: np.ndarray, min_px: float) -> np.ndarray:
@@ -141,12 +181,11 @@ def _fill_small_holes(mask: np.ndarray, min_px: float) -> np.ndarray:
     labels, n = ndimage.label(~mask, structure=eight)
     if n == 0:
         return mask
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    fill = sizes < min_px
+    fill = _piece_sizes(labels, n) < min_px
     fill[0] = False
-    fill[border] = False
-    return mask | fill[labels]
+    fill[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+    holes = np.flatnonzero(fill)
+    return _set_pieces(mask, labels, holes, True) if holes.size else mask
 
 
 def tissue_mask(
@@ -186,39 +225,137 @@ def tissue_mask(
     return _fill_small_holes(mask, min_hole_um2 / px_um2)
 
 
+def _boundary_edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Directed unit edges between tissue and background, clockwise around each tissue pixel
+    (y down): (start vertex, end vertex, owning pixel). Vertex ids are ``y·(w+1) + x`` on the
+    pixel-corner grid; the owner is the tissue pixel's flat index ``r·w + c``."""
+    h, w = mask.shape
+    p = np.zeros((h + 2, w + 2), dtype=bool)
+    p[1:-1, 1:-1] = mask
+    # (bg neighbour, start corner (dx, dy), end corner (dx, dy)) for top, right, bottom, left
+    sides = (
+        (p[:-2, 1:-1], (0, 0), (1, 0)),
+        (p[1:-1, 2:], (1, 0), (1, 1)),
+        (p[2:, 1:-1], (1, 1), (0, 1)),
+        (p[1:-1, :-2], (0, 1), (0, 0)),
+    )
+    starts, ends, owners = [], [], []
+    for neighbour, (sx, sy), (ex, ey) in sides:
+        flat = np.flatnonzero(mask & ~neighbour)
+        r, c = np.divmod(flat, w)
+        starts.append((r + sy) * (w + 1) + c + sx)
+        ends.append((r + ey) * (w + 1) + c + ex)
+        owners.append(flat)
+    return np.concatenate(starts), np.concatenate(ends), np.concatenate(owners)
+
+
+def _cycles(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cycles of the permutation ``succ``: (cycle id = smallest index on it, position along the
+    cycle from that index), by pointer doubling (log₂ of the longest cycle numpy passes)."""
+    n = succ.size
+    cycle, jump = np.arange(n), succ.copy()
+    while True:  # cycle[i] = min over the next 2^k; stable only once 2^k covers every cycle
+        merged = np.minimum(cycle, cycle[jump])
+        jump = jump[jump]
+        if np.array_equal(merged, cycle):
+            break
+        cycle = merged
+    head = cycle == np.arange(n)
+    steps = np.where(head, 0, 1)  # steps to the cycle's head, walking forward
+    jump = np.where(head, np.arange(n), succ)
+    while True:
+        if np.array_equal(jump, jump[jump]):
+            break
+        steps = steps + steps[jump]
+        jump = jump[jump]
+    length = np.bincount(cycle, minlength=n)[cycle]
+    return cycle, np.where(head, 0, length - steps)
+
+
+def boundary_rings(mask: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Marching-squares outlines of a boolean mask at level ½, traced with array operations.
+
+    Returns (rings as closed (n, 2) x, y arrays in pixel-edge units (pixel (i, j) covers
+    [j, j+1) × [i, i+1)), the mask pixel (flat index) each ring borders, signed area of each
+    (> 0: outer ring, < 0: hole)). Vertices are the midpoints of the boundary pixel edges, as
+    ``skimage.measure.find_contours(mask, 0.5)`` with diagonal tissue pixels kept apart
+    (4-connected tissue); collinear vertices are dropped."""
+    start, end, owner = _boundary_edges(mask)
+    if start.size == 0:
+        return [], np.zeros(0, np.int64), np.zeros(0)
+    order = np.argsort(start, kind="stable")
+    lo = np.searchsorted(start[order], end, "left")
+    succ = order[lo]
+    saddle = np.flatnonzero(np.searchsorted(start[order], end, "right") - lo == 2)
+    alt = order[lo[saddle] + 1]  # at a saddle corner keep going round the same pixel
+    keep_round = owner[alt] == owner[saddle]
+    succ[saddle[keep_round]] = alt[keep_round]
+    cycle, position = _cycles(succ)
+    walk = np.lexsort((position, cycle))
+    w1 = mask.shape[1] + 1
+    mid = np.empty((walk.size, 2))
+    mid[:, 0] = ((start % w1) + (end % w1))[walk] / 2
+    mid[:, 1] = ((start // w1) + (end // w1))[walk] / 2
+    first = np.flatnonzero(np.r_[True, cycle[walk][1:] != cycle[walk][:-1]])
+    count = np.diff(np.r_[first, walk.size])
+    ring_of = np.repeat(np.arange(first.size), count)
+    offset = np.arange(walk.size) - first[ring_of]
+    prev = first[ring_of] + (offset - 1) % count[ring_of]
+    nxt = first[ring_of] + (offset + 1) % count[ring_of]
+    d0, d1 = mid - mid[prev], mid[nxt] - mid
+    turn = d0[:, 0] * d1[:, 1] - d0[:, 1] * d1[:, 0]
+    corner = turn != 0
+    x, y = mid[:, 0], mid[:, 1]
+    area = np.bincount(ring_of, weights=x * y[nxt] - x[nxt] * y, minlength=first.size) / 2
+    rings = []
+    for r0, n, a in zip(first, count, area, strict=True):
+        ring, keep = mid[r0 : r0 + n], corner[r0 : r0 + n].copy()
+        # start where find_contours starts (its scan ends there), so simplifying gives the same:
+        # outer ring at its bottom-most, right-most vertex; hole on its last row's right end
+        bottom = ring[:, 1].max() - (0 if a > 0 else 0.5)
+        on_row = np.flatnonzero(ring[:, 1] == bottom)
+        start = int(on_row[np.argmax(ring[on_row, 0])])
+        keep[start] = True
+        ring = np.roll(ring[keep], -int(keep[:start].sum()), axis=0)
+        rings.append(np.vstack([ring, ring[:1]]))
+    return rings, owner[walk[first]], area
+
+
 def polygonize(
     mask: np.ndarray, level0_per_px: tuple[float, float], simplify_px: float = 0.5
 ) -> MultiPolygon:
     """Polygons (holes as interior rings) of a boolean mask, scaled to level-0 px.
 
     Mask pixel (i, j) covers level-0 [j·sx, (j+1)·sx) × [i·sy, (i+1)·sy) with
-    (sx, sy) = ``level0_per_px``. Outlines run through the pixel-edge midpoints (marching squares)
-    and are simplified by ``simplify_px`` mask pixels.
+    (sx, sy) = ``level0_per_px``. Outlines run through the pixel-edge midpoints (marching squares,
+    :func:`boundary_rings`) and are simplified by ``simplify_px`` mask pixels; each 4-connected
+    piece is one polygon.
     """
-    from skimage.measure import find_contours
-
     sx, sy = level0_per_px
-    labels, _n = ndimage.label(mask)
-    polygons: list[Polygon] = []
-    for idx, slc in enumerate(ndimage.find_objects(labels), start=1):
-        if slc is None:
-            continue
-        piece = np.pad(labels[slc] == idx, 1)  # find_contours converts to float64 itself
-        rings = [c for c in find_contours(piece, 0.5) if len(c) >= 4]
-        if not rings:
-            continue
-        oy, ox = slc[0].start - 1, slc[1].start - 1
-        coords = [
-            np.column_stack([(r[:, 1] + ox + 0.5) * sx, (r[:, 0] + oy + 0.5) * sy]) for r in rings
-        ]
-        shells = [Polygon(c) for c in coords]
-        outer = int(np.argmax([p.area for p in shells]))
-        holes = [c for i, c in enumerate(coords) if i != outer]
-        poly = Polygon(coords[outer], holes)
-        if simplify_px > 0:
-            poly = poly.simplify(simplify_px * min(sx, sy), preserve_topology=True)
-        polygons.extend(_polygons(poly if poly.is_valid else shapely.make_valid(poly)))
-    return _as_multipolygon(polygons)
+    rings, _border_px, area = boundary_rings(mask)
+    scale = np.array([sx, sy])
+    outer = area > 0
+    shells = np.array([Polygon(r * scale) for r, o in zip(rings, outer, strict=True) if o])
+    if shells.size == 0:
+        return MultiPolygon()
+    hole_rings = [r * scale for r, o in zip(rings, outer, strict=True) if not o]
+    holes: list[list[np.ndarray]] = [[] for _ in shells]
+    if hole_rings:  # each hole belongs to the smallest outer ring around it
+        inside = shapely.points([h[0] for h in hole_rings])
+        hole_idx, shell_idx = shapely.STRtree(shells).query(inside, predicate="within")
+        by_area = np.lexsort((shapely.area(shells)[shell_idx], hole_idx))
+        hole_idx, shell_idx = hole_idx[by_area], shell_idx[by_area]
+        first = np.r_[True, hole_idx[1:] != hole_idx[:-1]]
+        for h, k in zip(hole_idx[first].tolist(), shell_idx[first].tolist(), strict=True):
+            holes[k].append(hole_rings[h])
+    polys = np.array(
+        [Polygon(shell.exterior.coords, h) for shell, h in zip(shells, holes, strict=True)]
+    )
+    if simplify_px > 0:
+        polys = shapely.simplify(polys, simplify_px * min(sx, sy), preserve_topology=True)
+    invalid = ~shapely.is_valid(polys)
+    polys[invalid] = shapely.make_valid(polys[invalid])
+    return _as_multipolygon(p for g in polys for p in _polygons(g))
 
 
 def _polygons(geom: BaseGeometry) -> list[Polygon]:
@@ -231,6 +368,9 @@ def _as_multipolygon(parts: Iterable[Polygon]) -> MultiPolygon:
     parts = [p for p in parts if not p.is_empty and p.area > 0]
     if not parts:
         return MultiPolygon()
+    disjoint = MultiPolygon(parts)
+    if disjoint.is_valid:  # parts meet at points at most: nothing to merge
+        return disjoint
     merged = shapely.union_all(parts)
     return MultiPolygon(_polygons(merged))
 
@@ -354,27 +494,24 @@ def write_tissue_geojson(path: str | os.PathLike, tissue: BaseGeometry) -> int:
     return write_feature_collection(Path(path), feats)
 
 
-def read_tissue_geojson(path: str | os.PathLike) -> MultiPolygon:
-    """Union of all polygons of any class in a GeoJSON file, as a MultiPolygon in level-0 px."""
-    return _as_multipolygon(p for a in read_annotations(path) for p in _polygons(a.geometry))
-
-
-def shift_by_bounds(geometry: BaseGeometry, bounds: tuple[int, int, int, int]) -> BaseGeometry:
-    """GeoJSON drawn on a slide cropped to its bounds (QuPath on MRXS & co.) moved to level-0
-    px: ``geometry`` shifted by the bounds' (x, y) offset; unchanged for an uncropped slide."""
-    x, y = bounds[0], bounds[1]
-    if x == 0 and y == 0:
-        return geometry
-    return shapely.affinity.translate(geometry, xoff=x, yoff=y)
+def read_tissue_geojson(
+    path: str | os.PathLike, offset_px: tuple[float, float] = (0.0, 0.0)
+) -> MultiPolygon:
+    """Union of all polygons of any class in a GeoJSON file, as a MultiPolygon in level-0 px;
+    ``offset_px`` (:func:`wsi_lpd.geojson.qupath_offset_px`) is added to every coordinate."""
+    polygons = (
+        p for a in read_annotations(path, offset_px=offset_px) for p in _polygons(a.geometry)
+    )
+    return _as_multipolygon(polygons)
 
 
 def read_roi_geojson(
-    path: str | os.PathLike, bounds: tuple[int, int, int, int] = (0, 0, 0, 0)
+    path: str | os.PathLike, offset_px: tuple[float, float] = (0.0, 0.0)
 ) -> MultiPolygon:
     """The region of interest: union of the polygons of any class in a GeoJSON file, in level-0
-    px (shifted by the slide ``bounds`` when the slide is cropped). ``AnnotationError`` naming
-    the file when it holds no polygon."""
-    roi = _as_multipolygon(_polygons(shift_by_bounds(read_tissue_geojson(path), bounds)))
+    px (``offset_px`` added, :func:`wsi_lpd.geojson.qupath_offset_px` of a cropped slide).
+    ``AnnotationError`` naming the file when it holds no polygon."""
+    roi = read_tissue_geojson(path, offset_px)
     if roi.is_empty:
         raise AnnotationError(f"{path}: no polygon in the region of interest")
     return roi
