@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -146,8 +144,6 @@ def command(
         **opts.model_dump(mode="json", exclude={"tiles", "annotations", "truth", "labels_csv"}),
         "classes": classes.to_dict(),
     }
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.run-") as tmp_dir:
-        written = write_run_metadata(
-            tmp_dir, "patches", parameters, inputs, started, summary=summary
-        )
-        os.replace(written, run_metadata_path(out))
+    write_run_metadata(
+        run_metadata_path(out), "patches", parameters, inputs, started, summary=summary
+    )
