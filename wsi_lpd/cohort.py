@@ -26,11 +26,11 @@ from typing import Any
 
 from wsi_lpd.errors import CheckpointError, ConfigError
 from wsi_lpd.io import write_json
+from wsi_lpd.slide import SLIDE_ID
 
 REQUIRED_COLUMNS = ("slide_id", "path")
 OPTIONAL_COLUMNS = ("mpp", "annotations", "truth", "split", "roi")
 FILE_COLUMNS = ("path", "annotations", "truth", "roi")
-SLIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 SPLIT = re.compile(r"^[A-Za-z0-9_-]+$")
 TEST_SPLIT = "test"
 COHORT_KEY = "_cohort"  # log, benchmark and failure-record name of cohort-level jobs

@@ -642,7 +642,8 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None) -> Slide:
     return Slide(path, mpp=mpp)
 
 
-_SLIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+SLIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+"""A safe slide id: a file-name stem of letters, digits and ``._+-``, starting alphanumeric."""
 
 
 def default_slide_id(path: str | os.PathLike) -> str:
@@ -656,7 +657,7 @@ def default_slide_id(path: str | os.PathLike) -> str:
 
 def validate_slide_id(slide_id: str) -> str:
     """Return ``slide_id`` if it is a safe file-name stem (letters, digits, ``._-``), else raise."""
-    if not _SLIDE_ID.fullmatch(slide_id) or slide_id in {".", ".."}:
+    if not SLIDE_ID.fullmatch(slide_id) or slide_id in {".", ".."}:
         raise ConfigError(
             f"slide id {slide_id!r}: use letters, digits, '.', '_', '+' or '-' only "
             "(no path separators or spaces; first character a letter or digit)"
