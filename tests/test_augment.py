@@ -109,12 +109,12 @@ def test_settings_round_trip_through_json() -> None:
     ("data", "message"),
     [
         ({"hed_jiter": 0.1}, r"augment\.hed_jiter: unknown key"),
-        ({"brightness": "strong"}, r"augment\.brightness: must be a number"),
-        ({"blur_p": 1.5}, r"augment\.blur_p: must be a probability"),
-        ({"hed_jitter": 1.0}, r"augment\.hed_jitter: must be in \[0, 1\)"),
-        ({"stain_strength": 2}, r"augment\.stain_strength: must be in \[0, 1\]"),
-        ({"blur_sigma_px": 0}, r"augment\.blur_sigma_px: must be positive"),
-        ({"contrast": True}, r"augment\.contrast: must be a number"),
+        ({"brightness": "strong"}, r"augment\.brightness: .*valid number"),
+        ({"blur_p": 1.5}, r"augment\.blur_p: .*less than or equal to 1"),
+        ({"hed_jitter": 1.0}, r"augment\.hed_jitter: .*less than 1"),
+        ({"stain_strength": 2}, r"augment\.stain_strength: .*less than or equal to 1"),
+        ({"blur_sigma_px": 0}, r"augment\.blur_sigma_px: .*greater than 0"),
+        ({"contrast": True}, r"augment\.contrast: .*not true/false"),
     ],
 )
 def test_bad_settings_name_the_key(data: dict, message: str) -> None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BeforeValidator, Field
 
-from wsi_lpd.errors import ConfigError
+from wsi_lpd.config import Section, parse_section
 
 STAIN_PRESET: dict[str, float] = {
     "hed_jitter": 0.5,
@@ -32,6 +33,36 @@ STAIN_PRESET: dict[str, float] = {
 
 _PROBABILITIES = ("hflip_p", "vflip_p", "rot90_p", "blur_p")
 _STRENGTHS = ("hed_jitter", "hed_shift", "brightness", "contrast", "saturation")
+
+
+def _not_bool(value: Any) -> Any:
+    """A number, not a YAML boolean (pydantic would read ``true`` as 1.0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+_Number = Annotated[float, BeforeValidator(_not_bool)]
+_Probability = Annotated[_Number, Field(ge=0.0, le=1.0)]
+_Strength = Annotated[_Number, Field(ge=0.0, lt=1.0)]
+
+
+class AugmentConfig(Section):
+    """``train.augment`` of a training config: what :class:`Augment` is built from (None: off,
+    or from the ``stain_strength`` preset)."""
+
+    hflip_p: _Probability = 0.5
+    vflip_p: _Probability = 0.5
+    rot90_p: _Probability = 0.5
+    stain_strength: _Probability | None = None
+    hed_jitter: _Strength | None = None
+    hed_shift: _Strength | None = None
+    brightness: _Strength | None = None
+    contrast: _Strength | None = None
+    saturation: _Strength | None = None
+    blur_p: _Probability | None = None
+    blur_sigma_px: Annotated[_Number, Field(gt=0.0)] = 1.0
+    color_jitter: _Strength | None = None
 
 
 @dataclass
@@ -70,9 +101,9 @@ class Augment:
     _stream_key: object = field(default=None, init=False, repr=False)
 
     def __post_init__(self, color_jitter: float | None) -> None:
+        given = {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "seed"}
+        parse_section(AugmentConfig, {**given, "color_jitter": color_jitter}, None, "augment")
         strength = self.stain_strength
-        if strength is not None and not 0.0 <= strength <= 1.0:
-            raise ConfigError(f"augment.stain_strength: must be in [0, 1], got {strength}")
         for name in ("brightness", "contrast", "saturation"):
             if getattr(self, name) is None and color_jitter is not None:
                 setattr(self, name, color_jitter)
@@ -81,18 +112,8 @@ class Augment:
                 setattr(self, name, full * strength)
         if self.hed_shift is None:
             self.hed_shift = self.hed_jitter
-        for name in _PROBABILITIES:
-            value = float(getattr(self, name) or 0.0)
-            setattr(self, name, value)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"augment.{name}: must be a probability in [0, 1], got {value}")
-        for name in _STRENGTHS:
-            value = float(getattr(self, name) or 0.0)
-            setattr(self, name, value)
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"augment.{name}: must be in [0, 1), got {value}")
-        if not self.blur_sigma_px > 0:
-            raise ConfigError(f"augment.blur_sigma_px: must be positive, got {self.blur_sigma_px}")
+        for name in (*_PROBABILITIES, *_STRENGTHS):
+            setattr(self, name, float(getattr(self, name) or 0.0))
         self.rng = np.random.default_rng(self.seed)
 
     # -- settings --------------------------------------------------------------------------------
@@ -107,28 +128,10 @@ class Augment:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, seed: int | None = None) -> Augment:
-        """Build from a settings dict (``to_dict`` output or a config's ``augment`` section).
-
-        Unknown keys and values of the wrong type raise ``ConfigError`` naming ``augment.<key>``.
-        """
-        data = dict(data or {})
-        allowed = {f.name for f in fields(cls) if f.init} | {"color_jitter"}
-        for key, value in data.items():
-            if key not in allowed:
-                raise ConfigError(
-                    f"augment.{key}: unknown key; allowed: {', '.join(sorted(allowed))}"
-                )
-            if key == "seed" or value is None or type(value) in (int, float):
-                continue
-            try:
-                if isinstance(value, bool):
-                    raise TypeError
-                data[key] = float(value)  # numbers written as strings ("5e-2")
-            except (TypeError, ValueError):
-                raise ConfigError(f"augment.{key}: must be a number, got {value!r}") from None
-        if seed is not None:
-            data["seed"] = seed
-        return cls(**data)
+        """Build from a settings dict (``to_dict`` output or a config's ``augment`` section),
+        validated by :class:`AugmentConfig` (one ``ConfigError`` line naming ``augment.<key>``)."""
+        settings = parse_section(AugmentConfig, data, None, "augment")
+        return cls(**settings.model_dump(exclude_none=True), seed=seed)
 
     def reseed(self, seed: int, key: object = None) -> None:
         """Restart the random stream from ``seed`` (e.g. a DataLoader worker's seed).
