@@ -24,6 +24,16 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
     return p.with_name(f".{p.stem}.partial-{uuid.uuid4().hex[:8]}{p.suffix}")
 
 
+def remove_stale_partials(path: str | os.PathLike) -> None:
+    """Remove temporaries of ``path`` that killed runs left behind (called after a success)."""
+    p = Path(path)
+    for stale in p.parent.glob(f".{p.stem}.partial-*{p.suffix}"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole."""
@@ -43,6 +53,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
+    remove_stale_partials(final)
 
 
 @contextlib.contextmanager
@@ -58,6 +69,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
         raise
     os.replace(tmp, final)
+    remove_stale_partials(final)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

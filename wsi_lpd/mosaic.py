@@ -32,7 +32,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -445,9 +444,6 @@ class MosaicWriter:
         self._closed = True
         self._stack.close()
         final = Path(self.path)
-        for stale in final.parent.glob(f".{final.stem}.partial-*{final.suffix}"):
-            log.info("removing stale partial mosaic %s", stale)
-            shutil.rmtree(stale, ignore_errors=True)
         log.info(
             "wrote mosaic %s (%d levels, level 0 %dx%d px at %.3g µm/px, %d files in %s)",
             final,
