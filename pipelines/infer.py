@@ -75,7 +75,6 @@ def command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Predict a whole slide with a trained model into an OME-Zarr mosaic."""
-    setup_logging(verbose)
     started = time.time()
     import logging
 
@@ -107,6 +106,7 @@ def command(
     net, contract = load_model(model, dev)
     # fail before tissue detection: classes (names, order) and resolution
     check_contract(contract, wsi.mpp, expected, source=str(model), expected_source=str(config))
+    setup_logging(verbose)  # the inputs are valid: progress and INFO lines from here on
     sha = checkpoint_sha256(model)
     tissue_source = "detected"
     if tiles is not None:

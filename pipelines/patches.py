@@ -90,7 +90,6 @@ def command(
     """Cut labelled patches (positive / negative / unknown per class) into a patch store."""
     from wsi_lpd.patch_store import build_patch_store_from_annotations, build_patch_store_from_csv
 
-    setup_logging(verbose)
     started = time.time()
     opts, classes, mapping = _options(
         config,
@@ -111,6 +110,7 @@ def command(
         raise ConfigError("patches: --labels-csv needs --mpp and --patch-px")
     if opts.tiles and not opts.annotations:
         raise ConfigError("patches: --tiles needs --annotations (one per tile dir)")
+    setup_logging(verbose)  # the options are valid: INFO lines from here on
     out = Path(out)
     with atomic_dir(out) as tmp:
         if opts.labels_csv is not None:

@@ -16,6 +16,7 @@ from wsi_lpd.model.checkpoint import (
     FORMAT,
     checkpoint_sha256,
     load_model,
+    read_checkpoint,
     save_checkpoint,
 )
 
@@ -188,3 +189,15 @@ def test_build_model_validates_config() -> None:
         build_model("lpd", {**_config(), "head": {"prototype_dim": 1.5}}, BCSS_CLASSES)
     pbip = build_model("pbip", _config(), BCSS_CLASSES)
     assert pbip.prototypes.shape == (8, 32) and not pbip.normalise_prototypes
+
+
+class _RunsCode:
+    def __reduce__(self):  # a pickle that would call print() when loaded without weights_only
+        return (print, ("loaded",))
+
+
+def test_pickled_objects_are_refused_as_unsafe(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "x", "payload": _RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="refused: the file holds pickled Python objects"):
+        read_checkpoint(path)

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import math
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle errors, foreign objects
+    except pickle.UnpicklingError as exc:  # objects beyond tensors and plain containers
+        raise CheckpointError(
+            f"{path}: refused: the file holds pickled Python objects that could run code when "
+            "loaded (only weights-only checkpoints are read; re-save it with wsi-lpd train)"
+        ) from exc
+    except Exception as exc:  # truncated zip, foreign files
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or wrong file: {type(exc).__name__})"
         ) from exc
