@@ -292,7 +292,8 @@ def model_confusion(
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
+
+    from wsi_lpd.progress import progress as progress_bar
 
     if label_mode not in ("given", "predicted"):
         raise ValueError(f"label_mode must be 'given' or 'predicted', got {label_mode!r}")
@@ -302,7 +303,7 @@ def model_confusion(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     start = 0
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+        for batch in progress_bar(loader, desc="evaluate", unit="batch", disable=not progress):
             if "mask" not in batch:
                 raise DatasetError("the dataset has no ground-truth masks to evaluate against")
             images = batch["image"].to(device)

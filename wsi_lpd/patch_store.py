@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 import shapely
-from tqdm import tqdm
 
 from wsi_lpd.classes import ClassList, ClassMapping
 from wsi_lpd.errors import AnnotationError, ConfigError, DatasetError
+from wsi_lpd.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -580,7 +580,7 @@ def build_patch_store_from_annotations(
             with_masks=truth_masks is not None,
             chunk_patches=chunk_patches,
         ) as writer,
-        tqdm(total=total, desc="patches", unit="patch", disable=not progress) as bar,
+        progress_bar(total=total, desc="patches", unit="patch", disable=not progress) as bar,
     ):
         for i, grid in enumerate(grids):
             slide_index = writer.add_slide(str(grid.slide_id), float(grid.slide_mpp))
@@ -738,7 +738,7 @@ def build_patch_store_from_csv(
     per_slide: dict[str, int] = {}
     with (
         PatchStoreWriter(out, classes, mpp, patch_px, chunk_patches=chunk_patches) as writer,
-        tqdm(total=len(rows), desc="patches", unit="patch", disable=not progress) as bar,
+        progress_bar(total=len(rows), desc="patches", unit="patch", disable=not progress) as bar,
     ):
         for slide_id, slide_rows in by_slide.items():
             with open_slide(slide_rows[0].path) as slide:
