@@ -17,7 +17,9 @@ on a rerun) and the table of every record is written as Markdown.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
 import json
 import os
 import subprocess
@@ -43,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 HISYNSEG_BENCH = {"n_mosaic": 150, "n_bezier": 150, "filter": {"n_train": 120}}
 WARMUP_SHARE = 0.3  # loss.warmup_iters / iterations, as in lpd_cpu_small.yaml (60 / 200)
 EVAL_SETS = {"synth": ("test",), "real": ("test", "test_shifted")}
+ROLES = ("test", "test_shifted", "test_norm", "test_shifted_norm")
 
 
 def cli(args: list[str], subprocess_mode: bool) -> None:
@@ -58,11 +61,32 @@ def cli(args: list[str], subprocess_mode: bool) -> None:
 
     from pipelines.cli import app
 
+    err = _Tee(sys.stderr)
     try:
-        get_command(app).main(args, prog_name="wsi-lpd", standalone_mode=False)
+        with contextlib.redirect_stderr(err):
+            get_command(app).main(args, prog_name="wsi-lpd", standalone_mode=False)
     except SystemExit as exc:
         if exc.code:
-            raise RuntimeError(f"wsi-lpd {args[0]} exited {exc.code}") from exc
+            said = [line for line in err.lines if line.startswith("wsi-lpd: error:")]
+            raise RuntimeError(
+                said[-1] if said else f"wsi-lpd {args[0]} exited {exc.code}"
+            ) from exc
+
+
+class _Tee(io.TextIOBase):
+    """A stderr that also keeps the complete lines written to it."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.lines, self._part = stream, [], ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        *done, self._part = (self._part + text).split("\n")
+        self.lines.extend(done)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def make_cohort(kind: str, work: Path, n_train: int, n_test: int, size_px: int) -> list[dict]:
@@ -159,10 +183,24 @@ def write_config(name: str, path: Path, augment: dict[str, float], iters: int) -
     return path
 
 
-def slide_scores(metrics: Path) -> dict[str, float]:
-    """Per-slide mIoU (%) from ``wsi-lpd evaluate``'s metrics.json."""
+def slide_scores(metrics: Path, gt_only: bool = False) -> dict[str, float]:
+    """Per-slide mIoU (%) from ``wsi-lpd evaluate``'s metrics.json; ``gt_only``: the mean IoU
+    over the classes present in the slide's ground truth only (a class the model predicts but
+    the slide lacks then costs its false positives in the other classes, not a zero)."""
     data = json.loads(metrics.read_text())
-    return {k: 100.0 * v["miou"] for k, v in data["per_slide"].items()}
+    if not gt_only:
+        return {k: 100.0 * v["miou"] for k, v in data["per_slide"].items()}
+    out = {}
+    for k, v in data["per_slide"].items():
+        cm = np.asarray(v["confusion_matrix"])
+        inter, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
+        present = cm.sum(1) > 0
+        out[k] = 100.0 * float(np.mean(inter[present] / union[present]))
+    return out
+
+
+def run_dir(work: Path, cohort: str, tag: str, name: str, seed: int) -> Path:
+    return work / cohort / "runs" / f"{tag}_{name.replace(' ', '_').replace('/', '')}_s{seed}"
 
 
 def run_one(
@@ -172,30 +210,41 @@ def run_one(
     slides: list[dict],
     store: Path,
     args: argparse.Namespace,
-    tag: str,
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one variant with one seed, infer and score every evaluation slide."""
-    run = args.work / cohort / "runs" / f"{tag}_{name.replace(' ', '_').replace('/', '')}_s{seed}"
-    cfg = write_config(name, run / "config.yaml", args.augment, args.iters)
-    record: dict[str, Any] = {"cohort": cohort, "method": name, "seed": seed, "tag": tag}
-    record.update(iters=args.iters, batch=args.batch, augment=args.augment)
-    t0 = time.time()
-    try:
-        cli(["train", "--config", str(cfg), "--out", str(run / "model"), "--patches", str(store),
-             "--seed", str(seed), "--max-iters", str(args.iters), "--batch-size", str(args.batch),
-             "--workers", "0", "--device", "cpu"], args.subprocess)  # fmt: skip
-    except Exception as exc:  # a method that cannot train on this cohort is a result, too
-        record.update(error=str(exc).splitlines()[-1][:200], train_s=time.time() - t0)
-        return record
-    record["train_s"] = time.time() - t0
+    """Train one variant with one seed, infer and score every evaluation slide.
+
+    With ``previous`` (a record of the same run lacking some evaluation sets), the trained model
+    is reused and only the missing sets are scored.
+    """
+    tag = args.tag
+    run = run_dir(args.work, cohort, tag, name, seed)
+    model = run / "model" / "model.pt"
+    if previous is not None and model.exists():
+        record = dict(previous)
+    else:
+        cfg = write_config(name, run / "config.yaml", args.augment, args.iters)
+        record = {"cohort": cohort, "method": name, "seed": seed, "tag": tag}
+        record.update(iters=args.iters, batch=args.batch, augment=args.augment)
+        t0 = time.time()
+        try:
+            cli(["train", "--config", str(cfg), "--out", str(run / "model"), "--patches",
+                 str(store), "--seed", str(seed), "--max-iters", str(args.iters),
+                 "--batch-size", str(args.batch), "--workers", "0", "--device", "cpu"],
+                args.subprocess)  # fmt: skip
+        except Exception as exc:  # a method that cannot train on this cohort is a result, too
+            record.update(error=str(exc).splitlines()[-1][:200], train_s=time.time() - t0)
+            return record
+        record["train_s"] = time.time() - t0
     t1 = time.time()
-    for role in EVAL_SETS[cohort]:
+    for role in roles_of(slides):
+        if role in record:
+            continue
         todo = [s for s in slides if s["split"] == role]
         preds = []
         for s in todo:
-            cli(["infer", str(s["path"]), "--model", str(run / "model" / "model.pt"),
-                 "--out", str(run / "mosaics"), "--device", "cpu", "--batch-size", "32"],
-                args.subprocess)  # fmt: skip
+            cli(["infer", str(s["path"]), "--model", str(model), "--out", str(run / "mosaics"),
+                 "--device", "cpu", "--batch-size", "32"], args.subprocess)  # fmt: skip
             preds.append(run / "mosaics" / f"{s['id']}.ome.zarr")
         ev = run / f"eval_{role}"
         pairs = [
@@ -203,14 +252,75 @@ def run_one(
         ]
         cli(["evaluate", "--out", str(ev), *[a for pair in pairs for a in pair]], args.subprocess)
         record[role] = slide_scores(ev / "metrics.json")
-    record["infer_s"] = time.time() - t1
+        record[f"{role}_gt"] = slide_scores(ev / "metrics.json", gt_only=True)
+    record.setdefault("infer_s", time.time() - t1)
     return record
 
 
+def roles_of(slides: list[dict]) -> list[str]:
+    """Evaluation sets present among the slides, in ROLES order."""
+    present = {s["split"] for s in slides}
+    return [r for r in ROLES if r in present]
+
+
+class NormalisedLevel0:
+    """``write_pyramid``'s renderer protocol over a Reinhard-normalised level-0 array."""
+
+    def __init__(self, level0: np.ndarray, source: np.ndarray, reference: np.ndarray) -> None:
+        self.level0, self.source, self.reference = level0, source, reference
+        h, w = level0.shape[:2]
+        self.layout = type("Layout", (), {"height_px": h, "width_px": w, "mpp": 0.5})()
+
+    def render(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        from wsi_lpd.stain import reinhard_normalise
+
+        block = np.full((h, w, 3), 255, np.uint8)
+        part = self.level0[y0 : y0 + h, x0 : x0 + w]
+        block[: part.shape[0], : part.shape[1]] = part
+        return reinhard_normalise(block, self.source, self.reference)
+
+
+def normalised_copies(work: Path, slides: list[dict]) -> list[dict]:
+    """Reinhard-normalised copies of the test slides (roles ``test_norm``, ``test_shifted_norm``):
+    each slide's tissue LAB statistics (from a 1/16 thumbnail) mapped onto the training slides'
+    pooled statistics, block by block (wsi_lpd.stain). Same ground truth."""
+    import tifffile
+
+    from wsi_lpd.stain import reinhard_stats
+    from wsi_lpd.synth import write_pyramid
+
+    def thumb(path: Path) -> np.ndarray:
+        with tifffile.TiffFile(path) as tif:
+            return tif.pages[1].asarray() if len(tif.pages) > 1 else tif.pages[0].asarray()
+
+    ref_pixels = np.concatenate([thumb(s["path"]).reshape(-1, 3) for s in slides
+                                 if s["split"] == "train"])  # fmt: skip
+    reference = reinhard_stats(ref_pixels)
+    out = []
+    for s in slides:
+        if s["split"] not in ("test", "test_shifted"):
+            continue
+        dest = s["path"].with_name(f"{s['id']}_norm.tiff")
+        if not dest.exists():
+            source = reinhard_stats(thumb(s["path"]).reshape(-1, 3))
+            level0 = tifffile.imread(s["path"], key=0)
+
+            renderer = NormalisedLevel0(level0, source, reference)
+            write_pyramid(dest, renderer, tile_px=256, aperio=True, jpeg_quality=85)  # type: ignore[arg-type]
+        out.append({**s, "id": dest.stem, "path": dest, "split": f"{s['split']}_norm"})
+    return out
+
+
 def load_records(path: Path) -> list[dict[str, Any]]:
+    """The last record of every (cohort, method, seed, tag) in results.jsonl."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    last: dict[tuple, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            last[(r["cohort"], r["method"], r["seed"], r["tag"])] = r
+    return list(last.values())
 
 
 def summarise(values: list[float]) -> str:
@@ -220,18 +330,32 @@ def summarise(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {sd:.1f}"
 
 
+def backfill_gt(records: list[dict[str, Any]], work: Path) -> None:
+    """Add the GT-classes scores to records written before they were recorded."""
+    for r in records:
+        for role in ROLES:
+            metrics = run_dir(work, r["cohort"], r["tag"], r["method"], r["seed"])
+            metrics = metrics / f"eval_{role}" / "metrics.json"
+            if role in r and f"{role}_gt" not in r and metrics.exists():
+                r[f"{role}_gt"] = slide_scores(metrics, gt_only=True)
+
+
+def slide_mean(r: dict[str, Any], key: str) -> float:
+    return float(np.mean(list(r[key].values())))
+
+
 def table(records: list[dict[str, Any]], cohort: str, tag: str) -> str:
-    """Markdown rows per method: mean ± sd over seeds of the slide-mean mIoU per evaluation set."""
-    roles = EVAL_SETS[cohort]
-    head = ["method", "seeds", *[f"mIoU {r}" for r in roles]]
+    """Markdown rows per method: mean ± sd over seeds of the slide-mean mIoU per evaluation set
+    (all configured classes + background / only the classes in the slide's ground truth)."""
+    mine = [r for r in records if r["cohort"] == cohort and r["tag"] == tag]
+    roles = [role for role in ROLES if any(role in r for r in mine)] or list(EVAL_SETS[cohort])
+    head = ["method", "seeds", *[f"mIoU {r} (all / GT classes)" for r in roles]]
     if "test_shifted" in roles:
-        head.append("stain-shift drop")
+        head.append("stain-shift drop (all / GT)")
     head += ["train s / run", "infer s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name in VARIANTS:
-        rs = [
-            r for r in records if r["cohort"] == cohort and r["method"] == name and r["tag"] == tag
-        ]
+        rs = [r for r in mine if r["method"] == name]
         if not rs:
             continue
         ok = [r for r in rs if "error" not in r]
@@ -239,14 +363,19 @@ def table(records: list[dict[str, Any]], cohort: str, tag: str) -> str:
             lines.append(f"| {name} | {len(rs)} | fails: `{rs[0]['error']}` |")
             continue
         cells = [name, ",".join(str(r["seed"]) for r in ok)]
-        means = {role: [float(np.mean(list(r[role].values()))) for r in ok] for role in roles}
-        cells += [summarise(means[role]) for role in roles]
+        for role in roles:
+            full = [slide_mean(r, role) for r in ok if role in r]
+            gt = [slide_mean(r, f"{role}_gt") for r in ok if f"{role}_gt" in r]
+            cells.append(f"{summarise(full)} / {summarise(gt)}")
         if "test_shifted" in roles:
-            cells.append(
-                summarise(
-                    [a - b for a, b in zip(means["test"], means["test_shifted"], strict=True)]
-                )
-            )
+            both = [r for r in ok if "test" in r and "test_shifted" in r]
+            drop = [slide_mean(r, "test") - slide_mean(r, "test_shifted") for r in both]
+            drop_gt = [
+                slide_mean(r, "test_gt") - slide_mean(r, "test_shifted_gt")
+                for r in both
+                if "test_gt" in r and "test_shifted_gt" in r
+            ]
+            cells.append(f"{summarise(drop)} / {summarise(drop_gt)}")
         cells += [f"{np.mean([r['train_s'] for r in ok]):.0f}",
                   f"{np.mean([r['infer_s'] for r in ok]):.0f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -278,6 +407,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default="base", help="label of this configuration in results.jsonl")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     p.add_argument("--subprocess", action="store_true", help="run each CLI step as a process")
+    p.add_argument(
+        "--stain-normalise",
+        action="store_true",
+        help="also score Reinhard-normalised copies of the real cohort's test slides",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "methods.md")
     return p
 
@@ -295,20 +429,25 @@ def main(argv: list[str] | None = None) -> None:
     for cohort in args.cohorts:
         slides = make_cohort(cohort, args.work, args.n_train, args.n_test, args.slide_px)
         store = make_store(args.work, cohort, slides, args.mpp, args.patch_px, args.subprocess)
+        if args.stain_normalise and cohort == "real":
+            slides += normalised_copies(args.work / cohort, slides)
         for seed in args.seeds:
             for name in args.methods:
-                done = load_records(results)
-                if any(
-                    (r["cohort"], r["method"], r["seed"], r["tag"])
-                    == (cohort, name, seed, args.tag)
-                    for r in done
-                ):
+                key = (cohort, name, seed, args.tag)
+                previous = next(
+                    (r for r in load_records(results)
+                     if (r["cohort"], r["method"], r["seed"], r["tag"]) == key), None
+                )  # fmt: skip
+                if previous and ("error" in previous or all(
+                    role in previous for role in roles_of(slides))):  # fmt: skip
                     continue
-                record = run_one(cohort, name, seed, slides, store, args, args.tag)
+                record = run_one(cohort, name, seed, slides, store, args, previous)
                 print(json.dumps(record), flush=True)
                 with results.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
-    write_report(args, load_records(results), time.time() - started)
+    records = load_records(results)
+    backfill_gt(records, args.work)
+    write_report(args, records, time.time() - started)
 
 
 def write_report(args: argparse.Namespace, records: list[dict[str, Any]], wall_s: float) -> None:
