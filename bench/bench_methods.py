@@ -45,7 +45,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 HISYNSEG_BENCH = {"n_mosaic": 150, "n_bezier": 150, "filter": {"n_train": 120}}
 WARMUP_SHARE = 0.3  # loss.warmup_iters / iterations, as in lpd_cpu_small.yaml (60 / 200)
 EVAL_SETS = {"synth": ("test",), "real": ("test", "test_shifted")}
-ROLES = ("test", "test_shifted", "test_norm", "test_shifted_norm")
+ROLES = ("test", "test_shifted", "test_extreme")
+ROLES += tuple(f"{r}_norm" for r in ROLES)
+EXTREME_SCALES = (0.5, 1.5)  # test_extreme: H and E both × 0.5 (pale) and both × 1.5 (dark)
+REAL_SEED = 500  # write_real_texture_cohort's default layout seed
 
 
 def cli(args: list[str], subprocess_mode: bool) -> None:
@@ -199,6 +202,15 @@ def slide_scores(metrics: Path, gt_only: bool = False) -> dict[str, float]:
     return out
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_dir(work: Path, cohort: str, tag: str, name: str, seed: int) -> Path:
     return work / cohort / "runs" / f"{tag}_{name.replace(' ', '_').replace('/', '')}_s{seed}"
 
@@ -226,7 +238,7 @@ def run_one(
         cfg = write_config(name, run / "config.yaml", args.augment, args.iters)
         record = {"cohort": cohort, "method": name, "seed": seed, "tag": tag}
         record.update(iters=args.iters, batch=args.batch, augment=args.augment)
-        t0 = time.time()
+        t0, c0 = time.time(), cpu_seconds()
         try:
             cli(["train", "--config", str(cfg), "--out", str(run / "model"), "--patches",
                  str(store), "--seed", str(seed), "--max-iters", str(args.iters),
@@ -235,8 +247,8 @@ def run_one(
         except Exception as exc:  # a method that cannot train on this cohort is a result, too
             record.update(error=str(exc).splitlines()[-1][:200], train_s=time.time() - t0)
             return record
-        record["train_s"] = time.time() - t0
-    t1 = time.time()
+        record["train_s"], record["train_cpu_s"] = time.time() - t0, cpu_seconds() - c0
+    t1, c1 = time.time(), cpu_seconds()
     for role in roles_of(slides):
         if role in record:
             continue
@@ -254,6 +266,7 @@ def run_one(
         record[role] = slide_scores(ev / "metrics.json")
         record[f"{role}_gt"] = slide_scores(ev / "metrics.json", gt_only=True)
     record.setdefault("infer_s", time.time() - t1)
+    record.setdefault("infer_cpu_s", cpu_seconds() - c1)
     return record
 
 
@@ -261,6 +274,31 @@ def roles_of(slides: list[dict]) -> list[str]:
     """Evaluation sets present among the slides, in ROLES order."""
     present = {s["split"] for s in slides}
     return [r for r in ROLES if r in present]
+
+
+def extreme_copies(work: Path, slides: list[dict], size_px: int) -> list[dict]:
+    """Copies of the real cohort's test slides with H and E both scaled by each of
+    EXTREME_SCALES (role ``test_extreme``; same layout, mask and annotations)."""
+    from wsi_lpd.synth import write_synthetic_slide
+    from wsi_lpd.synth_texture import RealTextureBank
+
+    bank = None
+    out = []
+    for s in slides:
+        if s["split"] != "test":
+            continue
+        index = int(s["id"].split("_")[1])
+        for f in EXTREME_SCALES:
+            dest = s["path"].with_name(f"{s['id']}_x{f:g}.tiff")
+            if not dest.exists():
+                bank = bank or RealTextureBank("test")
+                write_synthetic_slide(dest, width_px=size_px, height_px=size_px,
+                                      seed=REAL_SEED + index, texture="real", stain_scale=(f, f),
+                                      bank=bank)  # fmt: skip
+            truth = dest.with_name(f"{dest.stem}.mask.tiff")
+            out.append({**s, "id": dest.stem, "path": dest, "split": "test_extreme",
+                        "stain": (f, f), "truth": truth})  # fmt: skip
+    return out
 
 
 class NormalisedLevel0:
@@ -281,7 +319,7 @@ class NormalisedLevel0:
 
 
 def normalised_copies(work: Path, slides: list[dict]) -> list[dict]:
-    """Reinhard-normalised copies of the test slides (roles ``test_norm``, ``test_shifted_norm``):
+    """Reinhard-normalised copies of the test slides (roles ``{role}_norm``):
     each slide's tissue LAB statistics (from a 1/16 thumbnail) mapped onto the training slides'
     pooled statistics, block by block (wsi_lpd.stain). Same ground truth."""
     import tifffile
@@ -298,7 +336,7 @@ def normalised_copies(work: Path, slides: list[dict]) -> list[dict]:
     reference = reinhard_stats(ref_pixels)
     out = []
     for s in slides:
-        if s["split"] not in ("test", "test_shifted"):
+        if s["split"] not in ("test", "test_shifted", "test_extreme"):
             continue
         dest = s["path"].with_name(f"{s['id']}_norm.tiff")
         if not dest.exists():
@@ -340,6 +378,13 @@ def backfill_gt(records: list[dict[str, Any]], work: Path) -> None:
                 r[f"{role}_gt"] = slide_scores(metrics, gt_only=True)
 
 
+def wall_cpu(records: list[dict[str, Any]], step: str) -> str:
+    """Mean wall seconds of a step, with its mean CPU seconds where recorded."""
+    wall = f"{np.mean([r[f'{step}_s'] for r in records]):.0f}"
+    cpu = [r[f"{step}_cpu_s"] for r in records if f"{step}_cpu_s" in r]
+    return f"{wall} ({np.mean(cpu):.0f})" if cpu else wall
+
+
 def slide_mean(r: dict[str, Any], key: str) -> float:
     return float(np.mean(list(r[key].values())))
 
@@ -352,7 +397,7 @@ def table(records: list[dict[str, Any]], cohort: str, tag: str) -> str:
     head = ["method", "seeds", *[f"mIoU {r} (all / GT classes)" for r in roles]]
     if "test_shifted" in roles:
         head.append("stain-shift drop (all / GT)")
-    head += ["train s / run", "infer s / run"]
+    head += ["train s / run (CPU s)", "infer s / run (CPU s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name in VARIANTS:
         rs = [r for r in mine if r["method"] == name]
@@ -376,8 +421,7 @@ def table(records: list[dict[str, Any]], cohort: str, tag: str) -> str:
                 if "test_gt" in r and "test_shifted_gt" in r
             ]
             cells.append(f"{summarise(drop)} / {summarise(drop_gt)}")
-        cells += [f"{np.mean([r['train_s'] for r in ok]):.0f}",
-                  f"{np.mean([r['infer_s'] for r in ok]):.0f}"]  # fmt: skip
+        cells += [wall_cpu(ok, "train"), wall_cpu(ok, "infer")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -408,6 +452,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     p.add_argument("--subprocess", action="store_true", help="run each CLI step as a process")
     p.add_argument(
+        "--stain-extremes",
+        action="store_true",
+        help="also score the real test slides with H and E both × 0.5 and both × 1.5",
+    )
+    p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    p.add_argument(
         "--stain-normalise",
         action="store_true",
         help="also score Reinhard-normalised copies of the real cohort's test slides",
@@ -429,6 +479,8 @@ def main(argv: list[str] | None = None) -> None:
     for cohort in args.cohorts:
         slides = make_cohort(cohort, args.work, args.n_train, args.n_test, args.slide_px)
         store = make_store(args.work, cohort, slides, args.mpp, args.patch_px, args.subprocess)
+        if args.stain_extremes and cohort == "real":
+            slides += extreme_copies(args.work / cohort, slides, args.slide_px)
         if args.stain_normalise and cohort == "real":
             slides += normalised_copies(args.work / cohort, slides)
         for seed in args.seeds:
@@ -438,7 +490,10 @@ def main(argv: list[str] | None = None) -> None:
                     (r for r in load_records(results)
                      if (r["cohort"], r["method"], r["seed"], r["tag"]) == key), None
                 )  # fmt: skip
-                if previous and ("error" in previous or all(
+                failed = previous is not None and "error" in previous
+                if failed and args.retry_failed:
+                    previous = None
+                if previous and (failed or all(
                     role in previous for role in roles_of(slides))):  # fmt: skip
                     continue
                 record = run_one(cohort, name, seed, slides, store, args, previous)

@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--iters", default="100")
     p.add_argument("--batch", default="8")
     p.add_argument("--stain-normalise", action="store_true", help="also score normalised copies")
+    p.add_argument("--stain-extremes", action="store_true", help="also score H&E × 0.5 / × 1.5")
     p.add_argument("--out", type=Path, default=bench_methods.ROOT / "bench/results/stain.md")
     args = p.parse_args()
     for tag in args.settings:
@@ -42,7 +43,8 @@ def main() -> None:
             ["--work", str(args.work), "--cohorts", "real", "--methods", "LPD", "--seeds",
              *args.seeds, "--iters", args.iters, "--batch", args.batch, "--tag", tag,
              "--out", str(args.work / f"methods_{tag}.md"), *extra,
-             *(["--stain-normalise"] if args.stain_normalise else [])]
+             *(["--stain-normalise"] if args.stain_normalise else []),
+             *(["--stain-extremes"] if args.stain_extremes else [])]
         )  # fmt: skip
     records = bench_methods.load_records(args.work / "results.jsonl")
     bench_methods.backfill_gt(records, args.work)
