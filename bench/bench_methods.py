@@ -456,6 +456,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also score the real test slides with H and E both × 0.5 and both × 1.5",
     )
+    p.add_argument("--report-only", action="store_true", help="only rewrite --out from WORK")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     p.add_argument(
         "--stain-normalise",
@@ -476,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     results = args.work / "results.jsonl"
     started = time.time()
-    for cohort in args.cohorts:
+    for cohort in [] if args.report_only else args.cohorts:
         slides = make_cohort(cohort, args.work, args.n_train, args.n_test, args.slide_px)
         store = make_store(args.work, cohort, slides, args.mpp, args.patch_px, args.subprocess)
         if args.stain_extremes and cohort == "real":
@@ -513,10 +514,15 @@ def write_report(args: argparse.Namespace, records: list[dict[str, Any]], wall_s
         f"this invocation {wall_s / 60:.1f} min)\n",
         f"Slides {args.slide_px}² px at 0.5 µm/px, {args.n_train} training + {args.n_test} test "
         f"per cohort; patches {args.patch_px} px at {args.mpp:g} µm/px labelled from the region "
-        f"annotations only; {args.iters} iterations × batch {args.batch} per run; cells: mean ± "
-        "sd over seeds of the test slides' mean per-slide mIoU (protocol lpd, %); stain-shift "
-        "drop = mIoU test − mIoU test_shifted (same model, H and E of each test slide scaled by "
-        "factors in [0.5, 1.5]).\n",
+        f"annotations only; {args.iters} iterations × batch {args.batch} per run, "
+        f"{args.threads} torch thread(s). Cells: mean ± sd over seeds of the test slides' mean "
+        "per-slide mIoU (protocol lpd, %), all configured classes (the `wsi-lpd evaluate` "
+        "figure: a class absent from a slide but predicted on it scores 0) / only the classes "
+        "in the slide's ground truth. test_shifted: the test slides with H and E scaled per "
+        "slide by factors in [0.5, 1.5] (HED space); test_extreme: H and E both × 0.5 and both "
+        "× 1.5; `_norm`: Reinhard-normalised to the training slides before inference. Stain-"
+        "shift drop = test − test_shifted per seed. Wall seconds on a shared machine (CPU "
+        "seconds of the run in brackets).\n",
     ]
     for cohort in args.cohorts:
         parts.append(
