@@ -457,6 +457,7 @@ def parser() -> argparse.ArgumentParser:
         help="also score the real test slides with H and E both × 0.5 and both × 1.5",
     )
     p.add_argument("--report-only", action="store_true", help="only rewrite --out from WORK")
+    p.add_argument("--report-tags", nargs="*", default=None, help="tags in the report [--tag]")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     p.add_argument(
         "--stain-normalise",
@@ -506,6 +507,17 @@ def main(argv: list[str] | None = None) -> None:
     write_report(args, records, time.time() - started)
 
 
+LEGEND = (
+    "Cells: mean ± sd over seeds of the test slides' mean per-slide mIoU (protocol lpd, %), "
+    "all configured classes (the `wsi-lpd evaluate` figure: a class absent from a slide but "
+    "predicted on it scores 0) / only the classes in the slide's ground truth. test_shifted: "
+    "the test slides with H and E scaled per slide by factors in [0.5, 1.5] (HED space); "
+    "test_extreme: H and E both × 0.5 and both × 1.5; `_norm`: Reinhard-normalised to the "
+    "training slides before inference. Stain-shift drop = test − test_shifted per seed. Wall "
+    "seconds on a shared machine (CPU seconds of the run in brackets)."
+)
+
+
 def write_report(args: argparse.Namespace, records: list[dict[str, Any]], wall_s: float) -> None:
     command = "nice -n 5 python bench/bench_methods.py " + " ".join(sys.argv[1:])
     parts = [
@@ -514,21 +526,19 @@ def write_report(args: argparse.Namespace, records: list[dict[str, Any]], wall_s
         f"this invocation {wall_s / 60:.1f} min)\n",
         f"Slides {args.slide_px}² px at 0.5 µm/px, {args.n_train} training + {args.n_test} test "
         f"per cohort; patches {args.patch_px} px at {args.mpp:g} µm/px labelled from the region "
-        f"annotations only; {args.iters} iterations × batch {args.batch} per run, "
-        f"{args.threads} torch thread(s). Cells: mean ± sd over seeds of the test slides' mean "
-        "per-slide mIoU (protocol lpd, %), all configured classes (the `wsi-lpd evaluate` "
-        "figure: a class absent from a slide but predicted on it scores 0) / only the classes "
-        "in the slide's ground truth. test_shifted: the test slides with H and E scaled per "
-        "slide by factors in [0.5, 1.5] (HED space); test_extreme: H and E both × 0.5 and both "
-        "× 1.5; `_norm`: Reinhard-normalised to the training slides before inference. Stain-"
-        "shift drop = test − test_shifted per seed. Wall seconds on a shared machine (CPU "
-        "seconds of the run in brackets).\n",
+        f"annotations only; {args.threads} torch thread(s). {LEGEND}\n",
     ]
     for cohort in args.cohorts:
-        parts.append(
-            f"## cohort `{cohort}` (tag `{args.tag}`, augment {args.augment or 'flips'})\n"
-        )
-        parts.append(table(records, cohort, args.tag) + "\n")
+        for tag in args.report_tags or [args.tag]:
+            mine = [r for r in records if r["cohort"] == cohort and r["tag"] == tag]
+            if not mine:
+                continue
+            runs = sorted({f"{r['iters']} it × batch {r['batch']}" for r in mine})
+            augment = mine[0].get("augment") or "flips/rot90 only"
+            parts.append(
+                f"## cohort `{cohort}`, tag `{tag}` ({', '.join(runs)}; augment {augment})\n"
+            )
+            parts.append(table(records, cohort, tag) + "\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(parts))
     print("\n".join(parts))
