@@ -66,12 +66,7 @@ def main() -> None:
     lines = [
         "# Stain robustness (LPD, real-texture cohort)\n",
         f"`nice -n 5 python bench/bench_stain.py {' '.join(sys.argv[1:])}`\n",
-        "Mean ± sd over seeds of the test slides' mean per-slide mIoU (%, protocol lpd); in "
-        "brackets the drop from the plain test slides (mean over seeds; negative = better). "
-        "shifted: H and E scaled per slide by factors drawn in [0.5, 1.5] (real_04: H × 0.67, E × 1.40; real_05: "
-        "H × 1.01, E × 0.76); H&E × 0.5 / × 1.5: both stains scaled; norm: the same slides "
-        "Reinhard-normalised to the training slides' LAB statistics before inference. Target: "
-        "drop ≤ 3 without a lower test score.\n",
+        LEGEND,
     ]
     for suffix, title in (("_gt", "classes in the ground truth"), ("", "all configured classes")):
         lines += [f"## mIoU over {title}\n", "| train.augment | seeds | " + " | ".join(COLUMNS)
@@ -87,6 +82,14 @@ def main() -> None:
     print("\n".join(lines))
 
 
+LEGEND = (
+    "Mean ± sd over seeds of the test slides' mean per-slide mIoU (%, protocol lpd); in brackets "
+    "the drop from the plain test slides (mean over seeds; negative = better). shifted: H and E "
+    "scaled per slide by factors drawn in [0.5, 1.5] (real_04: H × 0.67, E × 1.40; real_05: "
+    "H × 1.01, E × 0.76); H&E × 0.5 / × 1.5: both stains scaled; norm: the same slides "
+    "Reinhard-normalised to the training slides' LAB statistics before inference. Target: drop "
+    "≤ 3 without a lower test score.\n"
+)
 COLUMNS = {  # header: (evaluation set, slide-id filter)
     "test": ("test", ""),
     "shifted": ("test_shifted", ""),
