@@ -295,3 +295,105 @@ def test_cli_writes_slides_and_sample_sheet(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["synth", "--out", str(out), "--config", str(bad)])
     assert res.exit_code == 1
     assert "synth.width_px" in res.output
+
+
+# --- real-texture slides (histolytics' HGSC crops) -------------------------------------------
+
+REAL_PX = 2048
+
+
+@pytest.fixture(scope="module")
+def banks():
+    pytest.importorskip("histolytics")
+    from wsi_lpd.synth_texture import RealTextureBank
+
+    return {split: RealTextureBank(split) for split in ("train", "test")}
+
+
+@pytest.fixture(scope="module")
+def real_pair(tmp_path_factory: pytest.TempPathFactory, banks):
+    out = tmp_path_factory.mktemp("real")
+    common = dict(width_px=REAL_PX, height_px=REAL_PX, seed=501, texture="real")
+    plain = write_synthetic_slide(out / "r.tiff", bank=banks["test"], **common)
+    shifted = write_synthetic_slide(
+        out / "r_shift.tiff", bank=banks["test"], stain_scale=(0.6, 1.4), **common
+    )
+    return plain, shifted
+
+
+def test_real_test_tiles_share_no_pixels_with_training_tiles(banks) -> None:
+    for name in ("TUM", "STR", "LYM"):
+        train = {t.tobytes() for t in banks["train"].tiles[name]}
+        test = banks["test"].tiles[name]
+        assert test and train
+        assert not any(t.tobytes() in train for t in test), name
+        # No test tile even shares a row of pixels with a training tile.
+        train_rows = {row.tobytes() for t in banks["train"].tiles[name] for row in t}
+        assert not any(row.tobytes() in train_rows for t in test for row in t), name
+
+
+def test_class_pure_masks_follow_the_dominant_nucleus_type() -> None:
+    from wsi_lpd.synth_texture import class_pure_masks
+
+    types = np.zeros((300, 300), np.int32)
+    types[::6, :100] = 3  # neoplastic band
+    types[::6, 100:200] = 2  # inflammatory band
+    types[::12, 200:] = 1  # connective band
+    pure = class_pure_masks(types, sigma_px=8)
+    assert pure["TUM"][:, 20:80].all() and not pure["TUM"][:, 120:].any()
+    assert pure["LYM"][:, 120:180].all() and not pure["LYM"][:, :80].any()
+    assert pure["STR"][:, 220:].all() and not pure["STR"][:, :80].any()
+
+
+def test_real_slide_has_three_classes_real_texture_and_partial_annotations(real_pair) -> None:
+    plain, _ = real_pair
+    truth = read_label_mask(plain.mask_path)
+    assert truth.classes.names == BCSS_CLASSES.names
+    present = set(np.unique(truth.mask).tolist())
+    assert present <= {0, 1, 2, BCSS_CLASSES.background_index} and {0, 1, 2} <= present
+    level0 = tifffile.imread(plain.slide_path, key=0)
+    scale = int(MASK_MPP / MPP)
+    up = np.kron(truth.mask, np.ones((scale, scale), np.uint8))[:REAL_PX, :REAL_PX]
+    core = {k: ndimage.binary_erosion(up == k, iterations=24) for k in range(3)}
+    mean = {k: level0[m].reshape(-1, 3).mean(0) for k, m in core.items() if m.any()}
+    assert mean[1][0] > mean[2][0] + 20  # stroma pinker than the lymphocyte-dense region
+    assert level0[up == BCSS_CLASSES.background_index].min(axis=-1).mean() > 235
+    anns = read_annotations(plain.annotations_path)
+    assert {a.class_name for a in anns} <= {"TUM", "STR", "LYM"}
+    for a in anns:
+        k = BCSS_CLASSES.names.index(a.class_name)
+        assert a.geometry.area < (truth.mask == k).sum() * scale**2
+
+
+def test_stain_shifted_copy_keeps_ground_truth_and_moves_colour(real_pair) -> None:
+    plain, shifted = real_pair
+    assert (read_label_mask(plain.mask_path).mask == read_label_mask(shifted.mask_path).mask).all()
+    geoms = [
+        [
+            (f["geometry"], f["properties"])
+            for f in json.loads(s.annotations_path.read_text())["features"]
+        ]
+        for s in (plain, shifted)
+    ]
+    assert geoms[0] == geoms[1]
+    a = tifffile.imread(plain.slide_path, key=0).astype(int)
+    b = tifffile.imread(shifted.slide_path, key=0).astype(int)
+    tissue = a.min(axis=-1) < 200
+    assert np.abs(a - b)[tissue].mean() > 8
+
+
+def test_real_texture_blocks_join_without_seams(banks) -> None:
+    from wsi_lpd.synth import SlideLayout, SlideRenderer
+
+    layout = SlideLayout(1024, 1024, MPP, 502, 3)
+    renderer = SlideRenderer(layout, BCSS_CLASSES, texture="real", bank=banks["train"])
+    whole = renderer.render(100, 200, 512, 256)
+    parts = np.concatenate(
+        [renderer.render(100, 200, 200, 256), renderer.render(300, 200, 312, 256)], axis=1
+    )
+    assert np.array_equal(whole, parts)
+
+
+def test_unknown_texture_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="texture"):
+        write_synthetic_slide(tmp_path / "x.tiff", width_px=64, height_px=64, texture="oil")

