@@ -148,7 +148,7 @@ def make_store(
     for s in train:
         tdir = work / kind / "tiles" / s["id"]
         if not (tdir / "tiles.npz").exists():
-            cli(["tile", str(s["path"]), "--out", str(tdir), "--mpp", str(mpp),
+            cli(["tile", str(s["path"]), "--out", str(tdir), "--tile-mpp", str(mpp),
                  "--patch-px", str(patch_px)], sub)  # fmt: skip
         tile_dirs.append(tdir)
     args = ["patches", "--out", str(store)]
@@ -180,7 +180,7 @@ def write_config(name: str, path: Path, augment: dict[str, float], iters: int) -
         loss["warmup_iters"] = max(1, round(WARMUP_SHARE * iters))
     train = raw.setdefault("train", {})
     train["val_fraction"] = 0.0
-    train["augment"] = {"hflip_p": 0.5, "vflip_p": 0.5, "rot90_p": 0.5, **augment}
+    train["augment"] = {**train.get("augment", {}), **augment}  # the base config's, then overrides
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -240,7 +240,7 @@ def run_one(
         record.update(iters=args.iters, batch=args.batch, augment=args.augment)
         t0, c0 = time.time(), cpu_seconds()
         try:
-            cli(["train", "--config", str(cfg), "--out", str(run / "model"), "--patches",
+            cli(["train", "--model-config", str(cfg), "--out", str(run / "model"), "--patches",
                  str(store), "--seed", str(seed), "--max-iters", str(args.iters),
                  "--batch-size", str(args.batch), "--workers", "0", "--device", "cpu"],
                 args.subprocess)  # fmt: skip
@@ -534,7 +534,7 @@ def write_report(args: argparse.Namespace, records: list[dict[str, Any]], wall_s
             if not mine:
                 continue
             runs = sorted({f"{r['iters']} it × batch {r['batch']}" for r in mine})
-            augment = mine[0].get("augment") or "flips/rot90 only"
+            augment = mine[0].get("augment") or "of the model config"
             parts.append(
                 f"## cohort `{cohort}`, tag `{tag}` ({', '.join(runs)}; augment {augment})\n"
             )
