@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "CAM": {"model": {"method": "cam", "head": {"prototypes_per_class": 1}}},
     "PBIP-style": {"model": {"method": "pbip"}},
     "HisynSeg": {"base": "hisynseg_cpu_small.yaml", "model": {"method": "hisynseg"}},
+    "LPD class-balanced": {"model": {"method": "lpd"}, "train": {"class_balance": "sampler"}},
 }
 # HisynSeg's synthesis and realism filter scaled down to the bench budget.
 HISYNSEG_BENCH = {"n_mosaic": 150, "n_bezier": 150, "filter": {"n_train": 120}}
@@ -164,7 +165,7 @@ def write_config(name: str, path: Path, augment: dict[str, float], iters: int) -
     spec = VARIANTS[name]
     raw = yaml.safe_load((CONFIGS / spec.get("base", "lpd_cpu_small.yaml")).read_text())
     raw = copy.deepcopy(raw)
-    for section in ("model", "loss"):
+    for section in ("model", "loss", "train"):
         for key, value in spec.get(section, {}).items():
             target = raw.setdefault(section, {})
             if isinstance(value, dict):
