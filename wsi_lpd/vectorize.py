@@ -11,9 +11,10 @@ How it works (all geometry is exact until the simplification step):
    polygons, holes are interior rings.
 2. Faces of one class from all blocks form a coverage whose shared seam edges match vertex for
    vertex (unit segments on both sides), so ``shapely.coverage_union_all`` merges them exactly:
-   no slivers, no gaps. Each block row is merged as soon as it is read, then the rows. Only these
-   per-class geometries are kept in memory, plus one small record per connected component and
-   block (a pixel centre inside it, pixel count, probability sum).
+   no slivers, no gaps. Only faces touching a block border take part in that merge; a face inside
+   its block is already a complete component. Only these per-class polygons are kept in memory,
+   plus one small record per connected component and block (a pixel centre inside it, pixel
+   count, probability and margin sums).
 3. Components below ``min_area_um2`` are removed and holes below it filled; components fully
    inside a block and below the area are dropped while reading, so noise never accumulates.
 4. All classes are simplified together with ``shapely.coverage_simplify`` (tolerance in µm,
@@ -29,9 +30,10 @@ end every record is assigned to the merged component containing its point, so bo
 over the component's pixels while memory stays bounded by one block of labels and probabilities.
 A component whose mean class probability is below ``min_probability[class]`` is dropped.
 
-Parallelism: block rows are independent until the final merge; with ``workers`` > 1 (and a raster
-of at least ``PARALLEL_MIN_PX``) they run in dask worker processes (each reads its own blocks from
-the zarr store), so memory stays bounded by ``workers`` blocks plus the merged polygons.
+Parallelism: blocks are independent until the seam merge; with ``workers`` > 1 (and a raster of at
+least ``PARALLEL_MIN_PX``) each block is one task in dask worker processes (it reads its own block
+from the zarr store and returns only polygons and records), so memory stays bounded by ``workers``
+blocks plus the polygons. The serial rest is the seam merge, simplification and measuring.
 """
 
 from __future__ import annotations
