@@ -8,7 +8,10 @@ elliptical "tissue" section; labels are their argmax. The mosaic is written band
 ``--workers`` value (default 1 and 2: block rows in dask worker processes), whose wall time and
 peak RSS are measured (the export process's own ``VmHWM`` and the largest worker's); the speed-up
 is relative to the first value. File size and vertex count come from its outputs; the GeoJSON of
-every run is checked to hold the same polygons as the first.
+every run is checked to hold the same polygons as the first. Before and after the runs a CPU probe
+(a pure-Python loop alone, then in as many processes as the largest ``--workers``) gives the
+speed-up the machine can offer at that moment (``cpu_ceiling``): on a shared machine the export's
+speed-up is bounded by it.
 
     python bench/bench_export.py [--level0-px 100000] [--workers 1,2] [--keep DIR]
 """
@@ -132,6 +135,29 @@ def run_export(mosaic: Path, out: Path, extra: list[str]) -> tuple[float, float,
     return wall, peak_kb / 1024, worker_kb / 1024
 
 
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def cpu_ceiling(processes: int, loops: int = 10_000_000) -> float:
+    """Speed-up free cores offer now: ``processes`` × (one loop alone) / (``processes`` loops at
+    once in separate processes); ``processes`` on idle cores, less on busy ones."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_spin, [1000] * processes))  # start the processes first
+        t0 = time.perf_counter()
+        pool.submit(_spin, loops).result()
+        alone = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        list(pool.map(_spin, [loops] * processes))
+        together = time.perf_counter() - t0
+    return round(processes * alone / together, 2)
+
+
 def _polygons(path: Path) -> list[tuple[str, int]]:
     from wsi_lpd.geojson import read_annotations
 
@@ -165,9 +191,11 @@ def main(argv: list[str] | None = None) -> None:
                 feature_um=args.feature_um,
             )
             log.info("mosaic %d×%d px written in %.1f s", side, side, time.perf_counter() - t0)
+        counts = [int(v) for v in args.workers.split(",")]
+        ceiling_before = cpu_ceiling(max(counts))
         runs = []
         reference = None
-        for n in (int(v) for v in args.workers.split(",")):
+        for n in counts:
             out = work / f"export-{n}"
             wall, peak, worker = run_export(
                 mosaic, out, ["--workers", str(n), *args.export_args.split()]
@@ -194,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             "mosaic_px": [side, side],
             "level0_px": [args.level0_px, args.level0_px],
             "cpus": len(os.sched_getaffinity(0)),
+            "cpu_ceiling_before_after": [ceiling_before, cpu_ceiling(max(counts))],
+            "load_average": os.getloadavg(),
             "runs": runs,
         }
         print(json.dumps(result, indent=2))
