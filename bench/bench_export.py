@@ -5,10 +5,13 @@ probabilities are a smooth random field (Gaussian-weighted random logits on a co
 per class, evaluated separably block by block: ``W_y @ G @ W_x^T``) with background outside an
 elliptical "tissue" section; labels are their argmax. The mosaic is written band by band with
 ``MosaicWriter`` (level 0 only) — no inference. The export then runs in a child process once per
-``--workers`` value (default 1 and 2: block rows in dask worker processes), whose wall time and
-peak RSS are measured (the export process's own ``VmHWM`` and the largest worker's); the speed-up
-is relative to the first value. File size and vertex count come from its outputs; the GeoJSON of
-every run is checked to hold the same polygons as the first.
+``--workers`` value (default 1 and 2: blocks in dask worker processes), whose wall time, CPU time
+(export process and workers) and peak RSS are measured (the export process's own ``VmHWM`` and
+the largest worker's); the speed-up is relative to the first value. File size and vertex count
+come from its outputs; the GeoJSON of every run is checked to hold the same polygons as the
+first. Before and after the runs a CPU probe (a pure-Python loop alone, then in as many processes
+as the largest ``--workers``) gives the speed-up the machine can offer at that moment
+(``cpu_ceiling``): on a shared machine the export's speed-up is bounded by it.
 
     python bench/bench_export.py [--level0-px 100000] [--workers 1,2] [--keep DIR]
 """
@@ -110,11 +113,14 @@ import resource
 status = Path("/proc/self/status").read_text().splitlines()
 print("VmHWM_kB", next(line.split()[1] for line in status if line.startswith("VmHWM")))
 print("CHILD_kB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+cpu = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+print("CPU_s", sum(u.ru_utime + u.ru_stime for u in cpu))
 """
 
 
-def run_export(mosaic: Path, out: Path, extra: list[str]) -> tuple[float, float, float]:
-    """Run the export stage in a child process; (wall s, its peak RSS MiB, largest worker MiB).
+def run_export(mosaic: Path, out: Path, extra: list[str]) -> tuple[float, float, float, float]:
+    """Run the export stage in a child process; (wall s, its peak RSS MiB, largest worker MiB,
+    CPU s of the export process and its workers together).
 
     The peak is the child's own ``VmHWM`` (``ru_maxrss`` of a child also counts the RSS the
     parent had when it forked); its dask workers are spawned, so their ``ru_maxrss`` is their own.
@@ -129,7 +135,31 @@ def run_export(mosaic: Path, out: Path, extra: list[str]) -> tuple[float, float,
     wall = time.perf_counter() - started
     peak_kb = int(proc.stdout.split("VmHWM_kB")[-1].split()[0])
     worker_kb = int(proc.stdout.split("CHILD_kB")[-1].split()[0])
-    return wall, peak_kb / 1024, worker_kb / 1024
+    cpu_s = float(proc.stdout.split("CPU_s")[-1].split()[0])
+    return wall, peak_kb / 1024, worker_kb / 1024, cpu_s
+
+
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def cpu_ceiling(processes: int, loops: int = 10_000_000) -> float:
+    """Speed-up free cores offer now: ``processes`` × (one loop alone) / (``processes`` loops at
+    once in separate processes); ``processes`` on idle cores, less on busy ones."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_spin, [1000] * processes))  # start the processes first
+        t0 = time.perf_counter()
+        pool.submit(_spin, loops).result()
+        alone = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        list(pool.map(_spin, [loops] * processes))
+        together = time.perf_counter() - t0
+    return round(processes * alone / together, 2)
 
 
 def _polygons(path: Path) -> list[tuple[str, int]]:
@@ -165,11 +195,13 @@ def main(argv: list[str] | None = None) -> None:
                 feature_um=args.feature_um,
             )
             log.info("mosaic %d×%d px written in %.1f s", side, side, time.perf_counter() - t0)
+        counts = [int(v) for v in args.workers.split(",")]
+        ceiling_before = cpu_ceiling(max(counts))
         runs = []
         reference = None
-        for n in (int(v) for v in args.workers.split(",")):
+        for n in counts:
             out = work / f"export-{n}"
-            wall, peak, worker = run_export(
+            wall, peak, worker, cpu_s = run_export(
                 mosaic, out, ["--workers", str(n), *args.export_args.split()]
             )
             meta = json.loads((out / "bench.export.json").read_text())
@@ -181,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                     "workers": n,
                     "wall_s": round(wall, 1),
                     "speedup": round(runs[0]["wall_s"] / wall, 2) if runs else 1.0,
+                    "cpu_s": round(cpu_s, 1),
                     "peak_rss_mib": round(peak, 1),
                     "largest_worker_rss_mib": round(worker, 1) if n > 1 else None,
                     "same_polygons_as_first": polygons == reference,
@@ -194,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
             "mosaic_px": [side, side],
             "level0_px": [args.level0_px, args.level0_px],
             "cpus": len(os.sched_getaffinity(0)),
+            "cpu_ceiling_before_after": [ceiling_before, cpu_ceiling(max(counts))],
+            "load_average": os.getloadavg(),
             "runs": runs,
         }
         print(json.dumps(result, indent=2))

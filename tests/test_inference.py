@@ -19,7 +19,13 @@ from torch import nn
 from wsi_lpd.blending import BandAccumulator, window_weights
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.errors import CheckpointError, ConfigError
-from wsi_lpd.inference import infer_slide, plan_windows, rasterize_band, window_starts
+from wsi_lpd.inference import (
+    WindowBatchDataset,
+    infer_slide,
+    plan_windows,
+    rasterize_band,
+    window_starts,
+)
 from wsi_lpd.mosaic import open_mosaic
 from wsi_lpd.slide import open_slide
 from wsi_lpd.tissue import rasterize
@@ -137,6 +143,23 @@ def position_slide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.n
 
 def expected_const() -> np.ndarray:
     return np.round(CONST.double().numpy() * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("model_mpp", [1.0, 0.75])
+def test_strip_reads_equal_window_reads(plain_slide: Path, model_mpp: float) -> None:
+    """Windows cut from shared row strips hold the pixels of one read per window (rows, gaps,
+    a batch split mid-row, and a non-integer scale where strips must not be shared)."""
+    slide = open_slide(plain_slide)
+    s = model_mpp / slide.mpp
+    xs = np.round(np.array([0, 24, 48, 72, 200, 224, 0, 24, 48]) * s).astype(np.int64)
+    ys = np.round(np.array([0, 0, 0, 0, 0, 0, 40, 40, 40]) * s).astype(np.int64)
+    locations = np.stack([xs, ys], 1)
+    ds = WindowBatchDataset(slide, locations, 32, model_mpp, batch_size=4)
+    got = [(img, int(i)) for b in range(len(ds)) for img, i in zip(*ds[b], strict=True)]
+    assert [i for _, i in got] == list(range(len(locations)))
+    for img, i in got:
+        ref = slide.read_region(tuple(int(v) for v in locations[i]), (32, 32), model_mpp)
+        np.testing.assert_array_equal(img.numpy(), ref.transpose(2, 0, 1))
 
 
 def test_window_starts_cover_and_end_at_edge() -> None:

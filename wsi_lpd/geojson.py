@@ -217,7 +217,7 @@ def write_feature_collection(
         fh.write('"features": [')
         for feat in features:
             fh.write(",\n" if n else "\n")
-            json.dump(feat, fh, separators=(",", ":"))
+            fh.write(json.dumps(feat, separators=(",", ":")))  # C encoder; dump() is pure Python
             n += 1
         fh.write("\n]}\n")
     return n

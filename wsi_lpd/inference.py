@@ -204,30 +204,72 @@ def rasterize_band(
     return rasterize(translate(roi, 0.0, -y0_px * s), (height_px, width_px), s)
 
 
-class WindowDataset(Dataset):
-    """Windows read at the model mpp: ``(uint8 tensor 3×P×P, window index)``.
+class WindowBatchDataset(Dataset):
+    """Batches of windows read at the model mpp: ``(uint8 tensor B×3×P×P, window indices)``.
 
-    With ``num_workers > 0`` each worker re-opens the slide (pickle round trip) on start, so no file
-    handle is shared between processes.
+    Item b holds windows ``[b·batch_size, (b+1)·batch_size)``. Consecutive windows of one row
+    that overlap or touch and lie a whole number of output px apart (level-0 x offsets that are
+    exact multiples of the level-0 px per output px) are cut from one strip read: each level-0
+    pixel is read, decoded and resampled once per strip instead of once per window, and one read
+    call serves the whole run. For the area (BOX) resampling at an integer scale the pixels equal
+    per-window reads exactly. With ``num_workers > 0`` each worker re-opens the slide (pickle
+    round trip) on start, so no file handle is shared between processes.
     """
 
     def __init__(
-        self, slide: SlideLike, locations_level0: np.ndarray, patch_px: int, model_mpp: float
+        self,
+        slide: SlideLike,
+        locations_level0: np.ndarray,
+        patch_px: int,
+        model_mpp: float,
+        batch_size: int,
     ) -> None:
         self.slide = slide
-        self.locations = locations_level0
+        self.locations = np.asarray(locations_level0, dtype=np.int64)
         self.patch_px = patch_px
         self.model_mpp = model_mpp
+        self.batch_size = batch_size
+        self.level0_per_px = model_mpp / slide.mpp
 
     def __len__(self) -> int:
-        return len(self.locations)
+        return -(-len(self.locations) // self.batch_size)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x, y = (int(v) for v in self.locations[i])
-        img = self.slide.read_region((x, y), (self.patch_px, self.patch_px), self.model_mpp)
-        if img.shape != (self.patch_px, self.patch_px, 3):
-            raise ValueError(f"{self.slide.path}: read_region returned {img.shape} at ({x}, {y})")
-        return torch.from_numpy(np.require(img, requirements=("C", "W"))).permute(2, 0, 1), i
+    def _joins(self, a: np.ndarray, b: np.ndarray) -> int | None:
+        """Output-px offset of window ``b`` from window ``a`` when one strip can serve both."""
+        if a[1] != b[1] or b[0] <= a[0]:
+            return None
+        d = round((b[0] - a[0]) / self.level0_per_px)
+        if d > self.patch_px or abs(d * self.level0_per_px - (b[0] - a[0])) > 1e-6:
+            return None
+        return d
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lo = i * self.batch_size
+        loc = self.locations[lo : lo + self.batch_size]
+        p = self.patch_px
+        out = np.empty((len(loc), 3, p, p), dtype=np.uint8)
+        start = 0
+        while start < len(loc):
+            offsets = [0]
+            end = start + 1
+            while end < len(loc):
+                step = self._joins(loc[end - 1], loc[end])
+                if step is None:
+                    break
+                offsets.append(offsets[-1] + step)
+                end += 1
+            x, y = (int(v) for v in loc[start])
+            size = (offsets[-1] + p, p)
+            strip = self.slide.read_region((x, y), size, self.model_mpp)
+            if strip.shape != (p, size[0], 3):
+                raise ValueError(
+                    f"{self.slide.path}: read_region returned {strip.shape} at ({x}, {y})"
+                )
+            chw = strip.transpose(2, 0, 1)
+            for k, d in enumerate(offsets, start):
+                out[k] = chw[:, :, d : d + p]
+            start = end
+        return torch.from_numpy(out), torch.arange(lo, lo + len(loc))
 
 
 class JpegWindowDataset(Dataset):
@@ -459,8 +501,9 @@ def window_loader(
         scale = model_mpp / (slide.mpp * tiles.downsample)
         ds = JpegWindowDataset(tiles, locations, patch_px, scale)
         return DataLoader(ds, collate_fn=_collate_jpeg, **common)
+    common["batch_size"] = None  # the dataset yields whole batches (strips shared by windows)
     return DataLoader(
-        WindowDataset(slide, locations, patch_px, model_mpp),
+        WindowBatchDataset(slide, locations, patch_px, model_mpp, batch_size),
         pin_memory=pin_memory,
         worker_init_fn=_reopen_slide if workers else None,
         **common,

@@ -11,9 +11,10 @@ How it works (all geometry is exact until the simplification step):
    polygons, holes are interior rings.
 2. Faces of one class from all blocks form a coverage whose shared seam edges match vertex for
    vertex (unit segments on both sides), so ``shapely.coverage_union_all`` merges them exactly:
-   no slivers, no gaps. Each block row is merged as soon as it is read, then the rows. Only these
-   per-class geometries are kept in memory, plus one small record per connected component and
-   block (a pixel centre inside it, pixel count, probability sum).
+   no slivers, no gaps. Only faces touching a block border take part in that merge; a face inside
+   its block is already a complete component. Only these per-class polygons are kept in memory,
+   plus one small record per connected component and block (a pixel centre inside it, pixel
+   count, probability and margin sums).
 3. Components below ``min_area_um2`` are removed and holes below it filled; components fully
    inside a block and below the area are dropped while reading, so noise never accumulates.
 4. All classes are simplified together with ``shapely.coverage_simplify`` (tolerance in µm,
@@ -29,9 +30,10 @@ end every record is assigned to the merged component containing its point, so bo
 over the component's pixels while memory stays bounded by one block of labels and probabilities.
 A component whose mean class probability is below ``min_probability[class]`` is dropped.
 
-Parallelism: block rows are independent until the final merge; with ``workers`` > 1 (and a raster
-of at least ``PARALLEL_MIN_PX``) they run in dask worker processes (each reads its own blocks from
-the zarr store), so memory stays bounded by ``workers`` blocks plus the merged polygons.
+Parallelism: blocks are independent until the seam merge; with ``workers`` > 1 (and a raster of at
+least ``PARALLEL_MIN_PX``) each block is one task in dask worker processes (it reads its own block
+from the zarr store and returns only polygons and records), so memory stays bounded by ``workers``
+blocks plus the polygons. The serial rest is the seam merge, simplification and measuring.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ AREA_KEY = "Area µm^2"
 PROBABILITY_KEY = "Class probability (mean)"
 MARGIN_KEY = "Margin to runner-up (mean)"
 PARALLEL_MIN_PX = 1 << 22  # smaller rasters are vectorised in-process (spawning costs more)
+SCHEDULER = "processes"  # dask scheduler for workers > 1 ("threads" holds the GIL too often)
 
 
 class MosaicLike(Protocol):
@@ -235,21 +238,6 @@ class _Records:
         )
 
 
-def _strip_bincount(
-    comp: np.ndarray, n: int, weights: np.ndarray | None, strip_px: int = 256
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel count and weight sum per id of ``comp``, in row strips (bounded temporaries)."""
-    count = np.zeros(n, dtype=np.int64)
-    total = np.zeros(n) if weights is not None else np.full(n, np.nan)
-    for y in range(0, comp.shape[0], strip_px):
-        ids = comp[y : y + strip_px].ravel()
-        count += np.bincount(ids, minlength=n)
-        if weights is not None:
-            w = weights[y : y + strip_px].ravel().astype(np.float64)
-            total += np.bincount(ids, weights=w, minlength=n)
-    return count, total
-
-
 def _top_two(prob_block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Largest and second-largest value over the channels of ``(C, h, w)`` uint8."""
     top1 = prob_block[0].copy()
@@ -269,43 +257,58 @@ def _block_components(
     ``prob_block`` holds all ``C+1`` channels. Returns (component raster int32, pixel count per
     id, class-probability sum per id, runner-up margin sum per id — NaN without probabilities).
     Components below ``min_area_px`` that do not touch the block border are set to ``nothing`` in
-    ``block`` (in place): they can't grow into larger ones across a seam.
+    ``block`` (in place): they can't grow into larger ones across a seam. One ``bincount`` per
+    measure over the whole block (not one per class).
     """
     ids = np.zeros(block.shape, dtype=np.int32)
-    counts: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
-    sums: list[np.ndarray] = [np.zeros(1)]
-    margins: list[np.ndarray] = [np.zeros(1)]
-    top = _top_two(prob_block) if prob_block is not None else None
+    own = None if prob_block is None else np.zeros(block.shape, dtype=prob_block.dtype)
     offset = 0
     for k in np.unique(block):
         if k == nothing:
             continue
         mask = block == k
         comp, n = ndimage.label(mask)
-        own = None if prob_block is None else prob_block[k]
-        count, total = _strip_bincount(comp, n + 1, own)
-        if top is not None and own is not None:
-            other = np.where(own == top[0], top[1], top[0])
-            margin = own.astype(np.int16) - other.astype(np.int16)
-            _, margin_total = _strip_bincount(comp, n + 1, margin)
-        else:
-            margin_total = np.full(n + 1, np.nan)
-        if min_area_px > 0:
-            touching = np.zeros(n + 1, dtype=bool)
-            for edge in (comp[0], comp[-1], comp[:, 0], comp[:, -1]):
-                touching[edge] = True
-            drop = (count < min_area_px) & ~touching
-            drop[0] = False
-            if drop.any():
-                block[drop[comp]] = nothing
         comp += offset
-        ids[mask] = comp[mask]
+        np.copyto(ids, comp, where=mask)
+        if own is not None:
+            np.copyto(own, prob_block[k], where=mask)
         del comp
-        counts.append(count[1:])
-        sums.append(total[1:])
-        margins.append(margin_total[1:])
         offset += n
-    return ids, np.concatenate(counts), np.concatenate(sums), np.concatenate(margins)
+    flat = ids.ravel()
+    count = np.bincount(flat, minlength=offset + 1)
+    if prob_block is not None and own is not None:
+        top1, top2 = _top_two(prob_block)
+        other = np.where(own == top1, top2, top1)
+        margin = own.astype(np.int16) - other.astype(np.int16)
+        total = np.bincount(flat, weights=own.ravel(), minlength=offset + 1)
+        margin_total = np.bincount(flat, weights=margin.ravel(), minlength=offset + 1)
+    else:
+        total = np.full(offset + 1, np.nan)
+        margin_total = np.full(offset + 1, np.nan)
+    if min_area_px > 0 and offset:
+        touching = np.zeros(offset + 1, dtype=bool)
+        for edge in (ids[0], ids[-1], ids[:, 0], ids[:, -1]):
+            touching[edge] = True
+        drop = (count < min_area_px) & ~touching
+        drop[0] = False
+        if drop.any():
+            block[drop[ids]] = nothing
+    return ids, count, total, margin_total
+
+
+@dataclass
+class _ClassPieces:
+    """One class's faces from one or more blocks: complete components (inside a block, no seam
+    to merge across) and faces touching a block border (merged by coverage union), mosaic px."""
+
+    inner: list[np.ndarray] = field(default_factory=list)
+    seam: list[np.ndarray] = field(default_factory=list)
+    records: _Records = field(default_factory=_Records)
+
+    def extend(self, other: _ClassPieces) -> None:
+        self.inner.extend(other.inner)
+        self.seam.extend(other.seam)
+        self.records.extend(other.records)
 
 
 def _process_block(
@@ -314,29 +317,45 @@ def _process_block(
     nothing: int,
     min_area_px: float,
     origin: tuple[int, int],
-    faces_out: dict[int, list[np.ndarray]],
-    records: dict[int, _Records],
-) -> None:
-    """Polygonise one block into ``faces_out`` and its component records into ``records``."""
+) -> dict[int, _ClassPieces]:
+    """Polygonise one block: per class, its faces split into complete and seam ones, and the
+    component records."""
     y0, x0 = origin
+    h, w = block.shape
     block = block.copy()
     ids, counts, sums, margins = _block_components(block, prob_block, nothing, min_area_px)
     faces, values, pixels = polygonize_block(block, nothing)
     if len(faces) == 0:
-        return
+        return {}
     rows, cols = pixels[:, 0], pixels[:, 1]
     face_ids = ids[rows, cols]
     del ids
+    bounds = shapely.bounds(faces)
+    on_seam = (bounds[:, 0] <= 0) | (bounds[:, 1] <= 0) | (bounds[:, 2] >= w) | (bounds[:, 3] >= h)
     origin_xy = np.array([x0, y0], dtype=np.float64)
     faces = shapely.transform(faces, lambda c: c + origin_xy)
     points = np.stack([cols, rows], 1) + origin_xy + 0.5  # pixel centres, mosaic px
+    out: dict[int, _ClassPieces] = {}
     for k in np.unique(values):
         sel = values == k
-        faces_out.setdefault(int(k), []).append(faces[sel])
         fid = face_ids[sel]
-        records.setdefault(int(k), _Records()).add(
-            points[sel], counts[fid], sums[fid], margins[fid]
-        )
+        pieces = out[int(k)] = _ClassPieces([faces[sel & ~on_seam]], [faces[sel & on_seam]])
+        pieces.records.add(points[sel], counts[fid], sums[fid], margins[fid])
+    return out
+
+
+def _scan_block(
+    labels: Any, probs: Any, nothing: int, min_area_px: float, block_px: int, y0: int, x0: int
+) -> dict[int, _ClassPieces]:
+    """Read and polygonise the block at mosaic px ``(y0, x0)`` (one task of the parallel scan)."""
+    height, width = labels.shape
+    ys = slice(y0, min(y0 + block_px, height))
+    xs = slice(x0, min(x0 + block_px, width))
+    block = _read(labels, (ys, xs))
+    if not (block != nothing).any():
+        return {}
+    prob = _read(probs, (slice(None), ys, xs)) if probs is not None else None
+    return _process_block(block, prob, nothing, min_area_px, (y0, x0))
 
 
 # --------------------------------------------------------------------------- merging, cleaning
@@ -390,31 +409,6 @@ def _polygonal(geom: BaseGeometry) -> BaseGeometry:
     return shapely.union_all(parts) if parts else Polygon()
 
 
-def _scan_row(
-    labels: Any, probs: Any, nothing: int, min_area_px: float, block_px: int, y0: int
-) -> tuple[dict[int, np.ndarray], dict[int, _Records]]:
-    """One block row: per class, its merged polygons (mosaic px), and the component records.
-
-    The union keeps the unit vertices on the row's borders, so rows still match vertex for vertex.
-    """
-    height, width = labels.shape
-    row: dict[int, list[np.ndarray]] = {}
-    records: dict[int, _Records] = {}
-    ys = slice(y0, min(y0 + block_px, height))
-    for x0 in range(0, width, block_px):
-        xs = slice(x0, min(x0 + block_px, width))
-        block = _read(labels, (ys, xs))
-        if not (block != nothing).any():
-            continue
-        prob = _read(probs, (slice(None), ys, xs)) if probs is not None else None
-        _process_block(block, prob, nothing, min_area_px, (y0, x0), row, records)
-    merged = {
-        k: shapely.get_parts(shapely.coverage_union_all(np.concatenate(parts)))
-        for k, parts in row.items()
-    }
-    return merged, records
-
-
 def _scan(
     labels: Any,
     probs: Any,
@@ -423,44 +417,46 @@ def _scan(
     block_px: int,
     progress: bool,
     workers: int = 1,
-) -> tuple[dict[int, list[np.ndarray]], dict[int, _Records]]:
-    """Read the raster block row by block row (rows in ``workers`` dask processes when > 1):
-    per class, the merged polygons of each row, and the component records."""
-    height = labels.shape[0]
-    starts = list(range(0, height, block_px))
-    if workers > 1 and len(starts) > 1 and labels.shape[0] * labels.shape[1] >= PARALLEL_MIN_PX:
+) -> dict[int, _ClassPieces]:
+    """Polygonise the raster block by block (blocks in ``workers`` dask processes when > 1);
+    per class, the complete and the seam faces of all blocks and the component records.
+
+    Only polygons and per-component records cross processes; each task reads its own block.
+    """
+    height, width = labels.shape
+    origins = [(y0, x0) for y0 in range(0, height, block_px) for x0 in range(0, width, block_px)]
+    if workers > 1 and len(origins) > 1 and height * width >= PARALLEL_MIN_PX:
         import dask
 
         tasks = [
-            dask.delayed(_scan_row)(labels, probs, nothing, min_area_px, block_px, y0)
-            for y0 in starts
+            dask.delayed(_scan_block)(labels, probs, nothing, min_area_px, block_px, y0, x0)
+            for y0, x0 in origins
         ]
-        log.info("vectorising %d block rows in %d processes", len(starts), workers)
-        rows = dask.compute(*tasks, scheduler="processes", num_workers=workers)
+        log.info("vectorising %d blocks in %d processes", len(origins), workers)
+        blocks = dask.compute(*tasks, scheduler=SCHEDULER, num_workers=workers)
     else:
-        rows = (
-            _scan_row(labels, probs, nothing, min_area_px, block_px, y0)
-            for y0 in tqdm(starts, desc="vectorize", unit="row", disable=not progress)
+        blocks = (
+            _scan_block(labels, probs, nothing, min_area_px, block_px, y0, x0)
+            for y0, x0 in tqdm(origins, desc="vectorize", unit="block", disable=not progress)
         )
-    faces: dict[int, list[np.ndarray]] = {}
-    records: dict[int, _Records] = {}
-    for merged, recs in rows:
-        for k, parts in merged.items():
-            faces.setdefault(k, []).append(parts)
-        for k, rec in recs.items():
-            records.setdefault(k, _Records()).extend(rec)
-    return faces, records
+    pieces: dict[int, _ClassPieces] = {}
+    for found in blocks:
+        for k, p in found.items():
+            pieces.setdefault(k, _ClassPieces()).extend(p)
+    return pieces
 
 
 def _merge_class(
-    rows: list[np.ndarray], records: _Records | None, min_area_px: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One class: merge its rows, measure, drop small parts, fill small holes.
+    pieces: _ClassPieces, min_area_px: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One class: merge its seam faces, measure, drop small parts, fill small holes.
 
     Returns (polygons, pixel count, probability sum, margin sum) per connected component.
     """
-    parts = shapely.get_parts(shapely.coverage_union_all(np.concatenate(rows)))
-    counts, sums, margins = _component_stats(parts, records)
+    seam = np.concatenate(pieces.seam)
+    merged = shapely.get_parts(shapely.coverage_union_all(seam)) if len(seam) else seam
+    parts = np.concatenate([*pieces.inner, merged])
+    counts, sums, margins = _component_stats(parts, pieces.records)
     keep = shapely.area(parts) >= min_area_px
     parts = np.array([_fill_small_holes(p, min_area_px) for p in parts[keep]], dtype=object)
     return parts, counts[keep], sums[keep], margins[keep]
@@ -510,10 +506,8 @@ def vectorize_labels(
         raise ConfigError("min_probability: needs the mosaic's probabilities")
     min_area_px = max(0.0, float(min_area_um2)) / mpp**2
     tolerance_px = 1.0 if simplify_um is None else max(0.0, float(simplify_um)) / mpp
-    faces, records = _scan(labels, probs, nothing, min_area_px, block_px, progress, workers)
-    merged = [
-        (k, *_merge_class(faces.pop(k), records.pop(k, None), min_area_px)) for k in sorted(faces)
-    ]
+    pieces = _scan(labels, probs, nothing, min_area_px, block_px, progress, workers)
+    merged = [(k, *_merge_class(pieces.pop(k), min_area_px)) for k in sorted(pieces)]
 
     all_parts = np.concatenate([m[1] for m in merged]) if merged else np.empty(0, dtype=object)
     if tolerance_px > 0 and len(all_parts):
