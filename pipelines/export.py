@@ -149,7 +149,6 @@ def command(
     """Vectorise a mosaic into QuPath GeoJSON with per-polygon confidence, plus an overlay PNG."""
     started = time.time()
     run_date = datetime.now(UTC).isoformat(timespec="seconds")
-    setup_logging(verbose)
     from wsi_lpd.geojson import write_feature_collection
     from wsi_lpd.io import atomic_file, write_json
     from wsi_lpd.mosaic import open_mosaic
@@ -172,6 +171,7 @@ def command(
     )
     n_workers = opts.workers or default_workers()
     mos = open_mosaic(mosaic, verify=opts.verify)
+    setup_logging(verbose)  # the inputs are valid: progress and INFO lines from here on
     attrs = mos.attrs
     slide_id = str(attrs.get("slide_id") or mosaic.name.removesuffix(".ome.zarr"))
     results = vectorize_mosaic(

@@ -558,7 +558,7 @@ def infer_slide(
     JPEG-tiled levels). ``timing`` synchronises the device after each forward pass so that
     ``forward_s`` is exact (slower on CUDA).
     """
-    from tqdm.auto import tqdm
+    from wsi_lpd.progress import progress as progress_bar
 
     started = time.perf_counter()
     source = str(getattr(slide, "path", "")) or "slide"
@@ -666,7 +666,9 @@ def infer_slide(
         )
         sink = _BandSink(acc, writer, roi, s)
         try:
-            with tqdm(total=len(origins), unit="win", desc=sid, disable=not progress) as bar:
+            with progress_bar(
+                total=len(origins), unit="win", desc=sid, disable=not progress
+            ) as bar:
                 batches = iter(loader)
                 done = 0
                 while True:

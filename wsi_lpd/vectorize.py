@@ -49,11 +49,11 @@ from scipy import ndimage
 from shapely.errors import GEOSException
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
-from tqdm import tqdm
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.geojson import feature
+from wsi_lpd.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -437,7 +437,9 @@ def _scan(
     else:
         blocks = (
             _scan_block(labels, probs, nothing, min_area_px, block_px, y0, x0)
-            for y0, x0 in tqdm(origins, desc="vectorize", unit="block", disable=not progress)
+            for y0, x0 in progress_bar(
+                origins, desc="vectorize", unit="block", disable=not progress
+            )
         )
     pieces: dict[int, _ClassPieces] = {}
     for found in blocks:
