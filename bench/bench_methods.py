@@ -400,6 +400,7 @@ def table(records: list[dict[str, Any]], cohort: str, tag: str) -> str:
         head.append("stain-shift drop (all / GT)")
     head += ["train s / run (CPU s)", "infer s / run (CPU s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    notes: list[str] = []
     for name in VARIANTS:
         rs = [r for r in mine if r["method"] == name]
         if not rs:
@@ -408,7 +409,12 @@ def table(records: list[dict[str, Any]], cohort: str, tag: str) -> str:
         if not ok:
             lines.append(f"| {name} | {len(rs)} | fails: `{rs[0]['error']}` |")
             continue
-        cells = [name, ",".join(str(r["seed"]) for r in ok)]
+        seeds = ",".join(str(r["seed"]) for r in ok)
+        for r in rs:
+            if "error" in r:
+                notes.append(f"{name}, seed {r['seed']}: `{r['error']}`")
+                seeds += f" (seed {r['seed']} failed ¹)"
+        cells = [name, seeds]
         for role in roles:
             full = [slide_mean(r, role) for r in ok if role in r]
             gt = [slide_mean(r, f"{role}_gt") for r in ok if f"{role}_gt" in r]
@@ -424,6 +430,8 @@ def table(records: list[dict[str, Any]], cohort: str, tag: str) -> str:
             cells.append(f"{summarise(drop)} / {summarise(drop_gt)}")
         cells += [wall_cpu(ok, "train"), wall_cpu(ok, "infer")]
         lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines.append("\n¹ " + "; ".join(notes))
     return "\n".join(lines)
 
 

@@ -88,7 +88,8 @@ LEGEND = (
     "scaled per slide by factors drawn in [0.5, 1.5] (real_04: H × 0.67, E × 1.40; real_05: "
     "H × 1.01, E × 0.76); H&E × 0.5 / × 1.5: both stains scaled; norm: the same slides "
     "Reinhard-normalised to the training slides' LAB statistics before inference. Target: drop "
-    "≤ 3 without a lower test score.\n"
+    "≤ 3 without a lower test score. Runs: 100 it × batch 8 (`--iters 100 --batch 8 "
+    "--stain-normalise --stain-extremes`); the 200 it × 16 runs are in methods.md.\n"
 )
 COLUMNS = {  # header: (evaluation set, slide-id filter)
     "test": ("test", ""),
