@@ -375,6 +375,27 @@ def test_train_stage_writes_model_logs_and_synthetic_store(trained: Path) -> Non
     assert torch.allclose(probs.sum(1), torch.ones(1, PATCH, PATCH), atol=1e-5)
 
 
+def test_a_filter_that_rejects_everything_falls_back_to_unfiltered_images(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A weak discriminator on little data may call every candidate fake: training goes on with
+    unfiltered synthetic images (said in the log and the checkpoint), never stops."""
+    import wsi_lpd.hisynseg.stores as stores
+
+    def reject_all(disc, images, *args, **kwargs):
+        return np.zeros(len(images), bool), np.full(len(images), 0.1, np.float32)
+
+    monkeypatch.setattr(stores, "filter_realistic", reject_all)
+    out = tmp_path / "model"
+    args = ["train", "--model-config", str(TINY), "--patches", str(store), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--method", "hisynseg", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    synthesis = load_model(out / "model.pt")[1]["training"]["synthesis"]
+    kinds = [k for k in ("mosaic", "bezier") if k in synthesis]
+    assert kinds and all(synthesis[k]["unfiltered"] and synthesis[k]["kept"] > 0 for k in kinds)
+    assert len(PatchDataset(out / "synthetic.zarr", LPD_NORMALISATION)) > 0
+
+
 def test_checkpoint_runs_through_infer(trained: Path, tmp_path: Path) -> None:
     from wsi_lpd.inference import infer_slide
     from wsi_lpd.mosaic import open_mosaic

@@ -208,7 +208,23 @@ def build_synthetic_store(
                 for j in np.flatnonzero(keep)[: n_keep - kept]:
                     writer.append(batch.images[j], batch.labels[j], (0, 0), slide, batch.masks[j])
                     kept += 1
-            if kept < n_keep:
+            unfiltered = disc is not None and kept == 0
+            if unfiltered:  # a discriminator that rejects everything would leave nothing to learn
+                log.warning(
+                    "hisynseg: the realism filter kept none of %d %s candidates (mean P(real) "
+                    "%.2f, threshold %g); using %d unfiltered %s images instead",
+                    tried,
+                    kind,
+                    p_sum / max(tried, 1),
+                    f.threshold,
+                    n_keep,
+                    kind,
+                )
+                batch = kind_batch(kind, range(limit, limit + n_keep), stream=1)
+                for j in range(len(batch)):
+                    writer.append(batch.images[j], batch.labels[j], (0, 0), slide, batch.masks[j])
+                kept = len(batch)
+            elif kept < n_keep:
                 log.warning(
                     "hisynseg: only %d of %d %s images passed the realism filter in %d candidates",
                     kept,
@@ -220,17 +236,12 @@ def build_synthetic_store(
             stats[kind] = {
                 "requested": n_keep,
                 "kept": kept,
+                "unfiltered": unfiltered,
                 "candidates": tried,
                 "acceptance": kept / max(tried, 1),
                 "mean_p_real": p_sum / max(tried, 1) if disc is not None else None,
                 "discriminator": report.to_dict() if report is not None else None,
             }
-        if sum(stats[k]["kept"] for k in KINDS if k in stats) == 0:
-            raise DatasetError(
-                f"{path}: no synthesised image passed the realism filter (threshold "
-                f"{f.threshold}); lower hisynseg.filter.threshold or set "
-                "hisynseg.filter.enabled: false"
-            )
 
     _write_store(path, classes, mpp, pool.size_px, write)
     return stats
