@@ -108,6 +108,15 @@ def test_predict_masks_absent_classes(model: LPDModel, images: torch.Tensor) -> 
     torch.testing.assert_close(unmasked, all_ones)
 
 
+def test_probabilities_span_the_unit_range(model: LPDModel, images: torch.Tensor) -> None:
+    """Scores normalised to sum 1 (not a softmax over [0, 1] scores, capped at e/(e+C) ≈ 0.4):
+    where one class is alone in the image label its probability can approach 1."""
+    only = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    probs = predict_probs(model, images, image_labels=only)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(2, 64, 64))
+    assert float(probs[0, 0].max()) > 0.9 and float(probs[1, 1].max()) > 0.9
+
+
 def test_predicted_labels_fall_back_to_top1() -> None:
     logits = torch.tensor([[-9.0, -9.0, -5.0, -5.0, -9.0, -9.0], [3.0, 3.0, -9.0, -9.0, 2.0, 2.0]])
     labels = predicted_labels(logits, 3)

@@ -113,7 +113,11 @@ def predict_probs(
                 fused += s.flip(-1) if flip else s
             fused /= 1 + len(passes)
             bg = (1.0 - fused.max(dim=1, keepdim=True).values).clamp_min(0) ** bg_power
-            probs = torch.softmax(torch.cat([fused, bg], dim=1), dim=1)
+            # Scores in [0, 1] normalised to sum to 1. The official code takes a softmax here,
+            # which caps any class at e/(e+C) (0.40 for 4 classes) and flattens every pixel to
+            # ≈ 0.3: useless as a confidence. The argmax, hence the segmentation, is the same.
+            scores = torch.cat([fused, bg], dim=1)
+            probs = scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-12)
     finally:
         model.train(was_training)
     if crf:
