@@ -168,124 +168,34 @@ def test_bad_config_key_is_rejected(tmp_path: Path) -> None:
 # ---- the tiny end-to-end run (configs/ci.yaml) -----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ci_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    work = tmp_path_factory.mktemp("ci_workflow")
-    run = snakemake(
-        "--cores", "2", "--resources", "gpu=1", "--configfile", str(REPO / "configs/ci.yaml"),
-        "--directory", str(work), cwd=work, timeout=1200,
-    )  # fmt: skip
-    return work, run
-
-
-@pytest.mark.slow
-def test_ci_run_writes_every_output(ci_run: tuple[Path, subprocess.CompletedProcess]) -> None:
-    work, run = ci_run
-    assert run.returncode == 0, run.stdout[-6000:]
-    res = work / "results" / "ci"
-    for path in (
-        "cohort/ci_00.tiff", "tiles/ci_00/tiles.npz", "tiles/ci_00/qc.png",
-        "patches/train.zarr", "model/model.pt", "model/train_log.csv", "model/curves.png",
-        "mosaics/ci_00.ome.zarr", "mosaics/ci_00.run.json", "geojson/ci_00.geojson",
-        "geojson/ci_00.overlay.png", "geojson/ci_00.export.json", "evaluate/ci_00/metrics.json",
-        "logs/infer/ci_00.log", "benchmarks/infer/ci_00.tsv", "config/infer.yaml", "report.html",
-    ):  # fmt: skip
-        assert (res / path).exists(), path
-    collection = json.loads((res / "geojson" / "ci_00.geojson").read_text())
-    assert collection["type"] == "FeatureCollection"
-    for feat in collection["features"]:
-        assert feat["properties"]["classification"]["color"]
-    from wsi_lpd.mosaic import open_mosaic
-
-    mosaic = open_mosaic(res / "mosaics" / "ci_00.ome.zarr")
-    assert mosaic.slide_id == "ci_00" and mosaic.labels.shape[0] > 0
-    metrics = json.loads((res / "evaluate" / "ci_00" / "metrics.json").read_text())
-    assert 0.0 <= metrics["pooled"]["miou"] <= 1.0
-    page = (res / "report.html").read_text()
-    assert 'id="slide-ci_00"' in page and "No failures." in page
-
-
-@pytest.mark.slow
-def test_ci_rerun_has_nothing_to_do(ci_run: tuple[Path, subprocess.CompletedProcess]) -> None:
-    work, run = ci_run
-    assert run.returncode == 0, run.stdout[-3000:]
-    for activated in (True, False):  # how `wsi-lpd` is found does not rerun anything
-        again = snakemake(
-            "-n", "--cores", "2", "--configfile", str(REPO / "configs/ci.yaml"), cwd=work,
-            activated=activated,
-        )  # fmt: skip
-        assert again.returncode == 0, again.stdout
-        assert "Nothing to be done" in again.stdout, again.stdout
-
-
-@pytest.mark.slow
-def test_corrupt_slide_fails_alone(ci_run: tuple[Path, subprocess.CompletedProcess]) -> None:
-    """--keep-going: a corrupt slide fails only its jobs, finished work is not redone, and the
-    report lists the slide with its error line."""
-    work, run = ci_run
-    assert run.returncode == 0, run.stdout[-3000:]
-    res = work / "results" / "ci"
-    (work / "broken.svs").write_bytes(b"II*\x00" + b"\x17" * 4096)
-    sheet = (REPO / "configs" / "ci_samples.csv").read_text() + f"broken,{work / 'broken.svs'}\n"
-    (work / "samples_broken.csv").write_text(sheet)
-    config = (
-        (REPO / "configs" / "ci.yaml")
-        .read_text()
-        .replace("samples: configs/ci_samples.csv", f"samples: {work / 'samples_broken.csv'}")
-    )
-    (work / "broken.yaml").write_text(config)
-    model_mtime = (res / "model" / "model.pt").stat().st_mtime
-    run = snakemake("--cores", "2", "--keep-going", "--configfile", "broken.yaml", cwd=work)
-    assert run.returncode != 0
-    assert (res / "model" / "model.pt").stat().st_mtime == model_mtime  # nothing redone
-    assert not (res / "geojson" / "broken.export.json").exists()
-    page = (res / "report.html").read_text()
-    assert 'id="slide-broken"' in page and 'class="failed">failed' in page
-    record = json.loads((res / "logs" / "tile" / "broken.failure.json").read_text())
-    assert record["stage"] == "tile" and "broken.svs" in record["message"]
-    assert record["message"] in page.replace("&#39;", "'")
-
-
-# ---- "your own cohort": QuPath-named annotations in, GeoJSON for QuPath out ------------------
-
-
-def _feature(name: str) -> bool:
-    import wsi_lpd.classes
-    import wsi_lpd.mosaic
-
-    return {"class_map": hasattr(wsi_lpd.classes, "ClassMapping"),
-            "labels_0_background": hasattr(wsi_lpd.mosaic, "to_stored_labels")}[name]  # fmt: skip
-
+# ---- one real run: "your own cohort", QuPath-named annotations in, GeoJSON for QuPath out ------
+# (The built-in demo cohort path, synthesised by the workflow itself, runs for real in
+# snakemake/slurm-test/run.sh from .ci/run, locally and through SLURM; here it is dry-run.)
 
 QUPATH_NAMES = {"TUM": "Tumor", "STR": "Stroma", "LYM": "Immune cells", "NEC": "Necrosis"}
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(
-    not (_feature("class_map") and _feature("labels_0_background")),
-    reason="needs the QuPath class mapping (wsi_lpd.classes.ClassMapping) and mosaic labels "
-    "with 0 = background (wsi_lpd.mosaic.to_stored_labels)",
+OWN_CONFIG = (
+    "samples: {sheet}\nresults: results/own\n"
+    "tile: {{tile_mpp: 2.0, patch_px: 64, overlap: 0.0, min_tissue: 0.5}}\n"
+    "train: {{model_config: {model}, device: cpu}}\n"
+    "infer: {{device: cpu, batch_size: 8, workers: 0}}\n"
+    "export: {{min_area_um2: 500}}\nthreads: {{train: 1, infer: 1}}\n"
 )
-def test_own_cohort_from_qupath_back_to_qupath(tmp_path: Path) -> None:
+
+
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """Synthetic slides whose annotations carry QuPath's built-in class names (plus a `Region*`
     annotation to ignore), exported as {slide_id}.geojson, a sample sheet with one held-out
-    slide, a config of the user's own: the workflow runs through; the GeoJSON carries its
-    provenance and the mosaic's label image has 0 = background."""
-    import hashlib
-
-    import zarr
-
-    from wsi_lpd.mosaic import open_mosaic
-
-    cli = SNAKEMAKE.with_name("wsi-lpd")
-    slides = tmp_path / "slides"
+    slide, a config of the user's own; the whole workflow runs once."""
+    work = tmp_path_factory.mktemp("own_cohort")
+    slides = work / "slides"
     synth = subprocess.run(
-        [str(cli), "synth", "--out", str(slides), "--n-slides", "2", "--width-px", "2048",
-         "--height-px", "2048", "--seed", "3", "--prefix", "own"],
+        [str(SNAKEMAKE.with_name("wsi-lpd")), "synth", "--out", str(slides), "--n-slides", "2",
+         "--width-px", "2048", "--height-px", "2048", "--seed", "3", "--prefix", "own"],
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert synth.returncode == 0, synth.stderr
-    qupath = tmp_path / "qupath"
+    qupath = work / "qupath"
     qupath.mkdir()
     for sid in ("own_00", "own_01"):
         collection = json.loads((slides / f"{sid}.annotations.geojson").read_text())
@@ -296,35 +206,55 @@ def test_own_cohort_from_qupath_back_to_qupath(tmp_path: Path) -> None:
         region["properties"]["classification"]["name"] = "Region*"
         collection["features"].append(region)
         (qupath / f"{sid}.geojson").write_text(json.dumps(collection))
-    (tmp_path / "samples.csv").write_text(
+    (work / "samples.csv").write_text(
         "slide_id,path,annotations,truth,split\n"
         f"own_00,{slides}/own_00.tiff,qupath/own_00.geojson,{slides}/own_00.mask.tiff,train\n"
         f"own_01,{slides}/own_01.tiff,qupath/own_01.geojson,{slides}/own_01.mask.tiff,test\n"
     )
-    (tmp_path / "cohort.yaml").write_text(
-        "samples: samples.csv\nresults: results/own\n"
-        "tile: {mpp: 2.0, patch_px: 64, overlap_px: 0, min_tissue: 0.5}\n"
-        f"train: {{model_config: {REPO / 'configs/model/lpd_tiny_test.yaml'}, device: cpu}}\n"
-        "infer: {device: cpu, batch_size: 8, workers: 0}\n"
-        "export: {min_area_um2: 500}\nthreads: {train: 1, infer: 1}\n"
-    )
+    model = REPO / "configs/model/lpd_tiny_test.yaml"
+    (work / "cohort.yaml").write_text(OWN_CONFIG.format(sheet="samples.csv", model=model))
     run = snakemake(
-        "--cores", "2", "--resources", "gpu=1", "--configfile", "cohort.yaml", cwd=tmp_path,
+        "--cores", "2", "--resources", "gpu=1", "--configfile", "cohort.yaml", cwd=work,
         timeout=1200,
     )  # fmt: skip
+    return work, run
+
+
+@pytest.mark.slow
+def test_own_cohort_from_qupath_back_to_qupath(
+    own_run: tuple[Path, subprocess.CompletedProcess],
+) -> None:
+    """Every output is written; QuPath's names were mapped and `Region*` ignored; the GeoJSON
+    carries its provenance; the mosaic's label image has 0 = background; the held-out slide is
+    scored in the report."""
+    import hashlib
+
+    import zarr
+
+    from wsi_lpd.mosaic import open_mosaic
+
+    work, run = own_run
     assert run.returncode == 0, run.stdout[-6000:]
-    res = tmp_path / "results" / "own"
-    # [DATA] QuPath's names were mapped onto the model's classes; `Region*` was ignored
+    res = work / "results" / "own"
+    for path in (
+        "tiles/own_00/tiles.npz", "tiles/own_00/qc.png", "patches/train.zarr", "model/model.pt",
+        "model/train_log.csv", "model/curves.png", "mosaics/own_01.ome.zarr",
+        "mosaics/own_01.run.json", "geojson/own_01.geojson", "geojson/own_01.overlay.png",
+        "geojson/own_01.export.json", "evaluate/own_01/metrics.json", "logs/infer/own_01.log",
+        "benchmarks/infer/own_01.tsv", "config/infer.yaml", "report.html",
+    ):  # fmt: skip
+        assert (res / path).exists(), path
     patches_log = (res / "logs" / "patches" / "_cohort.log").read_text()
     assert "Region*" in patches_log, patches_log[-2000:]
-    # [MOSAIC/export] provenance in the FeatureCollection, QuPath's classes on the features
     model_sha = hashlib.sha256((res / "model" / "model.pt").read_bytes()).hexdigest()
     for sid in ("own_00", "own_01"):
         collection = json.loads((res / "geojson" / f"{sid}.geojson").read_text())
+        assert collection["type"] == "FeatureCollection"
         meta = collection["properties"]["wsi_lpd"]
         assert meta["model_sha256"] == model_sha and meta["version"] and meta["run_date"]
         assert meta["mpp"] > 0 and meta["slide_id"] == sid
-    # [MOSAIC] stored labels: 0 = background, foreground classes 1…C
+        for feat in collection["features"]:
+            assert feat["properties"]["classification"]["color"]
     store = res / "mosaics" / "own_01.ome.zarr"
     mosaic = open_mosaic(store)
     stored = np.asarray(zarr.open_group(str(store), mode="r")["labels/classes/0"][:])
@@ -332,6 +262,44 @@ def test_own_cohort_from_qupath_back_to_qupath(tmp_path: Path) -> None:
     background = mosaic.classes.background_index
     assert np.array_equal(stored == 0, labels == background)
     assert stored.max() <= mosaic.classes.num_foreground
-    # the held-out slide is scored and the report says so
+    metrics = json.loads((res / "evaluate" / "own_01" / "metrics.json").read_text())
+    assert 0.0 <= metrics["pooled"]["miou"] <= 1.0
     page = (res / "report.html").read_text()
     assert 'id="held-out-miou"' in page and "not used for training" in page
+    assert 'id="slide-own_01"' in page and "No failures." in page
+
+
+@pytest.mark.slow
+def test_rerun_has_nothing_to_do(own_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    work, run = own_run
+    assert run.returncode == 0, run.stdout[-3000:]
+    for activated in (True, False):  # how `wsi-lpd` is found does not rerun anything
+        again = snakemake(
+            "-n", "--cores", "2", "--configfile", "cohort.yaml", cwd=work, activated=activated
+        )
+        assert again.returncode == 0, again.stdout
+        assert "Nothing to be done" in again.stdout, again.stdout
+
+
+@pytest.mark.slow
+def test_corrupt_slide_fails_alone(own_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    """--keep-going: a corrupt slide fails only its jobs, finished work is not redone, and the
+    report lists the slide with its error line."""
+    work, run = own_run
+    assert run.returncode == 0, run.stdout[-3000:]
+    res = work / "results" / "own"
+    (work / "broken.svs").write_bytes(b"II*\x00" + b"\x17" * 4096)
+    sheet = (work / "samples.csv").read_text() + f"broken,{work / 'broken.svs'},,,test\n"
+    (work / "samples_broken.csv").write_text(sheet)
+    model = REPO / "configs/model/lpd_tiny_test.yaml"
+    (work / "broken.yaml").write_text(OWN_CONFIG.format(sheet="samples_broken.csv", model=model))
+    model_mtime = (res / "model" / "model.pt").stat().st_mtime
+    run = snakemake("--cores", "2", "--keep-going", "--configfile", "broken.yaml", cwd=work)
+    assert run.returncode != 0
+    assert (res / "model" / "model.pt").stat().st_mtime == model_mtime  # nothing redone
+    assert not (res / "geojson" / "broken.export.json").exists()
+    page = (res / "report.html").read_text()
+    assert 'id="slide-broken"' in page and 'class="failed">failed' in page
+    record = json.loads((res / "logs" / "tile" / "broken.failure.json").read_text())
+    assert record["stage"] == "tile" and "broken.svs" in record["message"]
+    assert record["message"] in page.replace("&#39;", "'")
