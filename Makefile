@@ -21,15 +21,15 @@ install: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 
 lint: install
-	$(VENV)/bin/ruff format --check wsi_lpd pipelines tests bench
-	$(VENV)/bin/ruff check wsi_lpd pipelines tests bench
+	$(VENV)/bin/ruff format --check wsi_lpd tests bench
+	$(VENV)/bin/ruff check wsi_lpd tests bench
 
 test: lint
 	$(PY) -m pytest -q
 
 format: install
-	$(VENV)/bin/ruff format wsi_lpd pipelines tests bench
-	$(VENV)/bin/ruff check --fix wsi_lpd pipelines tests bench
+	$(VENV)/bin/ruff format wsi_lpd tests bench
+	$(VENV)/bin/ruff check --fix wsi_lpd tests bench
 
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores $(CORES) --resources gpu=1 --rerun-incomplete

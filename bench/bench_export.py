@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wsi_lpd.classes import BCSS_CLASSES
-from wsi_lpd.mosaic import MosaicWriter
+from wsi_lpd.formats.mosaic import MosaicWriter
 
 log = logging.getLogger("bench_export")
 
@@ -102,7 +102,7 @@ def write_synthetic_mosaic(
 CHILD = """
 import sys, typer
 from pathlib import Path
-import pipelines.export as m
+import wsi_lpd.cli.export as m
 t = typer.Typer(); t.command()(m.command)
 try:
     t(sys.argv[1:])
@@ -163,7 +163,7 @@ def cpu_ceiling(processes: int, loops: int = 10_000_000) -> float:
 
 
 def _polygons(path: Path) -> list[tuple[str, int]]:
-    from wsi_lpd.geojson import read_annotations
+    from wsi_lpd.formats.geojson import read_annotations
 
     return sorted((a.class_name or "", round(a.geometry.area)) for a in read_annotations(path))
 

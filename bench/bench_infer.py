@@ -1,6 +1,7 @@
 """Benchmark whole-slide inference: overhead over the bare model, windows/s, I/O limit, peak RSS.
 
-On a synthetic Aperio-style SVS (``wsi_lpd.synth``, JPEG tiles), in one process and with the same
+On a synthetic Aperio-style SVS (``wsi_lpd.synthetic.slides``, JPEG tiles), in one process and with
+the same
 windows, batch size, workers, decoding and device:
 
 1. ``forward``: ``model.predict`` alone on random batches (the compute floor);
@@ -32,7 +33,7 @@ import torch
 
 from wsi_lpd.classes import BCSS_CLASSES
 from wsi_lpd.device import resolve_device
-from wsi_lpd.inference import (
+from wsi_lpd.infer.inference import (
     _resolve_decode,
     batch_images,
     default_workers,
@@ -40,9 +41,9 @@ from wsi_lpd.inference import (
     plan_windows,
     window_loader,
 )
-from wsi_lpd.model.build import build_model
-from wsi_lpd.slide import open_slide
-from wsi_lpd.synth import write_synthetic_slide
+from wsi_lpd.networks.build import build_model
+from wsi_lpd.slide.reader import open_slide
+from wsi_lpd.synthetic.slides import write_synthetic_slide
 
 CONFIGS = {
     "small": {"variant": "mit_tiny", "patch_px": 64, "mpp": 1.0, "dim": 32, "k": 2},

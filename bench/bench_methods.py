@@ -56,14 +56,14 @@ def cli(args: list[str], subprocess_mode: bool) -> None:
     """Run ``wsi-lpd ARGS`` (in this process unless ``subprocess_mode``); raise on failure."""
     if subprocess_mode:
         done = subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True
+            [sys.executable, "-m", "wsi_lpd.cli.app", *args], capture_output=True, text=True
         )
         if done.returncode:
             raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1])
         return
     from typer.main import get_command
 
-    from pipelines.cli import app
+    from wsi_lpd.cli.app import app
 
     err = _Tee(sys.stderr)
     try:
@@ -99,12 +99,12 @@ def make_cohort(kind: str, work: Path, n_train: int, n_test: int, size_px: int) 
     out.mkdir(parents=True, exist_ok=True)
     slides = []
     if kind == "real":
-        from wsi_lpd.synth import write_real_texture_cohort
+        from wsi_lpd.synthetic.slides import write_real_texture_cohort
 
         for c in write_real_texture_cohort(out, n_train=n_train, n_test=n_test, size_px=size_px):
             slides.append((c.slide, c.split, c.stain_scale))
     else:
-        from wsi_lpd.synth import SynthSlide, write_synthetic_slide
+        from wsi_lpd.synthetic.slides import SynthSlide, write_synthetic_slide
 
         for i in range(n_train + n_test):
             path = out / f"synth_{i:02d}.tiff"
@@ -280,8 +280,8 @@ def roles_of(slides: list[dict]) -> list[str]:
 def extreme_copies(work: Path, slides: list[dict], size_px: int) -> list[dict]:
     """Copies of the real cohort's test slides with H and E both scaled by each of
     EXTREME_SCALES (role ``test_extreme``; same layout, mask and annotations)."""
-    from wsi_lpd.synth import write_synthetic_slide
-    from wsi_lpd.synth_texture import RealTextureBank
+    from wsi_lpd.synthetic.slides import write_synthetic_slide
+    from wsi_lpd.synthetic.texture import RealTextureBank
 
     bank = None
     out = []
@@ -311,7 +311,7 @@ class NormalisedLevel0:
         self.layout = type("Layout", (), {"height_px": h, "width_px": w, "mpp": 0.5})()
 
     def render(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-        from wsi_lpd.stain import reinhard_normalise
+        from wsi_lpd.data.stain import reinhard_normalise
 
         block = np.full((h, w, 3), 255, np.uint8)
         part = self.level0[y0 : y0 + h, x0 : x0 + w]
@@ -322,11 +322,11 @@ class NormalisedLevel0:
 def normalised_copies(work: Path, slides: list[dict]) -> list[dict]:
     """Reinhard-normalised copies of the test slides (roles ``{role}_norm``):
     each slide's tissue LAB statistics (from a 1/16 thumbnail) mapped onto the training slides'
-    pooled statistics, block by block (wsi_lpd.stain). Same ground truth."""
+    pooled statistics, block by block (wsi_lpd.data.stain). Same ground truth."""
     import tifffile
 
-    from wsi_lpd.stain import reinhard_stats
-    from wsi_lpd.synth import write_pyramid
+    from wsi_lpd.data.stain import reinhard_stats
+    from wsi_lpd.synthetic.slides import write_pyramid
 
     def thumb(path: Path) -> np.ndarray:
         with tifffile.TiffFile(path) as tif:

@@ -1,12 +1,13 @@
 """Benchmark the tile logic on a large synthetic slide against OpenSlide's own thumbnail.
 
 Writes (or reuses) a ``--size-px``² synthetic pyramidal JPEG slide at 0.5 µm/px with
-``wsi_lpd.synth.write_synthetic_slide(..., texture=False)``: flat class colours with the same
+``wsi_lpd.synthetic.slides.write_synthetic_slide(..., texture=False)``: flat class colours with the
+same
 layout, several times faster to write than the textured slide and just as good here, since tissue
 detection and tiling only look at a coarse level. Then runs, each in its own child process so
 that its peak RSS (the child's ``VmHWM``) is its own:
 
-  (a) the tile stage in-process (``pipelines.tile.command``: open, one read of the coarsest level
+  (a) the tile stage in-process (``wsi_lpd.cli.tile.command``: open, one read of the coarsest level
       serving 8 µm/px, tissue mask and polygons on it, grid at 1 µm/px 224 px, tiles.npz,
       tissue.geojson, ~1024 px qc.png shrunk from the same thumbnail, run.json), steps timed;
   (b) ``openslide.OpenSlide(path).get_thumbnail((1024, 1024))``, the floor for any reader.
@@ -53,9 +54,9 @@ import functools, json, logging, sys, time
 from pathlib import Path
 t0 = time.perf_counter()
 import numpy as np
-import pipelines.tile as stage
-import wsi_lpd.overlay, wsi_lpd.slide, wsi_lpd.tiling, wsi_lpd.tissue
-from wsi_lpd.tiling import TileGrid
+import wsi_lpd.cli.tile as stage
+import wsi_lpd.slide.overlay, wsi_lpd.slide.reader, wsi_lpd.slide.tiling, wsi_lpd.slide.tissue
+from wsi_lpd.slide.tiling import TileGrid
 slide_path, out, thumb_px, tissue_mpp, mpp, patch_px = sys.argv[1:7]
 steps = {"import": time.perf_counter() - t0}
 
@@ -70,13 +71,13 @@ def timed(module, name, label):
             steps[label] = steps.get(label, 0.0) + time.perf_counter() - t
     setattr(module, name, wrapper)
 
-timed(wsi_lpd.slide, "open_slide", "open")
-timed(wsi_lpd.slide.Slide, "thumbnail", "read_thumbnail")
-timed(wsi_lpd.tissue, "tissue_mask", "tissue_mask")
-timed(wsi_lpd.tissue, "polygonize", "polygonize")
-timed(wsi_lpd.tiling, "make_tile_grid", "make_tile_grid")
-timed(wsi_lpd.tissue, "write_tissue_geojson", "tissue_geojson")
-timed(wsi_lpd.overlay, "write_tile_qc", "qc_png")
+timed(wsi_lpd.slide.reader, "open_slide", "open")
+timed(wsi_lpd.slide.reader.Slide, "thumbnail", "read_thumbnail")
+timed(wsi_lpd.slide.tissue, "tissue_mask", "tissue_mask")
+timed(wsi_lpd.slide.tissue, "polygonize", "polygonize")
+timed(wsi_lpd.slide.tiling, "make_tile_grid", "make_tile_grid")
+timed(wsi_lpd.slide.tissue, "write_tissue_geojson", "tissue_geojson")
+timed(wsi_lpd.slide.overlay, "write_tile_qc", "qc_png")
 config = Path(out).with_name(Path(out).name + ".config.yaml")
 config.write_text(json.dumps({"tile": {"qc_long_side_px": int(thumb_px)}}))  # YAML ⊃ JSON
 t = time.perf_counter()
@@ -126,7 +127,7 @@ def run_child(code: str, *args: str) -> dict:
 
 def ensure_slide(work: Path, size_px: int, mpp: float) -> tuple[Path, float | None]:
     """The synthetic slide for ``size_px`` in ``work`` (written when absent); (path, write s)."""
-    from wsi_lpd.synth import write_synthetic_slide
+    from wsi_lpd.synthetic.slides import write_synthetic_slide
 
     path = work / f"bench_tile_{size_px}.tiff"
     if path.is_file():  # written atomically: an existing file is complete

@@ -29,10 +29,10 @@ import bench_infer
 
 from wsi_lpd.classes import BCSS_CLASSES
 from wsi_lpd.device import resolve_device
-from wsi_lpd.inference import default_workers
-from wsi_lpd.model.build import build_model
-from wsi_lpd.model.losses import LPDLoss
-from wsi_lpd.synth import write_synthetic_slide
+from wsi_lpd.infer.inference import default_workers
+from wsi_lpd.networks.build import build_model
+from wsi_lpd.synthetic.slides import write_synthetic_slide
+from wsi_lpd.train.losses import LPDLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs/model/lpd_mit_b1.yaml"

@@ -31,7 +31,7 @@ exportObjectsToGeoJson(annotations, file.getPath(), 'FEATURE_COLLECTION')
 println "wsi-lpd: ${entry.getImageName()} -> ${file} (${annotations.size()} annotations)"
 
 // --- slide id: the same in export_annotations.groovy and import_results.groovy -------------
-// wsi-lpd's rule (wsi_lpd/slide.py default_slide_id + validate_slide_id): the name without its
+// wsi-lpd's rule (wsi_lpd/slide/reader.py default_slide_id + validate_slide_id): the name without its
 // extension (.ome.tiff / .ome.tif / .ome.zarr count as one); then every character other than a
 // letter, digit, '.', '_', '+' or '-' becomes '_', leading characters that are not a letter or
 // digit are dropped, and an empty result is 'slide'.

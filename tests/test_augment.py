@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.color import hed2rgb, rgb2hed
 
-from wsi_lpd.augment import STAIN_PRESET, Augment, color_jitter, gaussian_blur, hed_jitter
+from wsi_lpd.data.augment import STAIN_PRESET, Augment, color_jitter, gaussian_blur, hed_jitter
 from wsi_lpd.errors import ConfigError
 
 NO_GEOMETRY = {"hflip_p": 0.0, "vflip_p": 0.0, "rot90_p": 0.0}

@@ -11,8 +11,8 @@ import torch
 
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.errors import CheckpointError, ConfigError
-from wsi_lpd.model.build import build_model
-from wsi_lpd.model.checkpoint import (
+from wsi_lpd.networks.build import build_model
+from wsi_lpd.networks.checkpoint import (
     FORMAT,
     checkpoint_sha256,
     load_model,

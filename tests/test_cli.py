@@ -11,10 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipelines.cli import COMMANDS, app
 from wsi_lpd import __version__
-from wsi_lpd.config import WorkflowConfig, load_workflow_config
+from wsi_lpd.cli.app import COMMANDS, app
 from wsi_lpd.progress import LogProgress
+from wsi_lpd.workflow.config import WorkflowConfig, load_workflow_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

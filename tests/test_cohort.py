@@ -1,4 +1,5 @@
-"""wsi_lpd.cohort: sample sheet and its validation, slide roles, results layout, failure records,
+"""wsi_lpd.workflow.cohort: sample sheet and its validation, slide roles, results layout, failure
+records,
 the checkpoint's classes; the workflow config models, their generated schema and the commented
 example config."""
 
@@ -13,7 +14,9 @@ import torch
 import yaml
 
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
-from wsi_lpd.cohort import (
+from wsi_lpd.errors import CheckpointError, ConfigError, SlideReadError
+from wsi_lpd.networks.checkpoint import FORMAT
+from wsi_lpd.workflow.cohort import (
     FAILURE_RECORD_ENV,
     ResultsLayout,
     check_checkpoint_classes,
@@ -23,7 +26,7 @@ from wsi_lpd.cohort import (
     stage_sections,
     write_failure_record,
 )
-from wsi_lpd.config import (
+from wsi_lpd.workflow.config import (
     WORKFLOW_KEYS,
     Section,
     WorkflowConfig,
@@ -31,8 +34,6 @@ from wsi_lpd.config import (
     workflow_json_schema,
     write_workflow_schema,
 )
-from wsi_lpd.errors import CheckpointError, ConfigError, SlideReadError
-from wsi_lpd.model.checkpoint import FORMAT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -220,7 +221,7 @@ def test_workflow_config_types_and_one_line_errors(tmp_path: Path) -> None:
 
 def test_config_schema_is_generated_from_the_models(tmp_path: Path) -> None:
     """snakemake/schemas/config.schema.yaml is current; regenerate with
-    python -c "from wsi_lpd.config import write_workflow_schema as w; \
+    python -c "from wsi_lpd.workflow.config import write_workflow_schema as w; \
 w('snakemake/schemas/config.schema.yaml')"."""
     committed = REPO / "snakemake" / "schemas" / "config.schema.yaml"
     fresh = write_workflow_schema(tmp_path / "schema.yaml")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from wsi_lpd.augment import Augment
 from wsi_lpd.classes import BCSS_CLASSES
-from wsi_lpd.datasets import (
+from wsi_lpd.data.augment import Augment
+from wsi_lpd.data.datasets import (
     LPD_NORMALISATION,
     LUAD_CLASSES,
     BcssWsssDataset,
@@ -19,7 +19,7 @@ from wsi_lpd.datasets import (
     parse_label_suffix,
 )
 from wsi_lpd.errors import DatasetError
-from wsi_lpd.patch_store import PatchStoreWriter, open_patch_store
+from wsi_lpd.formats.patch_store import PatchStoreWriter, open_patch_store
 
 PX = 16
 

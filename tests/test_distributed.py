@@ -11,12 +11,12 @@ import torch
 import yaml
 
 from wsi_lpd.classes import ClassList
-from wsi_lpd.datasets import LPD_NORMALISATION, PatchDataset
-from wsi_lpd.model.checkpoint import read_checkpoint
-from wsi_lpd.model.config import training_config_from_mapping
-from wsi_lpd.patch_store import PatchStoreWriter
-from wsi_lpd.training import GlobalBatchSampler, TrainJob, launch_training, train
-from wsi_lpd.training_data import TrainingData
+from wsi_lpd.data.datasets import LPD_NORMALISATION, PatchDataset
+from wsi_lpd.data.training_data import TrainingData
+from wsi_lpd.formats.patch_store import PatchStoreWriter
+from wsi_lpd.networks.checkpoint import read_checkpoint
+from wsi_lpd.train.engine import GlobalBatchSampler, TrainJob, launch_training, train
+from wsi_lpd.train.training_config import training_config_from_mapping
 
 CLASSES = ClassList.from_names(["A", "B"])
 PATCH = 32
@@ -82,8 +82,8 @@ def test_two_gloo_processes_equal_one_process_with_the_global_batch(
 
 
 def test_torchrun_environment_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    from wsi_lpd import distributed
     from wsi_lpd.errors import ConfigError
+    from wsi_lpd.train import distributed
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.init_from_env("cpu") is False  # a plain single-process run

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from wsi_lpd.errors import CheckpointError, ConfigError
-from wsi_lpd.model import encoders
-from wsi_lpd.model.encoders import build_encoder, efficientnet_lite0_classifier
-from wsi_lpd.model.mit import MIT_PRESETS, DropPath, MixTransformer, load_mit_weights, mit
+from wsi_lpd.networks import encoders
+from wsi_lpd.networks.encoders import build_encoder, efficientnet_lite0_classifier
+from wsi_lpd.networks.mit import MIT_PRESETS, DropPath, MixTransformer, load_mit_weights, mit
 
 TINY = {"depths": [1, 2, 1, 1], "num_heads": [1, 2, 2, 4]}
 

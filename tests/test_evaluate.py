@@ -13,13 +13,13 @@ from shapely.geometry import box
 from torch import nn
 from typer.testing import CliRunner
 
-from pipelines.cli import app
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
-from wsi_lpd.geojson import feature, write_feature_collection
-from wsi_lpd.model.build import register_model
-from wsi_lpd.model.checkpoint import save_checkpoint
-from wsi_lpd.mosaic import write_mosaic
-from wsi_lpd.patch_store import PatchStoreWriter
+from wsi_lpd.cli.app import app
+from wsi_lpd.formats.geojson import feature, write_feature_collection
+from wsi_lpd.formats.mosaic import write_mosaic
+from wsi_lpd.formats.patch_store import PatchStoreWriter
+from wsi_lpd.networks.build import register_model
+from wsi_lpd.networks.checkpoint import save_checkpoint
 
 PX = 8
 METHOD = "test-red"
@@ -182,7 +182,7 @@ def _mosaic(
 
 
 def test_mode_a_mosaic_vs_label_mask(tmp_path: Path) -> None:
-    from wsi_lpd.labelmask import write_label_mask
+    from wsi_lpd.formats.labelmask import write_label_mask
 
     mosaic = _mosaic(tmp_path / "s1.ome.zarr")
     truth = np.zeros((4, 4), dtype=np.uint8)  # 8 µm/px: 16 level-0 px per px
@@ -218,7 +218,7 @@ def test_mode_a_mosaic_vs_label_mask(tmp_path: Path) -> None:
 
 
 def test_mode_a_mismatched_classes(tmp_path: Path) -> None:
-    from wsi_lpd.labelmask import write_label_mask
+    from wsi_lpd.formats.labelmask import write_label_mask
 
     mosaic = _mosaic(tmp_path / "s1.ome.zarr")
     other = ClassList.from_names(["TE", "NEC", "LYM", "TAS"])
@@ -270,7 +270,7 @@ def test_usage_errors(tmp_path: Path) -> None:
 
 def test_mode_b_real_lpd_model_smoke(tmp_path: Path) -> None:
     """A tiny random-init LPD model: low-resolution output is upsampled to the mask size."""
-    from wsi_lpd.model.build import build_model
+    from wsi_lpd.networks.build import build_model
 
     config = {
         "encoder": {"type": "mit", "variant": "mit_tiny", "strides": [4, 2, 2, 1], "weights": None},
@@ -310,8 +310,8 @@ def test_mode_b_real_lpd_model_smoke(tmp_path: Path) -> None:
 def test_parallel_bands_equal_the_serial_confusion(
     monkeypatch: pytest.MonkeyPatch, truth_scale: float, mosaic_scale: float
 ) -> None:
-    from wsi_lpd import evaluation
-    from wsi_lpd.metrics import mosaic_confusion_vs_annotations, mosaic_confusion_vs_mask
+    from wsi_lpd.evaluate import evaluation
+    from wsi_lpd.evaluate.metrics import mosaic_confusion_vs_annotations, mosaic_confusion_vs_mask
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, (90, 70), dtype=np.uint8)

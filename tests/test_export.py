@@ -16,10 +16,10 @@ import shapely
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipelines.cli import app as cli_app
 from wsi_lpd.classes import BCSS_CLASSES
-from wsi_lpd.geojson import read_annotations
-from wsi_lpd.mosaic import MosaicWriter, write_mosaic
+from wsi_lpd.cli.app import app as cli_app
+from wsi_lpd.formats.geojson import read_annotations
+from wsi_lpd.formats.mosaic import MosaicWriter, write_mosaic
 
 BG = BCSS_CLASSES.background_index
 SCALE = 4.0  # level-0 px per mosaic px (mpp 2.0 / slide mpp 0.5)
@@ -205,7 +205,7 @@ MEMORY_CHILD = textwrap.dedent(
     import sys, typer
     from pathlib import Path
     from typer.testing import CliRunner
-    from pipelines.cli import app
+    from wsi_lpd.cli.app import app
     r = CliRunner().invoke(app, ["export", sys.argv[1], "--out", sys.argv[2], "--block-px", "1024"])
     assert r.exit_code == 0, r.output
     # VmHWM: this process's own peak (ru_maxrss would include the parent's at fork time)
@@ -291,9 +291,9 @@ def test_export_refuses_a_store_with_a_missing_chunk(mosaic, tmp_path) -> None:
 
 
 def test_min_probability_and_parallel_workers(tmp_path, monkeypatch) -> None:
-    import wsi_lpd.vectorize
+    import wsi_lpd.export.vectorize
 
-    monkeypatch.setattr(wsi_lpd.vectorize, "PARALLEL_MIN_PX", 0)  # small test raster
+    monkeypatch.setattr(wsi_lpd.export.vectorize, "PARALLEL_MIN_PX", 0)  # small test raster
     lab = scene()
     probs = one_hot_probs(lab)
     probs[:, lab == 1] = np.array([20, 120, 20, 20, 95], np.uint8)[:, None]  # STR at 0.47
@@ -349,7 +349,7 @@ def test_invalid_geometry_is_refused_before_writing() -> None:
     from shapely.geometry import Polygon
 
     from wsi_lpd.errors import AnnotationError
-    from wsi_lpd.geojson import feature
+    from wsi_lpd.formats.geojson import feature
 
     bowtie = Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
     with pytest.raises(AnnotationError, match="TUM: invalid Polygon"):

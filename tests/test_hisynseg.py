@@ -15,14 +15,18 @@ from scipy import ndimage
 from torch import nn
 from typer.testing import CliRunner
 
-from pipelines.cli import app
 from wsi_lpd.classes import ClassList
-from wsi_lpd.datasets import LPD_NORMALISATION, PatchDataset
+from wsi_lpd.cli.app import app
+from wsi_lpd.data.datasets import LPD_NORMALISATION, PatchDataset
 from wsi_lpd.errors import ConfigError, DatasetError
-from wsi_lpd.hisynseg.losses import consistency_loss, dice_loss, real_losses, synthetic_losses
-from wsi_lpd.hisynseg.model import HisynSegModel
-from wsi_lpd.hisynseg.realism import filter_realistic
-from wsi_lpd.hisynseg.synthesis import (
+from wsi_lpd.formats.patch_store import PatchStoreWriter
+from wsi_lpd.networks.build import build_model
+from wsi_lpd.networks.checkpoint import load_model
+from wsi_lpd.networks.hisynseg import HisynSegModel
+from wsi_lpd.train.engine import train
+from wsi_lpd.train.hisynseg.losses import consistency_loss, dice_loss, real_losses, synthetic_losses
+from wsi_lpd.train.hisynseg.realism import filter_realistic
+from wsi_lpd.train.hisynseg.synthesis import (
     BezierParams,
     MosaicParams,
     SingleLabelPool,
@@ -32,11 +36,7 @@ from wsi_lpd.hisynseg.synthesis import (
     mosaic_image,
     synthesise,
 )
-from wsi_lpd.model.build import build_model
-from wsi_lpd.model.checkpoint import load_model
-from wsi_lpd.model.config import training_config_from_mapping
-from wsi_lpd.patch_store import PatchStoreWriter
-from wsi_lpd.training import train
+from wsi_lpd.train.training_config import training_config_from_mapping
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "model"
 TINY = CONFIGS / "hisynseg_tiny_test.yaml"
@@ -380,7 +380,7 @@ def test_a_filter_that_rejects_everything_falls_back_to_unfiltered_images(
 ) -> None:
     """A weak discriminator on little data may call every candidate fake: training goes on with
     unfiltered synthetic images (said in the log and the checkpoint), never stops."""
-    import wsi_lpd.hisynseg.stores as stores
+    import wsi_lpd.train.hisynseg.stores as stores
 
     def reject_all(disc, images, *args, **kwargs):
         return np.zeros(len(images), bool), np.full(len(images), 0.1, np.float32)
@@ -397,9 +397,9 @@ def test_a_filter_that_rejects_everything_falls_back_to_unfiltered_images(
 
 
 def test_checkpoint_runs_through_infer(trained: Path, tmp_path: Path) -> None:
-    from wsi_lpd.inference import infer_slide
-    from wsi_lpd.mosaic import open_mosaic
-    from wsi_lpd.slide import open_slide
+    from wsi_lpd.formats.mosaic import open_mosaic
+    from wsi_lpd.infer.inference import infer_slide
+    from wsi_lpd.slide.reader import open_slide
 
     rng = np.random.default_rng(1)
     rgb = np.full((96, 128, 3), 255, np.uint8)  # white glass on the right

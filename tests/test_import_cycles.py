@@ -71,5 +71,5 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 def test_wsi_lpd_has_no_import_cycle() -> None:
     graph = _graph()
-    assert graph.get("wsi_lpd.training")
+    assert graph.get("wsi_lpd.train.engine")
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])

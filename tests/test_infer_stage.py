@@ -12,12 +12,12 @@ import torch
 from shapely.geometry import box
 from typer.testing import CliRunner
 
-from pipelines.cli import app as cli_app
 from wsi_lpd.classes import BCSS_CLASSES
-from wsi_lpd.model.build import build_model
-from wsi_lpd.model.checkpoint import checkpoint_sha256, save_checkpoint
-from wsi_lpd.mosaic import open_mosaic
-from wsi_lpd.tissue import write_tissue_geojson
+from wsi_lpd.cli.app import app as cli_app
+from wsi_lpd.formats.mosaic import open_mosaic
+from wsi_lpd.networks.build import build_model
+from wsi_lpd.networks.checkpoint import checkpoint_sha256, save_checkpoint
+from wsi_lpd.slide.tissue import write_tissue_geojson
 
 MODEL_CONFIG = {
     "encoder": {"type": "mit", "variant": "mit_tiny", "strides": [4, 2, 2, 1], "weights": None},

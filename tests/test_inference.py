@@ -16,19 +16,19 @@ import torch
 from shapely.geometry import Polygon, box
 from torch import nn
 
-from wsi_lpd.blending import BandAccumulator, window_weights
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.errors import CheckpointError, ConfigError
-from wsi_lpd.inference import (
+from wsi_lpd.formats.mosaic import open_mosaic
+from wsi_lpd.infer.blending import BandAccumulator, window_weights
+from wsi_lpd.infer.inference import (
     WindowBatchDataset,
     infer_slide,
     plan_windows,
     rasterize_band,
     window_starts,
 )
-from wsi_lpd.mosaic import open_mosaic
-from wsi_lpd.slide import open_slide
-from wsi_lpd.tissue import rasterize
+from wsi_lpd.slide.reader import open_slide
+from wsi_lpd.slide.tissue import rasterize
 
 IDENTITY_NORM = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 # uint8 values chosen away from .5 so rounding is unambiguous
@@ -301,8 +301,8 @@ class PaletteModel(nn.Module):
 
 def test_synthetic_slide_classes_land_on_ground_truth(tmp_path: Path) -> None:
     """Flat-colour synthetic slide: the mosaic at the mask's mpp matches the true label mask."""
-    from wsi_lpd.labelmask import read_label_mask
-    from wsi_lpd.synth import write_synthetic_slide
+    from wsi_lpd.formats.labelmask import read_label_mask
+    from wsi_lpd.synthetic.slides import write_synthetic_slide
 
     synth = write_synthetic_slide(
         tmp_path / "syn.tiff", width_px=1536, height_px=1536, mpp=0.5, seed=3, texture=False
@@ -400,8 +400,8 @@ RSS_SCRIPT = textwrap.dedent(
     import json, sys
     import psutil, torch
     from wsi_lpd.classes import ClassList
-    from wsi_lpd.inference import infer_slide
-    from wsi_lpd.slide import open_slide
+    from wsi_lpd.infer.inference import infer_slide
+    from wsi_lpd.slide.reader import open_slide
 
     class Constant(torch.nn.Module):
         def predict(self, images, image_labels=None):
@@ -450,7 +450,7 @@ def test_peak_rss_bounded_by_bands(tmp_path: Path) -> None:
 def test_jpeg_tiles_decoded_on_the_device_match_the_slide_reader(tmp_path: Path) -> None:
     """``decode="gpu"`` on the CPU device: JPEG tile bytes through torchvision's decoder give the
     same mosaic as the slide reader, within JPEG/resampling tolerance; workers read the bytes."""
-    from wsi_lpd.synth import write_synthetic_slide
+    from wsi_lpd.synthetic.slides import write_synthetic_slide
 
     synth = write_synthetic_slide(
         tmp_path / "j.svs", width_px=768, height_px=512, seed=1, tile_px=256, texture=False

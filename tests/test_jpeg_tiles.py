@@ -11,15 +11,15 @@ import pytest
 import tifffile
 import torch
 
-from wsi_lpd.jpeg_tiles import (
+from wsi_lpd.slide.jpeg_tiles import (
     assemble_windows,
     decode_tiles,
     jpeg_level_for,
     open_jpeg_level,
     window_rect,
 )
-from wsi_lpd.slide import open_slide
-from wsi_lpd.synth import _aperio_description, write_synthetic_slide
+from wsi_lpd.slide.reader import open_slide
+from wsi_lpd.synthetic.slides import _aperio_description, write_synthetic_slide
 
 CPU = torch.device("cpu")
 

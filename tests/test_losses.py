@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsi_lpd.errors import ConfigError
-from wsi_lpd.model.losses import (
+from wsi_lpd.networks.lpd import LPDModel
+from wsi_lpd.train.losses import (
     LPDLoss,
     classification_loss,
     default_loss_config,
@@ -21,13 +22,12 @@ from wsi_lpd.model.losses import (
     select_subclasses,
     similarity_loss,
 )
-from wsi_lpd.model.lpd import LPDModel
 
 C, K, D = 4, 2, 32
 
 
 def _encoder():
-    from wsi_lpd.model.encoders import build_encoder
+    from wsi_lpd.networks.encoders import build_encoder
 
     return build_encoder({"type": "mit", "variant": "mit_tiny", "strides": [4, 2, 2, 1]})
 

@@ -9,19 +9,19 @@ import pytest
 import torch
 
 from wsi_lpd.errors import ConfigError, DatasetError
-from wsi_lpd.model.lpd import (
+from wsi_lpd.networks.lpd import (
     LPDModel,
     merge_mean,
     merge_softmax_weighted,
     pbip_prototype_bank,
 )
-from wsi_lpd.model.predict import predict_probs, predicted_labels
+from wsi_lpd.networks.predict import predict_probs, predicted_labels
 
 C, K, D = 4, 2, 32
 
 
 def _encoder():
-    from wsi_lpd.model.encoders import build_encoder
+    from wsi_lpd.networks.encoders import build_encoder
 
     return build_encoder({"type": "mit", "variant": "mit_tiny", "strides": [4, 2, 2, 1]})
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wsi_lpd.errors import DatasetError
-from wsi_lpd.metrics import (
+from wsi_lpd.evaluate.metrics import (
     IGNORE,
     confusion_matrix,
     format_table,
@@ -115,7 +115,7 @@ def test_mosaic_vs_mask_nearest_on_truth_grid() -> None:
 
 
 def test_label_scores_hand_computed() -> None:
-    from wsi_lpd.metrics import average_precision, label_scores
+    from wsi_lpd.evaluate.metrics import average_precision, label_scores
 
     probs = np.array([[0.9, 0.2, 0.6], [0.4, 0.7, 0.1], [0.8, 0.6, 0.3], [0.3, 0.1, 0.9]])
     labels = np.array([[1, 0, -1], [0, 1, -1], [1, -1, -1], [1, 0, -1]])

@@ -10,7 +10,7 @@ import zarr
 
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.errors import DatasetError, MosaicIntegrityError
-from wsi_lpd.mosaic import (
+from wsi_lpd.formats.mosaic import (
     MANIFEST,
     MosaicWriter,
     downsample_probs,

@@ -25,20 +25,20 @@ def test_outputs_are_renamed_into_place_only_by_the_atomic_writer() -> None:
     hits = _hits(r"os\.replace\(|os\.rename\(|\.rename\(|tempfile\.|mkdtemp|\.partial-")
     hits.pop("wsi_lpd/io.py", None)
     # training moves its finished files into the temporary folder that io.atomic_dir renames
-    assert set(hits) <= {"wsi_lpd/training.py"}, hits
-    assert len(hits.get("wsi_lpd/training.py", [])) <= 1, hits
+    assert set(hits) <= {"wsi_lpd/train/engine.py"}, hits
+    assert len(hits.get("wsi_lpd/train/engine.py", [])) <= 1, hits
 
 
 def test_one_training_loop() -> None:
     hits = _hits(r"\.backward\(")
     # the HisynSeg realism filter trains a 2-class image discriminator (not a segmentation run)
-    assert set(hits) <= {"wsi_lpd/training.py", "wsi_lpd/hisynseg/realism.py"}, hits
+    assert set(hits) <= {"wsi_lpd/train/engine.py", "wsi_lpd/train/hisynseg/realism.py"}, hits
     assert all(len(lines) == 1 for lines in hits.values()), hits
 
 
 def test_config_keys_are_checked_by_the_typed_models_only() -> None:
     hand_checks = _hits(r"unknown key|set\(data\) - |_check_keys|allowed_keys|CONFIG_KEYS")
-    hand_checks.pop("wsi_lpd/config.py", None)  # where ConfigError wording lives
+    hand_checks.pop("wsi_lpd/workflow/config.py", None)  # where ConfigError wording lives
     assert hand_checks == {}, hand_checks
     assert _hits(r"\(Section\):"), "no typed config sections found"
-    assert set(_hits(r"class \w+\(BaseModel\)")) == {"wsi_lpd/config.py"}  # the one base
+    assert set(_hits(r"class \w+\(BaseModel\)")) == {"wsi_lpd/workflow/config.py"}  # the one base

@@ -14,18 +14,23 @@ import tifffile
 from shapely.geometry import box
 from typer.testing import CliRunner
 
-from pipelines.cli import app as cli_app
 from wsi_lpd.classes import BCSS_CLASSES, ClassList, ClassMapping
+from wsi_lpd.cli.app import app as cli_app
 from wsi_lpd.errors import AnnotationError, DatasetError
-from wsi_lpd.geojson import feature, qupath_offset_px, read_annotations, write_feature_collection
-from wsi_lpd.patch_store import (
+from wsi_lpd.formats.geojson import (
+    feature,
+    qupath_offset_px,
+    read_annotations,
+    write_feature_collection,
+)
+from wsi_lpd.formats.patch_store import (
     build_patch_store_from_annotations,
     build_patch_store_from_csv,
     class_coverage,
     label_states,
     open_patch_store,
 )
-from wsi_lpd.tiling import make_tile_grid
+from wsi_lpd.slide.tiling import make_tile_grid
 
 SLIDE_PX = 256  # level-0 side at 0.5 µm/px
 TILE_L0 = 64  # 32 px patches at 1 µm/px
@@ -111,7 +116,7 @@ def test_store_from_annotations(tmp_path: Path, tiles: Path) -> None:
 
 def test_store_with_truth_masks(tmp_path: Path, tiles: Path) -> None:
     from wsi_lpd.classes import ClassList
-    from wsi_lpd.labelmask import write_label_mask
+    from wsi_lpd.formats.labelmask import write_label_mask
 
     # Mask at 8 µm/px (16 level-0 px per px) with its own class order: STR, TUM, LYM, NEC, BACK.
     mask_classes = ClassList.from_names(["STR", "TUM", "LYM", "NEC"])
@@ -345,8 +350,8 @@ def test_annotations_shift_by_the_slide_bounds(
     tmp_path: Path, tiles: Path, slide: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """QuPath coordinates of a cropped slide are relative to its bounds: shifted to level 0."""
-    from wsi_lpd import geojson
-    from wsi_lpd.slide import open_slide
+    from wsi_lpd.formats import geojson
+    from wsi_lpd.slide.reader import open_slide
 
     with open_slide(slide) as opened:
         assert qupath_offset_px(opened) == (0, 0)  # an uncropped slide
@@ -441,12 +446,13 @@ def test_a_slide_without_patches_warns_when_others_give_patches(
 
 
 def test_store_from_synthetic_slide_matches_annotations(tmp_path: Path) -> None:
-    """End to end on `wsi_lpd.synth`: three-state labels agree with a per-patch reference; with
+    """End to end on `wsi_lpd.synthetic.slides`: three-state labels agree with a per-patch
+    reference; with
     the truth mask, labels come from the mask and are all known."""
     from shapely.geometry import box as shp_box
 
-    from wsi_lpd.geojson import read_annotations
-    from wsi_lpd.synth import write_synthetic_slide
+    from wsi_lpd.formats.geojson import read_annotations
+    from wsi_lpd.synthetic.slides import write_synthetic_slide
 
     syn = write_synthetic_slide(
         tmp_path / "syn.tiff", width_px=2048, height_px=2048, mpp=0.5, seed=0, texture=False

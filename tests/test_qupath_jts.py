@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import app as cli_app
 from wsi_lpd.classes import BCSS_CLASSES
-from wsi_lpd.mosaic import write_mosaic
+from wsi_lpd.cli.app import app as cli_app
+from wsi_lpd.formats.mosaic import write_mosaic
 
 JAR_DIR = Path("/usr/share/java")
 JARS = ("jts-core.jar", "jts-io-common.jar", "json-simple.jar")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from wsi_lpd.slide import SLIDE_ID as SHEET_SLIDE_ID
-from wsi_lpd.slide import default_slide_id, validate_slide_id
+from wsi_lpd.slide.reader import SLIDE_ID as SHEET_SLIDE_ID
+from wsi_lpd.slide.reader import default_slide_id, validate_slide_id
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = [REPO / "qupath" / "export_annotations.groovy", REPO / "qupath" / "import_results.groovy"]
@@ -63,7 +63,7 @@ def test_both_scripts_share_one_slide_id_function() -> None:
 
 
 def test_python_rule_gives_valid_ids_equal_to_wsi_lpd_defaults_where_already_valid() -> None:
-    pattern = SHEET_SLIDE_ID  # what the sample sheet accepts (wsi_lpd.cohort)
+    pattern = SHEET_SLIDE_ID  # what the sample sheet accepts (wsi_lpd.workflow.cohort)
     for name in NAMES:
         sid = python_slide_id(name)
         assert validate_slide_id(sid) == sid and pattern.fullmatch(sid), name

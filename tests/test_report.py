@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipelines.cli import app as cli_app
-from wsi_lpd.cohort import write_failure_record
+from wsi_lpd.cli.app import app as cli_app
 from wsi_lpd.errors import SlideReadError
-from wsi_lpd.report import read_benchmark_s, svg_line_chart, training_warnings
+from wsi_lpd.workflow.cohort import write_failure_record
+from wsi_lpd.workflow.report import read_benchmark_s, svg_line_chart, training_warnings
 
 ERROR = "slides/broken.svs: cannot read the slide (truncated JPEG tile)"
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsi_lpd.cohort import ResultsLayout, read_sample_sheet, write_failure_record
 from wsi_lpd.errors import SlideReadError
-from wsi_lpd.report import collect_report, render_html
+from wsi_lpd.workflow.cohort import ResultsLayout, read_sample_sheet, write_failure_record
+from wsi_lpd.workflow.report import collect_report, render_html
 
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None

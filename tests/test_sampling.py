@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsi_lpd.sampling import class_balanced_weights, pos_weight_from_labels, untrained_classes
+from wsi_lpd.data.sampling import class_balanced_weights, pos_weight_from_labels, untrained_classes
 
 LABELS = np.array(
     [

@@ -10,7 +10,7 @@ import openslide
 import pytest
 import tifffile
 
-import wsi_lpd.slide as slide_module
+import wsi_lpd.slide.reader as slide_module
 from wsi_lpd.errors import (
     MissingMppError,
     SlideNotFoundError,
@@ -18,7 +18,7 @@ from wsi_lpd.errors import (
     UnsupportedFormatError,
     WsiLpdError,
 )
-from wsi_lpd.slide import Slide, open_slide
+from wsi_lpd.slide.reader import Slide, open_slide
 
 MPP = 0.5  # level-0 µm/px of the synthetic fixtures
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsi_lpd.splits import split_train_val
+from wsi_lpd.data.splits import split_train_val
 
 P = 100  # patch side, level-0 px
 

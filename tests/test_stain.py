@@ -1,4 +1,4 @@
-"""Stain shift in HED space and Reinhard normalisation (wsi_lpd.stain)."""
+"""Stain shift in HED space and Reinhard normalisation (wsi_lpd.data.stain)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.color import rgb2hed
 
-from wsi_lpd.stain import reinhard_normalise, reinhard_stats, shift_stain
+from wsi_lpd.data.stain import reinhard_normalise, reinhard_stats, shift_stain
 
 
 @pytest.fixture(scope="module")

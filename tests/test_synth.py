@@ -17,12 +17,12 @@ from scipy import ndimage
 from skimage.draw import polygon as draw_polygon
 from typer.testing import CliRunner
 
-from pipelines.cli import app
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
+from wsi_lpd.cli.app import app
 from wsi_lpd.errors import AnnotationError, ConfigError
-from wsi_lpd.geojson import read_annotations
-from wsi_lpd.labelmask import read_label_mask, write_label_mask
-from wsi_lpd.synth import SlideLayout, write_synthetic_slide
+from wsi_lpd.formats.geojson import read_annotations
+from wsi_lpd.formats.labelmask import read_label_mask, write_label_mask
+from wsi_lpd.synthetic.slides import SlideLayout, write_synthetic_slide
 
 SIZE_PX = 2048
 MPP = 0.5
@@ -116,7 +116,7 @@ def test_same_seed_same_pixels_other_seed_differs(tmp_path: Path) -> None:
 
 
 def test_tiles_join_without_seams(slide) -> None:
-    from wsi_lpd.synth import SlideRenderer
+    from wsi_lpd.synthetic.slides import SlideRenderer
 
     renderer = SlideRenderer(SlideLayout(SIZE_PX, SIZE_PX, MPP, 3, 4), BCSS_CLASSES)
     whole = renderer.render(900, 900, 200, 160)
@@ -236,7 +236,7 @@ def test_memory_bounded_by_tiles_not_slide(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import resource
-        from wsi_lpd.synth import write_synthetic_slide
+        from wsi_lpd.synthetic.slides import write_synthetic_slide
         write_synthetic_slide({str(tmp_path / "warm.tiff")!r}, width_px=1024, height_px=1024,
                               texture=False)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -305,7 +305,7 @@ REAL_PX = 2048
 @pytest.fixture(scope="module")
 def banks():
     pytest.importorskip("histolytics")
-    from wsi_lpd.synth_texture import RealTextureBank
+    from wsi_lpd.synthetic.texture import RealTextureBank
 
     return {split: RealTextureBank(split) for split in ("train", "test")}
 
@@ -333,7 +333,7 @@ def test_real_test_tiles_share_no_pixels_with_training_tiles(banks) -> None:
 
 
 def test_class_pure_masks_follow_the_dominant_nucleus_type() -> None:
-    from wsi_lpd.synth_texture import class_pure_masks
+    from wsi_lpd.synthetic.texture import class_pure_masks
 
     types = np.zeros((300, 300), np.int32)
     types[::6, :100] = 3  # neoplastic band
@@ -383,7 +383,7 @@ def test_stain_shifted_copy_keeps_ground_truth_and_moves_colour(real_pair) -> No
 
 
 def test_real_texture_blocks_join_without_seams(banks) -> None:
-    from wsi_lpd.synth import SlideLayout, SlideRenderer
+    from wsi_lpd.synthetic.slides import SlideLayout, SlideRenderer
 
     layout = SlideLayout(1024, 1024, MPP, 502, 3)
     renderer = SlideRenderer(layout, BCSS_CLASSES, texture="real", bank=banks["train"])

@@ -12,9 +12,9 @@ from shapely import union_all
 from shapely.geometry import Point, box
 from typer.testing import CliRunner
 
-from pipelines.cli import app
-from wsi_lpd.geojson import feature, read_annotations, write_feature_collection
-from wsi_lpd.tiling import TileGrid
+from wsi_lpd.cli.app import app
+from wsi_lpd.formats.geojson import feature, read_annotations, write_feature_collection
+from wsi_lpd.slide.tiling import TileGrid
 
 
 def run(*args: object):
@@ -159,7 +159,7 @@ def test_errors_are_one_line_and_leave_nothing(
 
 
 def test_roi_limits_the_tiles_and_is_shifted_on_cropped_slides(make_tiff, tmp_path: Path) -> None:
-    from wsi_lpd.tissue import read_roi_geojson
+    from wsi_lpd.slide.tissue import read_roi_geojson
 
     slide, _ = make_tiff()
     roi = tmp_path / "roi.geojson"
@@ -178,7 +178,7 @@ def test_roi_limits_the_tiles_and_is_shifted_on_cropped_slides(make_tiff, tmp_pa
 
 
 def test_run_metadata_goes_to_a_folder_or_a_named_file(tmp_path: Path) -> None:
-    from pipelines._common import write_run_metadata
+    from wsi_lpd.cli._common import write_run_metadata
 
     folder = write_run_metadata(tmp_path / "out", "tile", {"a": 1}, {"slide": "s.svs"}, 0.0)
     named = write_run_metadata(tmp_path / "infer" / "S1.run.json", "infer", {}, {}, 0.0, n=2)

@@ -13,9 +13,9 @@ import shapely
 from shapely.geometry import MultiPolygon, Point, Polygon, box
 
 from wsi_lpd.errors import DatasetError, NoTissueWarning, SlideTooSmallError
-from wsi_lpd.slide import open_slide
-from wsi_lpd.tiling import FORMAT, TileGrid, make_tile_grid
-from wsi_lpd.tissue import (
+from wsi_lpd.slide.reader import open_slide
+from wsi_lpd.slide.tiling import FORMAT, TileGrid, make_tile_grid
+from wsi_lpd.slide.tissue import (
     TISSUE_CLASS,
     detect_tissue,
     rasterize,
@@ -348,7 +348,7 @@ def test_saturation_and_speck_smoothing() -> None:
 def test_disk_morphology_equals_scipy(radius: float) -> None:
     from scipy import ndimage
 
-    from wsi_lpd.tissue import _disk, dilate_disk, erode_disk
+    from wsi_lpd.slide.tissue import _disk, dilate_disk, erode_disk
 
     mask = np.random.default_rng(3).random((61, 47)) > 0.7
     disk = _disk(radius)
@@ -359,7 +359,7 @@ def test_disk_morphology_equals_scipy(radius: float) -> None:
 def test_histogram_otsu_equals_skimage() -> None:
     from skimage.filters import threshold_otsu
 
-    from wsi_lpd.tissue import otsu_threshold
+    from wsi_lpd.slide.tissue import otsu_threshold
 
     rng = np.random.default_rng(4)
     values = np.concatenate([rng.normal(30, 8, 5000), rng.normal(140, 20, 3000)])
@@ -391,7 +391,7 @@ def test_array_tracer_equals_find_contours(seed: int) -> None:
     the same simplified polygons as skimage's find_contours, vertex for vertex."""
     from scipy import ndimage
 
-    from wsi_lpd.tissue import polygonize
+    from wsi_lpd.slide.tissue import polygonize
 
     rng = np.random.default_rng(seed)
     mask = ndimage.binary_opening(rng.random((90, 120)) > 0.45)

@@ -11,13 +11,13 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from pipelines.cli import app
 from wsi_lpd.classes import ClassList
-from wsi_lpd.datasets import LPD_NORMALISATION, PatchDataset
-from wsi_lpd.model.checkpoint import load_model
-from wsi_lpd.model.config import TrainingConfig, training_config_from_mapping
-from wsi_lpd.patch_store import PatchStoreWriter
-from wsi_lpd.training import poly_lr, train
+from wsi_lpd.cli.app import app
+from wsi_lpd.data.datasets import LPD_NORMALISATION, PatchDataset
+from wsi_lpd.formats.patch_store import PatchStoreWriter
+from wsi_lpd.networks.checkpoint import load_model
+from wsi_lpd.train.engine import poly_lr, train
+from wsi_lpd.train.training_config import TrainingConfig, training_config_from_mapping
 
 CLASSES = ClassList.from_names(["A", "B"])
 PATCH = 32
@@ -244,7 +244,7 @@ def test_mistyped_config_value_is_one_line_naming_file_and_key(
 
 def test_numbers_written_as_strings_are_numbers_and_ranges_are_checked(tmp_path: Path) -> None:
     from wsi_lpd.errors import ConfigError
-    from wsi_lpd.model.config import load_training_config
+    from wsi_lpd.train.training_config import load_training_config
 
     assert load_training_config(_write_config(tmp_path, lr="5e-5")).train.lr == 5e-5
     for key, value in (
@@ -263,7 +263,7 @@ def test_nan_loss_is_a_typed_error_naming_the_iteration(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from wsi_lpd.errors import TrainingDivergedError
-    from wsi_lpd.methods.lpd import LPDMethod
+    from wsi_lpd.train.methods.lpd import LPDMethod
 
     def nan_losses(self, batches, iteration):
         out = self.model(batches["train"]["image"])
@@ -288,8 +288,8 @@ def test_nan_loss_is_a_typed_error_naming_the_iteration(
 def test_killed_run_leaves_no_output_and_resumes_from_its_state(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from wsi_lpd.methods.lpd import LPDMethod
-    from wsi_lpd.training import state_dir
+    from wsi_lpd.train.engine import state_dir
+    from wsi_lpd.train.methods.lpd import LPDMethod
 
     torch.set_num_threads(1)
     data = PatchDataset(store, LPD_NORMALISATION)  # 24 patches / batch 4: 6 iterations per epoch
@@ -399,7 +399,7 @@ def test_train_config_flag_is_a_deprecated_alias(store: Path, tmp_path: Path) ->
 def test_lpd_and_hisynseg_go_through_the_same_loop(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import wsi_lpd.training as engine
+    import wsi_lpd.train.engine as engine
 
     torch.set_num_threads(1)
     calls: list[tuple[str, int]] = []
@@ -423,7 +423,7 @@ def test_lpd_and_hisynseg_go_through_the_same_loop(
 
 
 def test_paper_config_warns_loudly_without_mit_weights(caplog: pytest.LogCaptureFixture) -> None:
-    from wsi_lpd.model.config import load_training_config
+    from wsi_lpd.train.training_config import load_training_config
 
     paper = TINY.parent / "lpd_mit_b1.yaml"
     with caplog.at_level("WARNING"):

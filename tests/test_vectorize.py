@@ -10,14 +10,14 @@ import shapely
 import zarr
 
 from wsi_lpd.classes import BCSS_CLASSES
-from wsi_lpd.geojson import read_annotations, write_feature_collection
-from wsi_lpd.vectorize import (
+from wsi_lpd.export.vectorize import (
     AREA_KEY,
     PROBABILITY_KEY,
     class_features,
     polygonize_block,
     vectorize_labels,
 )
+from wsi_lpd.formats.geojson import read_annotations, write_feature_collection
 
 BG = BCSS_CLASSES.background_index  # 4
 

@@ -90,7 +90,7 @@ def _checkpoint(path: Path, names: list[str]) -> Path:
     import torch
 
     from wsi_lpd.classes import ClassList
-    from wsi_lpd.model.checkpoint import FORMAT
+    from wsi_lpd.networks.checkpoint import FORMAT
 
     payload = {
         "format": FORMAT, "method": "lpd", "classes": ClassList.from_names(names).to_dict(),
@@ -133,7 +133,8 @@ def test_checkpoint_skips_training(tmp_path: Path) -> None:
     assert "--slide-mpp 0.25" in run.stdout
 
 
-# Every sheet error is tested on wsi_lpd.cohort directly (tests/test_cohort.py); here two of them
+# Every sheet error is tested on wsi_lpd.workflow.cohort directly (tests/test_cohort.py); here two
+# of them
 # prove the Snakefile stops on them before planning, naming the sheet (each run costs ~10 s).
 @pytest.mark.parametrize(
     ("sheet", "message"),
@@ -231,7 +232,7 @@ def test_own_cohort_from_qupath_back_to_qupath(
 
     import zarr
 
-    from wsi_lpd.mosaic import open_mosaic
+    from wsi_lpd.formats.mosaic import open_mosaic
 
     work, run = own_run
     assert run.returncode == 0, run.stdout[-6000:]

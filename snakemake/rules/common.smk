@@ -1,4 +1,4 @@
-# Shared by every rule: the validated config, the cohort (wsi_lpd.cohort: sample sheet, slide
+# Shared by every rule: the validated config, the cohort (wsi_lpd.workflow.cohort: sample sheet, slide
 # roles, results layout) and the input/param functions the rules name. No stage logic lives here:
 # rules call `wsi-lpd`.
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from wsi_lpd.cohort import (
+from wsi_lpd.workflow.cohort import (
     COHORT_KEY,
     FAILURE_RECORD_ENV,
     ResultsLayout,
@@ -23,7 +23,7 @@ from wsi_lpd.cohort import (
     stage_sections,
     write_stage_config,
 )
-from wsi_lpd.config import WORKFLOW_KEYS, WorkflowConfig, parse_section
+from wsi_lpd.workflow.config import WORKFLOW_KEYS, WorkflowConfig, parse_section
 from wsi_lpd.errors import WsiLpdError
 
 
@@ -178,7 +178,7 @@ def slide_mpp_flag(wildcards) -> str:
 
 
 def failure_record(stage: str, key: str = "{slide}") -> str:
-    """`VAR=path` that makes the stage write its failure record there (wsi_lpd.cohort)."""
+    """`VAR=path` that makes the stage write its failure record there (wsi_lpd.workflow.cohort)."""
     return f"{FAILURE_RECORD_ENV}={shlex.quote(L.failure_record(stage, key))}"
 
 

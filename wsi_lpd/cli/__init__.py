@@ -1,0 +1,3 @@
+"""The ``wsi-lpd`` command line: one subcommand per stage behind one error boundary
+(:mod:`wsi_lpd.cli.app`).
+"""

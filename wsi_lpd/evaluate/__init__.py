@@ -1,0 +1,1 @@
+"""Evaluation: segmentation metrics and scoring mosaics or models against ground truth."""

@@ -1,0 +1,754 @@
+"""Patch stores: a zarr v3 group of patches with three-state labels (format ``wsi-lpd-patches/2``).
+
+Layout (see docs/contracts.md): ``images`` (N, H, W, 3) uint8, ``labels`` (N, C) int8 over the
+foreground classes — 1 positive, 0 negative, -1 unknown —, ``coords`` (N, 2) int64 level-0 (x, y)
+top-left, ``slide_index`` (N,) int32, optional ``masks`` (N, H, W) uint8 ground-truth class
+indices. Attributes: ``format``, ``classes`` (ClassList dict), ``mpp`` (µm/px of the stored
+pixels), ``patch_px``, ``slides``, ``slide_mpp`` (level-0 µm/px per slide, None when unknown).
+
+Stores of format ``wsi-lpd-patches/1`` (``labels`` uint8 multi-hot, every entry known, no
+``slide_mpp``) keep loading: :meth:`PatchStore.label_states` reads them as 1 / 0.
+
+Images and masks are stored one patch per chunk inside shards of ``chunk_patches`` patches, so a
+random read decodes one patch while the files stay few. The writer buffers one shard, so its memory
+is bounded by ``chunk_patches`` patches whatever the number of patches or the slide size.
+
+Stores are built from slides by :func:`build_patch_store_from_annotations` (tile grids + QuPath
+region annotations) and :func:`build_patch_store_from_csv` (a patch-label sheet).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+
+from wsi_lpd.classes import ClassList, ClassMapping
+from wsi_lpd.errors import AnnotationError, ConfigError, DatasetError
+from wsi_lpd.progress import progress as progress_bar
+
+log = logging.getLogger(__name__)
+
+PATCH_STORE_FORMAT = "wsi-lpd-patches/2"
+LEGACY_FORMATS = ("wsi-lpd-patches/1",)
+"""Older formats :func:`open_patch_store` still reads (uint8 multi-hot labels, all known)."""
+POSITIVE, NEGATIVE, UNKNOWN = 1, 0, -1
+"""The three label states of a (patch, class) entry."""
+DEFAULT_CHUNK_PATCHES = 64
+_LABEL_CHUNK_ROWS = 4096
+
+
+class PatchStoreWriter:
+    """Append patches to a new patch store in shards of ``chunk_patches`` (bounded memory).
+
+    Use as a context manager; attributes are written and the last partial shard flushed on exit.
+    ``path`` is overwritten. Atomicity (temporary name + rename) is the caller's job.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        classes: ClassList,
+        mpp: float,
+        patch_px: int,
+        with_masks: bool = False,
+        chunk_patches: int = DEFAULT_CHUNK_PATCHES,
+    ) -> None:
+        import zarr
+
+        if mpp <= 0 or patch_px <= 0 or chunk_patches <= 0:
+            raise ValueError("mpp, patch_px and chunk_patches must be positive")
+        self.path = Path(path)
+        self.classes = classes
+        self.mpp = float(mpp)
+        self.patch_px = int(patch_px)
+        self.with_masks = with_masks
+        self.chunk_patches = int(chunk_patches)
+        self.slides: list[str] = []
+        self.slide_mpp: list[float | None] = []
+        self.count = 0
+        self._buffer: dict[str, list[np.ndarray]] = {k: [] for k in self._array_names()}
+        self._group = zarr.open_group(self.path, mode="w")
+        p, c, n = self.patch_px, classes.num_foreground, self.chunk_patches
+        self._group.create_array(
+            "images", shape=(0, p, p, 3), dtype="uint8", chunks=(1, p, p, 3), shards=(n, p, p, 3)
+        )
+        self._group.create_array(
+            "labels", shape=(0, c), dtype="int8", chunks=(_LABEL_CHUNK_ROWS, c)
+        )
+        self._group.create_array(
+            "coords", shape=(0, 2), dtype="int64", chunks=(_LABEL_CHUNK_ROWS, 2)
+        )
+        self._group.create_array(
+            "slide_index", shape=(0,), dtype="int32", chunks=(_LABEL_CHUNK_ROWS,)
+        )
+        if with_masks:
+            self._group.create_array(
+                "masks", shape=(0, p, p), dtype="uint8", chunks=(1, p, p), shards=(n, p, p)
+            )
+
+    def _array_names(self) -> tuple[str, ...]:
+        names = ("images", "labels", "coords", "slide_index")
+        return (*names, "masks") if self.with_masks else names
+
+    def add_slide(self, slide_id: str, slide_mpp: float | None = None) -> int:
+        """Register a slide id (and its level-0 µm/px when known); returns its ``slide_index``."""
+        if slide_id in self.slides:
+            raise DatasetError(f"{self.path}: slide id {slide_id!r} added twice")
+        self.slides.append(slide_id)
+        self.slide_mpp.append(None if slide_mpp is None else float(slide_mpp))
+        return len(self.slides) - 1
+
+    def append(
+        self,
+        image: np.ndarray,
+        labels: np.ndarray,
+        coord_level0: tuple[int, int],
+        slide_index: int,
+        mask: np.ndarray | None = None,
+    ) -> None:
+        """Add one patch: image (patch_px, patch_px, 3) uint8, labels (C,) of 1 / 0 / -1.
+
+        Labels are positive (1), negative (0) or unknown (-1) per foreground class; a 0/1
+        multi-hot row is a fully known one.
+        """
+        p = self.patch_px
+        if image.shape != (p, p, 3):
+            raise ValueError(f"image shape {image.shape} != {(p, p, 3)}")
+        if not 0 <= slide_index < len(self.slides):
+            raise ValueError(f"slide_index {slide_index} not registered")
+        labels = np.asarray(labels).astype(np.int8).reshape(-1)
+        if labels.shape != (self.classes.num_foreground,):
+            raise ValueError(f"labels shape {labels.shape} != ({self.classes.num_foreground},)")
+        if not np.isin(labels, (POSITIVE, NEGATIVE, UNKNOWN)).all():
+            raise ValueError(f"labels must be 1, 0 or -1, got {labels.tolist()}")
+        if self.with_masks:
+            if mask is None or mask.shape != (p, p):
+                raise ValueError(f"this store keeps masks: a ({p}, {p}) mask is needed")
+            self._buffer["masks"].append(np.asarray(mask, dtype=np.uint8))
+        self._buffer["images"].append(np.asarray(image, dtype=np.uint8))
+        self._buffer["labels"].append(labels)
+        self._buffer["coords"].append(np.asarray(coord_level0, dtype=np.int64))
+        self._buffer["slide_index"].append(np.asarray(slide_index, dtype=np.int32))
+        if len(self._buffer["images"]) >= self.chunk_patches:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered patches to the arrays (one shard when the buffer is full)."""
+        n_new = len(self._buffer["images"])
+        if n_new == 0:
+            return
+        start, stop = self.count, self.count + n_new
+        for name in self._array_names():
+            array = self._group[name]
+            array.resize((stop, *array.shape[1:]))
+            array[start:stop] = np.stack(self._buffer[name])
+            self._buffer[name].clear()
+        self.count = stop
+
+    def close(self) -> int:
+        """Flush and write the attributes; returns the number of patches."""
+        self.flush()
+        self._group.attrs.update(
+            {
+                "format": PATCH_STORE_FORMAT,
+                "classes": self.classes.to_dict(),
+                "mpp": self.mpp,
+                "patch_px": self.patch_px,
+                "slides": list(self.slides),
+                "slide_mpp": list(self.slide_mpp),
+            }
+        )
+        return self.count
+
+    def __enter__(self) -> PatchStoreWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+
+
+@dataclass
+class PatchStore:
+    """An opened patch store: zarr arrays (lazy) and its attributes.
+
+    ``labels`` is the raw zarr array (int8 three-state, or uint8 multi-hot in a legacy store);
+    read labels through :meth:`label_states`, :meth:`positive` and :meth:`known`. The eager
+    arrays a split needs: :meth:`slide_indices`, :meth:`coords_level0`, :meth:`patch_level0_px`.
+    """
+
+    path: Path
+    classes: ClassList
+    mpp: float
+    patch_px: int
+    slides: list[str]
+    images: Any
+    labels: Any
+    coords: Any
+    slide_index: Any
+    masks: Any | None
+    slide_mpp: list[float | None]
+    format: str = PATCH_STORE_FORMAT
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def has_masks(self) -> bool:
+        return self.masks is not None
+
+    def label_states(self) -> np.ndarray:
+        """(N, C) int8: 1 positive, 0 negative, -1 unknown (a legacy store is all known)."""
+        states = np.asarray(self.labels[:])
+        if self.format in LEGACY_FORMATS:
+            return (states > 0).astype(np.int8)
+        return states.astype(np.int8)
+
+    def positive(self) -> np.ndarray:
+        """(N, C) uint8 multi-hot: 1 where the class is positive."""
+        return (self.label_states() == POSITIVE).astype(np.uint8)
+
+    def known(self) -> np.ndarray:
+        """(N, C) uint8: 1 where the label is known (positive or negative)."""
+        return (self.label_states() != UNKNOWN).astype(np.uint8)
+
+    def slide_indices(self) -> np.ndarray:
+        """(N,) int64 index into ``slides`` of every patch."""
+        return np.asarray(self.slide_index[:]).astype(np.int64)
+
+    def coords_level0(self) -> np.ndarray:
+        """(N, 2) int64 level-0 (x, y) of every patch's top-left corner."""
+        return np.asarray(self.coords[:]).astype(np.int64)
+
+    def patch_level0_px(self) -> np.ndarray:
+        """(S,) float64 patch side in level-0 px per slide (NaN where its mpp is unknown)."""
+        return np.array(
+            [np.nan if m is None else self.patch_px * self.mpp / m for m in self.slide_mpp],
+            dtype=np.float64,
+        )
+
+
+def open_patch_store(path: str | os.PathLike) -> PatchStore:
+    """Open a patch store read-only; ``DatasetError`` when missing or not a wsi-lpd patch store."""
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: patch store not found")
+    try:
+        group = zarr.open_group(path, mode="r")
+    except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
+        raise DatasetError(f"{path}: not a zarr group ({exc})") from exc
+    attrs = dict(group.attrs)
+    fmt = attrs.get("format")
+    if fmt != PATCH_STORE_FORMAT and fmt not in LEGACY_FORMATS:
+        raise DatasetError(
+            f"{path}: not a patch store (format {fmt!r}, expected {PATCH_STORE_FORMAT!r})"
+        )
+    members = set(group.array_keys())
+    missing = {"images", "labels", "coords", "slide_index"} - members
+    if missing:
+        raise DatasetError(f"{path}: patch store lacks array(s) {', '.join(sorted(missing))}")
+    try:
+        classes = ClassList.from_dict(attrs["classes"])
+    except Exception as exc:
+        raise DatasetError(f"{path}: bad 'classes' attribute ({exc})") from exc
+    slides = [str(s) for s in attrs.get("slides", [])]
+    slide_mpp = attrs.get("slide_mpp") or [None] * len(slides)
+    store = PatchStore(
+        path=path,
+        classes=classes,
+        mpp=float(attrs["mpp"]),
+        patch_px=int(attrs["patch_px"]),
+        slides=slides,
+        images=group["images"],
+        labels=group["labels"],
+        coords=group["coords"],
+        slide_index=group["slide_index"],
+        masks=group["masks"] if "masks" in members else None,
+        slide_mpp=[None if m is None else float(m) for m in slide_mpp],
+        format=str(fmt),
+    )
+    n = len(store)
+    for name in ("labels", "coords", "slide_index", "masks"):
+        arr = getattr(store, name)
+        if arr is not None and arr.shape[0] != n:
+            raise DatasetError(f"{path}: array {name!r} has {arr.shape[0]} rows, images has {n}")
+    if store.labels.shape[1] != classes.num_foreground:
+        raise DatasetError(
+            f"{path}: labels have {store.labels.shape[1]} columns for "
+            f"{classes.num_foreground} foreground classes"
+        )
+    return store
+
+
+# ----------------------------------------------------------------------------------------------
+# Building stores from slides
+
+
+def class_coverage(
+    geometries: Sequence[Any], x_level0: np.ndarray, y_level0: np.ndarray, size_level0: float
+) -> np.ndarray:
+    """Fraction (0-1) of each square tile covered by each geometry: (n_tiles, n_geometries) float32.
+
+    Tiles are ``size_level0`` level-0 px squares with top-left corners ``x_level0, y_level0``.
+    Exact polygon areas (no rasterisation); only tiles that touch a geometry's boundary are clipped,
+    so the cost and memory scale with the tile count, not with the slide size.
+    """
+    n = len(x_level0)
+    out = np.zeros((n, len(geometries)), dtype=np.float32)
+    if n == 0:
+        return out
+    x0 = np.asarray(x_level0, dtype=np.float64)
+    y0 = np.asarray(y_level0, dtype=np.float64)
+    boxes = shapely.box(x0, y0, x0 + size_level0, y0 + size_level0)
+    tree = shapely.STRtree(boxes)
+    area = float(size_level0) ** 2
+    for k, geom in enumerate(geometries):
+        if geom is None or geom.is_empty:
+            continue
+        shapely.prepare(geom)
+        touching = tree.query(geom, predicate="intersects")
+        if touching.size == 0:
+            continue
+        inside = shapely.contains_properly(geom, boxes[touching])
+        out[touching[inside], k] = 1.0
+        edge = touching[~inside]
+        if edge.size:
+            out[edge, k] = shapely.area(shapely.intersection(boxes[edge], geom)) / area
+    return np.clip(out, 0.0, 1.0)
+
+
+@dataclass
+class SlideAnnotations:
+    """One annotation file read for one slide: per-class unions and what was found.
+
+    ``per_class``: union per class (index into ``classes.all``, None when absent); ``annotated``:
+    union of every mapped annotation (background included); ``n_polygons``: polygons read
+    (mapped or not); ``inside``: whether any polygon touches the slide.
+    """
+
+    path: Path
+    per_class: list[Any]
+    annotated: Any
+    n_polygons: int
+    inside: bool
+
+
+def class_geometries(
+    annotation_path: Path,
+    classes: ClassList,
+    mapping: ClassMapping | None = None,
+    offset_px: tuple[float, float] = (0.0, 0.0),
+) -> list[Any]:
+    """Union of the annotations per class (index into ``classes.all``, None when absent).
+
+    Class names go through ``mapping`` (default: model names only, unknown names refused);
+    ``offset_px`` (level-0 px, :func:`wsi_lpd.formats.geojson.qupath_offset_px`) shifts every
+    polygon.
+    """
+    return read_slide_annotations(annotation_path, classes, mapping, offset_px).per_class
+
+
+def read_slide_annotations(
+    annotation_path: str | os.PathLike,
+    classes: ClassList,
+    mapping: ClassMapping | None = None,
+    offset_px: tuple[float, float] = (0.0, 0.0),
+    slide_size_px: tuple[int, int] | None = None,
+) -> SlideAnnotations:
+    """Read one annotation file as :func:`class_geometries` does, with what was found.
+
+    ``slide_size_px`` (level-0 width, height) sets :attr:`SlideAnnotations.inside`.
+    """
+    from wsi_lpd.formats.geojson import read_annotations
+
+    mapping = mapping or ClassMapping(classes, unknown_classes="refuse")
+    annotations = read_annotations(annotation_path, offset_px=offset_px)
+    targets = mapping.indices((a.class_name for a in annotations), annotation_path)
+    per_class: list[list[Any]] = [[] for _ in classes.all]
+    unclassified = 0
+    for ann, target in zip(annotations, targets, strict=True):
+        if ann.class_name is None:
+            unclassified += 1
+        elif target is not None:
+            per_class[target].append(ann.geometry)
+    if unclassified:
+        log.warning("%s: ignored %d unclassified annotation(s)", annotation_path, unclassified)
+    unions = [shapely.union_all(g) if g else None for g in per_class]
+    mapped = [u for u in unions if u is not None]
+    inside = True
+    if slide_size_px is not None and annotations:
+        frame = shapely.box(0, 0, *slide_size_px)
+        inside = any(a.geometry.intersects(frame) for a in annotations)
+    return SlideAnnotations(
+        path=Path(annotation_path),
+        per_class=unions,
+        annotated=shapely.union_all(mapped) if mapped else None,
+        n_polygons=len(annotations),
+        inside=inside,
+    )
+
+
+def label_states(
+    class_fraction: np.ndarray,
+    annotated_fraction: np.ndarray,
+    tissue_fraction: np.ndarray,
+    min_class_fraction: float,
+    min_annotated_fraction: float,
+) -> np.ndarray:
+    """Three-state labels (N, C) int8 from per-patch area fractions (all 0-1 of the patch area).
+
+    Positive (1) where ``class_fraction`` ≥ ``min_class_fraction``; otherwise negative (0) where
+    the annotated union covers ≥ ``min_annotated_fraction`` of the patch's tissue
+    (``annotated_fraction`` ≥ ``min_annotated_fraction`` × ``tissue_fraction``, and > 0);
+    otherwise unknown (-1): the unannotated rest of the patch may hold the class.
+    """
+    positive = class_fraction >= min_class_fraction
+    annotated = np.asarray(annotated_fraction)
+    complete = (annotated > 0) & (annotated >= min_annotated_fraction * np.asarray(tissue_fraction))
+    states = np.where(positive, POSITIVE, np.where(complete[:, None], NEGATIVE, UNKNOWN))
+    return states.astype(np.int8)
+
+
+def _tile_grid_path(tile_dir: Path) -> Path:
+    path = tile_dir / "tiles.npz" if tile_dir.is_dir() else tile_dir
+    if not path.is_file():
+        raise DatasetError(f"{tile_dir}: tile grid not found (expected {path})")
+    return path
+
+
+def _truth_lookup(mask_classes: ClassList, classes: ClassList, path: Path) -> np.ndarray:
+    """Map a label mask's class indices onto ``classes`` (by name)."""
+    lut = np.full(256, classes.background_index, dtype=np.uint8)
+    for i, name in enumerate(mask_classes.names):
+        if name not in classes.names:
+            raise AnnotationError(
+                f"{path}: mask class {name!r} is not in the class list ({', '.join(classes.names)})"
+            )
+        lut[i] = classes.index(name)
+    return lut
+
+
+def sample_mask_patch(
+    mask: np.ndarray,
+    mask_level0_per_px: float,
+    x_level0: int,
+    y_level0: int,
+    size_level0: float,
+    patch_px: int,
+    fill: int,
+) -> np.ndarray:
+    """Nearest-resample the mask region of one patch to (patch_px, patch_px); outside → ``fill``."""
+    centres = (np.arange(patch_px) + 0.5) * (size_level0 / patch_px)
+    rows = np.floor((y_level0 + centres) / mask_level0_per_px).astype(np.int64)
+    cols = np.floor((x_level0 + centres) / mask_level0_per_px).astype(np.int64)
+    h, w = mask.shape
+    valid_r = (rows >= 0) & (rows < h)
+    valid_c = (cols >= 0) & (cols < w)
+    out = mask[np.clip(rows, 0, h - 1)[:, None], np.clip(cols, 0, w - 1)[None, :]]
+    out = np.where(valid_r[:, None] & valid_c[None, :], out, fill)
+    return out.astype(np.uint8)
+
+
+def _mask_labels(mask: np.ndarray, n_fg: int, min_class_fraction: float) -> np.ndarray:
+    """Fully known labels of a patch's truth mask: 1 where a class covers ≥ the fraction."""
+    fraction = np.bincount(mask.reshape(-1), minlength=n_fg + 1)[:n_fg] / mask.size
+    return (fraction >= min_class_fraction).astype(np.int8)
+
+
+def build_patch_store_from_annotations(
+    tile_dirs: Sequence[str | os.PathLike],
+    annotation_paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    classes: ClassList,
+    min_class_fraction: float = 0.1,
+    truth_masks: Sequence[str | os.PathLike] | None = None,
+    chunk_patches: int = DEFAULT_CHUNK_PATCHES,
+    progress: bool = True,
+    min_annotated_fraction: float = 0.9,
+    class_mapping: ClassMapping | None = None,
+    qupath_bounds: bool = True,
+) -> dict[str, Any]:
+    """Cut labelled patches from slides with QuPath region annotations into a store at ``out``.
+
+    Tile dirs (``tiles.npz``), annotation files and optional truth masks pair up by order.
+    Annotation class names go through ``class_mapping`` (default: model names only, unknown names
+    refused). With ``qupath_bounds``, annotations are shifted by the slide's bounds offset
+    (:func:`wsi_lpd.formats.geojson.qupath_offset_px`; QuPath coordinates of a cropped slide are
+    relative to its bounds).
+
+    Labels (see :func:`label_states`): a class is positive where its annotations cover ≥
+    ``min_class_fraction`` of the patch area, negative only where all annotations together
+    (background included) cover ≥ ``min_annotated_fraction`` of the patch's tissue — the tile
+    grid's ``tissue_fraction`` —, unknown otherwise. With a truth mask, labels come from the mask
+    (a class covering ≥ ``min_class_fraction`` of the patch is positive) and are all known.
+    Patches with no known entry are left out. Coverage is exact polygon area (shapely). Pixels
+    are read at the grid mpp.
+
+    An annotation file that is not GeoJSON fails; one whose polygons all lie outside the slide,
+    or that yields no patch, fails naming the file when no slide yields a patch and is a warning
+    otherwise — an empty store is never written. Returns a summary: ``patches``, ``per_class``
+    positive counts, ``per_class_unknown``, ``per_slide`` patch counts.
+    """
+    from wsi_lpd.formats.geojson import qupath_offset_px
+    from wsi_lpd.slide.reader import open_slide
+    from wsi_lpd.slide.tiling import TileGrid
+
+    if len(tile_dirs) != len(annotation_paths):
+        raise DatasetError(
+            f"{len(tile_dirs)} tile dir(s) but {len(annotation_paths)} annotation file(s): "
+            "they pair up by order"
+        )
+    if truth_masks is not None and len(truth_masks) != len(tile_dirs):
+        raise DatasetError(
+            f"{len(tile_dirs)} tile dir(s) but {len(truth_masks)} truth mask(s): "
+            "they pair up by order"
+        )
+    for name, value in (
+        ("min_class_fraction", min_class_fraction),
+        ("min_annotated_fraction", min_annotated_fraction),
+    ):
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(f"{name}: must be in (0, 1], got {value}")
+    grids = [TileGrid.load(_tile_grid_path(Path(d))) for d in tile_dirs]
+    if not grids:
+        raise DatasetError("no tile grids given")
+    mpp, patch_px = float(grids[0].mpp), int(grids[0].patch_px)
+    seen: set[str] = set()
+    for d, g in zip(tile_dirs, grids, strict=True):
+        if str(g.slide_id) in seen:
+            raise DatasetError(f"{d}: slide id {g.slide_id!r} appears in an earlier tile dir too")
+        seen.add(str(g.slide_id))
+        if not math.isclose(g.mpp, mpp, rel_tol=1e-6) or int(g.patch_px) != patch_px:
+            raise DatasetError(
+                f"{d}: tile grid at {g.mpp} µm/px, {g.patch_px} px; the first grid is at "
+                f"{mpp} µm/px, {patch_px} px (one store holds one resolution and patch size)"
+            )
+    mapping = class_mapping or ClassMapping(classes, unknown_classes="refuse")
+    n_fg = classes.num_foreground
+    # Read and check every annotation file before the long pixel loop.
+    states: list[np.ndarray] = []
+    keep: list[np.ndarray] = []
+    problems: list[str] = []
+    for grid, ann_path in zip(grids, annotation_paths, strict=True):
+        offset = (0, 0)
+        if qupath_bounds:
+            with open_slide(grid.slide_path, mpp=grid.slide_mpp) as slide:
+                offset = qupath_offset_px(slide)
+        found = read_slide_annotations(
+            ann_path, classes, mapping, offset, (grid.slide_width, grid.slide_height)
+        )
+        size_level0 = float(grid.patch_level0_px)
+        cov = class_coverage(
+            [*found.per_class[:n_fg], found.annotated], grid.x, grid.y, size_level0
+        )
+        slide_states = label_states(
+            cov[:, :n_fg],
+            cov[:, n_fg],
+            grid.tissue_fraction,
+            min_class_fraction,
+            min_annotated_fraction,
+        )
+        slide_keep = np.flatnonzero((slide_states != UNKNOWN).any(axis=1))
+        states.append(slide_states)
+        keep.append(slide_keep)
+        if slide_keep.size == 0:
+            problems.append(_no_patch_reason(found, grid, offset))
+    total = int(sum(k.size for k in keep))
+    if total == 0:
+        raise AnnotationError("; ".join(problems))
+    for problem in problems:
+        log.warning("%s (other slides give patches)", problem)
+    per_class = np.zeros(n_fg, dtype=np.int64)
+    per_class_unknown = np.zeros(n_fg, dtype=np.int64)
+    per_slide: dict[str, int] = {}
+    with (
+        PatchStoreWriter(
+            out,
+            classes,
+            mpp,
+            patch_px,
+            with_masks=truth_masks is not None,
+            chunk_patches=chunk_patches,
+        ) as writer,
+        progress_bar(total=total, desc="patches", unit="patch", disable=not progress) as bar,
+    ):
+        for i, grid in enumerate(grids):
+            slide_index = writer.add_slide(str(grid.slide_id), float(grid.slide_mpp))
+            truth = lut = None
+            if truth_masks is not None:
+                from wsi_lpd.formats.labelmask import read_label_mask
+
+                truth = read_label_mask(truth_masks[i])
+                lut = _truth_lookup(truth.classes, classes, Path(truth_masks[i]))
+            size_level0 = float(grid.patch_level0_px)
+            with open_slide(grid.slide_path, mpp=grid.slide_mpp) as slide:
+                for t in keep[i]:
+                    x, y = int(grid.x[t]), int(grid.y[t])
+                    image = slide.read_region((x, y), (patch_px, patch_px), mpp)
+                    labels, mask = states[i][t], None
+                    if truth is not None and lut is not None:
+                        raw = sample_mask_patch(
+                            truth.mask,
+                            truth.mpp / float(grid.slide_mpp),
+                            x,
+                            y,
+                            size_level0,
+                            patch_px,
+                            fill=len(truth.classes.all) - 1,
+                        )
+                        mask = lut[raw]
+                        labels = _mask_labels(mask, n_fg, min_class_fraction)
+                    writer.append(image, labels, (x, y), slide_index, mask)
+                    per_class += labels == POSITIVE
+                    per_class_unknown += labels == UNKNOWN
+                    bar.update(1)
+            per_slide[str(grid.slide_id)] = int(keep[i].size)
+            log.info("%s: %d of %d tiles labelled", grid.slide_id, keep[i].size, len(grid.x))
+        count = writer.close()
+    summary = _summary(count, classes, per_class, per_slide)
+    summary["per_class_unknown"] = {
+        n: int(v) for n, v in zip(classes.foreground_names, per_class_unknown, strict=True)
+    }
+    return summary
+
+
+def _no_patch_reason(found: SlideAnnotations, grid: Any, offset: tuple[int, int]) -> str:
+    """One line naming the annotation file and why it gave no patch on its slide."""
+    where = f"{found.path}: no patch for slide {grid.slide_id!r}"
+    if found.n_polygons == 0:
+        return f"{where}: the file holds no polygon annotation"
+    if not found.inside:
+        shift = f", after the bounds offset {offset}" if any(offset) else ""
+        return (
+            f"{where}: all {found.n_polygons} annotation polygon(s) lie outside the slide "
+            f"(0..{grid.slide_width} x 0..{grid.slide_height} level-0 px{shift})"
+        )
+    if found.annotated is None:
+        return f"{where}: none of its {found.n_polygons} annotation(s) has a model class"
+    return (
+        f"{where}: no tissue tile of {len(grid.x)} is covered enough by its annotations "
+        "(min_class_fraction / min_annotated_fraction)"
+    )
+
+
+def _summary(
+    count: int, classes: ClassList, per_class: np.ndarray, per_slide: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "patches": int(count),
+        "per_class": {n: int(v) for n, v in zip(classes.foreground_names, per_class, strict=True)},
+        "per_slide": per_slide,
+    }
+
+
+CSV_COLUMNS = ("slide_id", "path", "x", "y", "labels")
+
+
+@dataclass
+class _CsvRow:
+    slide_id: str
+    path: Path
+    x: int
+    y: int
+    labels: np.ndarray
+
+
+def read_labels_csv(csv_path: str | os.PathLike, classes: ClassList) -> list[_CsvRow]:
+    """Parse and validate a patch-label CSV (slide_id, path, x, y, labels as ``TUM;STR``).
+
+    Relative slide paths are resolved against the CSV's folder; x, y are level-0 px. A slide id must
+    always name the same path. Raises ``DatasetError`` naming the file, line and problem.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DatasetError(f"{csv_path}: labels CSV not found")
+    fg = classes.foreground_names
+    rows: list[_CsvRow] = []
+    paths: dict[str, Path] = {}
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in CSV_COLUMNS if c not in header]
+        if missing:
+            raise DatasetError(f"{csv_path}: missing column(s) {', '.join(missing)}")
+        for line_no, raw in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            where = f"{csv_path}:{line_no}"
+            if not row["slide_id"]:
+                raise DatasetError(f"{where}: empty slide_id")
+            try:
+                x, y = int(row["x"]), int(row["y"])
+            except ValueError:
+                raise DatasetError(f"{where}: x and y must be integers (level-0 px)") from None
+            labels = np.zeros(len(fg), dtype=np.uint8)
+            for name in filter(None, (s.strip() for s in row["labels"].split(";"))):
+                if name not in fg:
+                    raise DatasetError(
+                        f"{where}: label {name!r} is not a foreground class ({', '.join(fg)})"
+                    )
+                labels[fg.index(name)] = 1
+            path = Path(row["path"])
+            path = path if path.is_absolute() else csv_path.parent / path
+            if paths.setdefault(row["slide_id"], path) != path:
+                raise DatasetError(
+                    f"{where}: slide id {row['slide_id']!r} names {path}, earlier "
+                    f"{paths[row['slide_id']]}"
+                )
+            rows.append(_CsvRow(row["slide_id"], path, x, y, labels))
+    if not rows:
+        raise DatasetError(f"{csv_path}: no rows")
+    return rows
+
+
+def build_patch_store_from_csv(
+    csv_path: str | os.PathLike,
+    out: str | os.PathLike,
+    classes: ClassList,
+    mpp: float,
+    patch_px: int,
+    chunk_patches: int = DEFAULT_CHUNK_PATCHES,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Cut patches listed in a CSV (see :func:`read_labels_csv`) at ``mpp`` µm/px, ``patch_px`` px.
+
+    CSV labels are fully known (listed classes positive, the others negative). Patches are
+    grouped by slide (first-appearance order) so each slide is opened once.
+    Returns the same summary as :func:`build_patch_store_from_annotations`.
+    """
+    from wsi_lpd.slide.reader import open_slide
+
+    rows = read_labels_csv(csv_path, classes)
+    for path in {r.path for r in rows}:
+        if not path.is_file():
+            raise DatasetError(f"{csv_path}: slide {path} not found")
+    by_slide: dict[str, list[_CsvRow]] = {}
+    for r in rows:
+        by_slide.setdefault(r.slide_id, []).append(r)
+    per_class = np.zeros(classes.num_foreground, dtype=np.int64)
+    per_slide: dict[str, int] = {}
+    with (
+        PatchStoreWriter(out, classes, mpp, patch_px, chunk_patches=chunk_patches) as writer,
+        progress_bar(total=len(rows), desc="patches", unit="patch", disable=not progress) as bar,
+    ):
+        for slide_id, slide_rows in by_slide.items():
+            with open_slide(slide_rows[0].path) as slide:
+                slide_index = writer.add_slide(slide_id, slide.mpp)
+                for r in slide_rows:
+                    image = slide.read_region((r.x, r.y), (patch_px, patch_px), mpp)
+                    writer.append(image, r.labels, (r.x, r.y), slide_index)
+                    per_class += r.labels
+                    bar.update(1)
+            per_slide[slide_id] = len(slide_rows)
+        count = writer.close()
+    return _summary(count, classes, per_class, per_slide)

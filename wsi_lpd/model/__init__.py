@@ -1,1 +1,0 @@
-"""Models: encoders (Mix Transformer, timm backbones), the LPD head, losses and checkpoints."""

@@ -1,0 +1,3 @@
+"""Synthetic H&E-like slides with ground truth (procedural or real texture) for tests, the demo
+and the benchmarks.
+"""
