@@ -50,6 +50,7 @@ class Sample:
     truth: str | None = None
     split: str = "train"
     roi: str | None = None
+    line: int | None = None  # the sheet's line (for messages)
 
     @property
     def trains(self) -> bool:
@@ -203,7 +204,7 @@ def read_sample_sheet(
             if check_files and not os.path.exists(path) and not _under(path, pending):
                 raise bad(column, f"file not found: {path}")
             files[column] = path
-        samples.append(Sample(slide_id=sid, mpp=mpp, split=split, **files))  # type: ignore[arg-type]
+        samples.append(Sample(slide_id=sid, mpp=mpp, split=split, line=line, **files))  # type: ignore[arg-type]
     return SampleSheet(path=sheet, samples=tuple(samples))
 
 
