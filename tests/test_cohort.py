@@ -110,8 +110,8 @@ def test_sheet_search_dirs_and_pending_files(files: Path, tmp_path_factory) -> N
     ],
     ids=[
         "missing-column", "unknown-column", "duplicate-id", "slash-id", "backslash-id",
-        "space-id", "leading-underscore-id", "missing-slide", "missing-truth", "missing-roi", "text-mpp", "negative-mpp",
-        "nan-mpp", "bad-split", "empty-path", "extra-cell", "no-rows",
+        "space-id", "leading-underscore-id", "missing-slide", "missing-truth", "missing-roi",
+        "text-mpp", "negative-mpp", "nan-mpp", "bad-split", "empty-path", "extra-cell", "no-rows",
     ],
 )  # fmt: skip
 def test_bad_sheet_is_one_line_naming_sheet_line_and_column(
