@@ -117,7 +117,8 @@ def test_preflight_passes_then_names_each_problem_in_one_line(cohort: Path) -> N
     lines = found.problems
     assert all("\n" not in line for line in lines)
     assert any(
-        line.startswith("samples.csv: line 7: column path: file not found") for line in lines
+        line.startswith(f"{project / 'samples.csv'}: line 7: column path: file not found")
+        for line in lines
     )
     assert any(
         "train.model_config:" in line and "nope.yaml: file not found" in line for line in lines
@@ -136,7 +137,7 @@ def test_unreadable_slide_is_reported_apart(cohort: Path) -> None:
     )
     found = _check(project, _config(project))
     assert not found.problems and len(found.unreadable) == 1
-    assert found.unreadable[0].startswith("samples.csv: line 2: column path: ")
+    assert found.unreadable[0].startswith(f"{project / 'samples.csv'}: line 2: column path: ")
 
 
 @pytest.mark.parametrize("device", ["auto", "cpu"])

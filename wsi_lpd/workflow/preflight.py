@@ -176,7 +176,7 @@ def preflight(
     if not config.samples:
         out.problems.append(f"{source}: samples: missing (the sample sheet CSV; wsi-lpd samples)")
     else:
-        sheet_path = resolve_path(config.samples, bundled)
+        sheet_path = os.path.abspath(resolve_path(config.samples, bundled))
         try:
             out.sheet = read_sample_sheet(
                 sheet_path,
@@ -206,7 +206,7 @@ def preflight(
                     continue
                 where = f"{sheet.path}: line {sample.line}: column {column}"
                 if not os.path.exists(path):
-                    out.problems.append(f"{where}: file not found: {path}")
+                    out.problems.append(f"{where}: file not found: {os.path.abspath(path)}")
                     continue
                 if not open_files:
                     continue
@@ -249,7 +249,7 @@ def preflight(
 def _check_model(config: WorkflowConfig, out: Preflight, bundled: list) -> None:
     """The checkpoint (exists, its classes are the config's) or the training YAML (validates)."""
     if config.train.checkpoint:
-        checkpoint = resolve_path(config.train.checkpoint, bundled)
+        checkpoint = os.path.abspath(resolve_path(config.train.checkpoint, bundled))
         if not os.path.isfile(checkpoint):
             out.problems.append(f"config key train.checkpoint: {checkpoint}: file not found")
             return
@@ -258,7 +258,7 @@ def _check_model(config: WorkflowConfig, out: Preflight, bundled: list) -> None:
         except WsiLpdError as exc:
             out.problems.append(f"config key train.checkpoint: {exc}")
         return
-    model_config = resolve_path(config.train.model_yaml, bundled)
+    model_config = os.path.abspath(resolve_path(config.train.model_yaml, bundled))
     if not os.path.isfile(model_config):
         out.problems.append(
             f"config key train.model_config: {model_config}: file not found (the training YAML; "
