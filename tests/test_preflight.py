@@ -147,3 +147,22 @@ def test_devices_that_exist_everywhere(device: str) -> None:
 
 def test_device_that_is_not_one() -> None:
     assert "is not a device" in str(device_problem("gpu0", "infer.device"))
+
+
+def test_run_command_is_an_argument_list_with_the_packaged_profile(tmp_path: Path) -> None:
+    from wsi_lpd.workflow.runner import snakemake_command
+
+    config = tmp_path / "my cohort; rm -rf x.yaml"  # no shell: the name stays one argument
+    config.write_text("samples: s.csv\n")
+    command = snakemake_command(config, ["-n", "--cores", "3"])
+    assert command[command.index("--snakefile") + 1] == str(REPO / "Snakefile")
+    assert command[command.index("--directory") + 1] == str(tmp_path)
+    assert command[command.index("--configfile") + 1] == str(config)
+    profile = command[command.index("--workflow-profile") + 1]
+    assert profile == str(REPO / "snakemake" / "profiles" / "local")
+    assert command[-3:] == ["-n", "--cores", "3"]
+    slurm = snakemake_command(config, ["--workflow-profile", "slurm"])
+    assert slurm[-2:] == ["--workflow-profile", str(REPO / "snakemake" / "profiles" / "slurm")]
+    assert slurm.count("--workflow-profile") == 1
+    with pytest.raises(ConfigError, match="config file not found"):
+        snakemake_command(tmp_path / "nope.yaml")

@@ -6,6 +6,7 @@ and the sample sheet are taken from there; the Snakefile and profiles come from 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -71,6 +72,10 @@ def snakemake_command(config: str | os.PathLike, args: Sequence[str] = ()) -> li
     if not path.is_file():
         raise ConfigError(f"{config}: config file not found")
     repo = workflow_dir()
+    if importlib.util.find_spec("snakemake") is None:
+        raise ConfigError(
+            f"snakemake is not installed beside {sys.executable} (pip install -e '.[workflow]')"
+        )
     return [
         sys.executable, "-m", "snakemake",
         "--snakefile", str(repo / "Snakefile"),
