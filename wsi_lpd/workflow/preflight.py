@@ -9,24 +9,23 @@ problem is one line naming the file or config key, what is wrong and what to cha
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wsi_lpd.classes import ClassMapping
 from wsi_lpd.errors import WsiLpdError
 from wsi_lpd.workflow.cohort import (
     ResultsLayout,
+    Sample,
     SampleSheet,
     check_checkpoint_classes,
     read_sample_sheet,
     resolve_path,
 )
 from wsi_lpd.workflow.config import WorkflowConfig
-
-log = logging.getLogger(__name__)
 
 GEOJSON_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
 
@@ -86,7 +85,7 @@ def _is_geojson(path: str) -> bool:
 
 
 def annotation_classes_line(
-    path: str, mapping: object, slide_frame: tuple[int, int, int, int] | None = None
+    path: str, mapping: ClassMapping, slide_frame: tuple[int, int, int, int] | None = None
 ) -> tuple[str, list[str]]:
     """One line on the classes of an annotation file (mapped, ignored, unknown, with counts) and
     the problems it raises (unknown classes when ``patches.unknown_classes`` is ``refuse``).
@@ -110,10 +109,10 @@ def annotation_classes_line(
     counts = Counter(a.class_name for a in annotations)
     groups: dict[str, list[str]] = {"mapped": [], "ignored": [], "Ignore* area": [], "unknown": []}
     for name, n in sorted(counts.items(), key=lambda kv: (kv[0] is None, str(kv[0]))):
-        kind = mapping.kind(name)  # type: ignore[attr-defined]
+        kind = mapping.kind(name)
         shown = "unclassified" if name is None else name
         if kind == "mapped":
-            groups["mapped"].append(f"{shown}→{mapping.resolve(name)} ×{n}")  # type: ignore[attr-defined]
+            groups["mapped"].append(f"{shown}→{mapping.resolve(name)} ×{n}")
         elif kind == "ignore-area":
             groups["Ignore* area"].append(f"{shown} ×{n}")
         else:
@@ -121,8 +120,7 @@ def annotation_classes_line(
     parts = [f"{k}: {', '.join(v)}" for k, v in groups.items() if v]
     line = f"{path}: {len(annotations)} polygon(s); " + ("; ".join(parts) or "no classes") + outside
     problems = []
-    policy = mapping.unknown_classes  # type: ignore[attr-defined]
-    if groups["unknown"] and policy == "refuse":
+    if groups["unknown"] and mapping.unknown_classes == "refuse":
         problems.append(
             f"{path}: annotation class(es) {', '.join(groups['unknown'])} are not model classes "
             "and patches.unknown_classes is refuse; map them in patches.class_map "
@@ -154,21 +152,57 @@ def _check_file(
     return None
 
 
+def _check_sample(
+    out: Preflight,
+    sample: Sample,
+    mapping: ClassMapping | None,
+    qupath_bounds: bool,
+    pending: str | None,
+) -> None:
+    """Every file of one sheet row: exists, opens; the annotations' classes (a note)."""
+    assert out.sheet is not None
+    frame = None  # the slide's bounds offset and size, level-0 px
+    for column in ("path", "annotations", "truth", "roi"):
+        path = getattr(sample, column)
+        if path is None or (pending and os.path.normpath(path).startswith(pending)):
+            continue  # not given, or made by the workflow (the demo cohort)
+        where = f"{out.sheet.path}: line {sample.line}: column {column}"
+        if not os.path.exists(path):
+            out.problems.append(f"{where}: file not found: {os.path.abspath(path)}")
+            continue
+        try:
+            if column == "annotations" and mapping is not None:
+                qupath = None
+                if frame is not None:  # QuPath's coordinates of a cropped slide start at bounds
+                    x, y, w, h = frame
+                    qupath = (-x, -y, w, h) if qupath_bounds else (0, 0, w, h)
+                line, problems = annotation_classes_line(path, mapping, qupath)
+                out.notes.append(line)
+                out.problems.extend(problems)
+            elif column == "path":
+                frame = _check_file(column, path, sample.mpp)
+            else:
+                _check_file(column, path, sample.mpp)
+        except (WsiLpdError, OSError, ValueError) as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            shown = message if path in message else f"{path}: {message}"
+            # a broken slide, truth or ROI fails only that slide's jobs
+            found = out.problems if column == "annotations" else out.unreadable
+            found.append(f"{where}: {shown}")
+
+
 def preflight(
     config: WorkflowConfig,
     source: str,
     *,
     bundled: Iterable[str | os.PathLike] = (),
     devices: bool = True,
-    open_files: bool = True,
 ) -> Preflight:
     """Check the config ``config`` (read from ``source``) and its sample sheet, from the working
     directory (where relative paths start); ``bundled``: folders also searched for files shipped
-    with the workflow (configs/model/*.yaml, environment.yml). ``devices``: check the train and
-    infer devices here (off for a cluster head node). ``open_files``: open every slide and parse
-    every annotation, truth and ROI file (else only check that they exist)."""
-    from wsi_lpd.classes import ClassMapping
-
+    with the workflow (configs/model/*.yaml, environment.yml). Every slide is opened and every
+    annotation, truth and ROI file parsed; ``devices``: check the train and infer devices here
+    (off for a cluster head node)."""
     bundled = list(bundled)
     out = Preflight()
     layout = ResultsLayout(os.path.normpath(config.results))
@@ -176,19 +210,16 @@ def preflight(
     if not config.samples:
         out.problems.append(f"{source}: samples: missing (the sample sheet CSV; wsi-lpd samples)")
     else:
-        sheet_path = os.path.abspath(resolve_path(config.samples, bundled))
         try:
             out.sheet = read_sample_sheet(
-                sheet_path,
+                os.path.abspath(resolve_path(config.samples, bundled)),
                 search_dirs=bundled,
                 made_by_workflow=[layout.cohort_dir] if demo else [],
                 check_files=False,
             )
         except WsiLpdError as exc:
             out.problems.append(str(exc))
-    sheet = out.sheet
-    if sheet is not None:
-        pending = os.path.normpath(layout.cohort_dir) + os.sep
+    if out.sheet is not None:
         try:
             mapping = ClassMapping(
                 config.classes.class_list(),
@@ -198,41 +229,13 @@ def preflight(
         except WsiLpdError as exc:
             out.problems.append(f"{source}: {exc}")
             mapping = None
-        for sample in sheet.samples:
-            frame = None
-            for column in ("path", "annotations", "truth", "roi"):
-                path = getattr(sample, column)
-                if path is None or (demo and os.path.normpath(path).startswith(pending)):
-                    continue
-                where = f"{sheet.path}: line {sample.line}: column {column}"
-                if not os.path.exists(path):
-                    out.problems.append(f"{where}: file not found: {os.path.abspath(path)}")
-                    continue
-                if not open_files:
-                    continue
-                try:
-                    if column == "annotations" and mapping is not None:
-                        if frame is not None and config.patches.qupath_bounds:
-                            # QuPath's coordinates of a cropped slide start at its bounds
-                            frame = (-frame[0], -frame[1], frame[2], frame[3])
-                        elif frame is not None:
-                            frame = (0, 0, frame[2], frame[3])
-                        line, problems = annotation_classes_line(path, mapping, frame)
-                        out.notes.append(line)
-                        out.problems.extend(problems)
-                    elif column == "path":
-                        frame = _check_file(column, path, sample.mpp)
-                    else:
-                        _check_file(column, path, sample.mpp)
-                except (WsiLpdError, OSError, ValueError) as exc:
-                    message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                    shown = message if path in message else f"{path}: {message}"
-                    found = out.problems if column == "annotations" else out.unreadable
-                    found.append(f"{where}: {shown}")
-        if not config.train.checkpoint and not sheet.training:
+        pending = os.path.normpath(layout.cohort_dir) + os.sep if demo else None
+        for sample in out.sheet.samples:
+            _check_sample(out, sample, mapping, config.patches.qupath_bounds, pending)
+        if not config.train.checkpoint and not out.sheet.training:
             out.problems.append(
-                f"{sheet.path}: no slide has annotations outside the test split, so nothing can "
-                "be trained; add an annotations column or set the config key train.checkpoint"
+                f"{out.sheet.path}: no slide has annotations outside the test split, so nothing "
+                "can be trained; add an annotations column or set the config key train.checkpoint"
             )
     _check_model(config, out, bundled)
     conda_env = resolve_path(config.conda_env, bundled)
@@ -273,7 +276,15 @@ def _check_model(config: WorkflowConfig, out: Preflight, bundled: list) -> None:
         out.problems.append(f"config key train.model_config: {exc}")
 
 
-def run_preflight_in(folder: str | os.PathLike, *args: object, **kwargs: object) -> Preflight:
-    """:func:`preflight` with ``folder`` as the working directory (where relative paths start)."""
+def run_preflight_in(
+    folder: str | os.PathLike,
+    config: WorkflowConfig,
+    source: str,
+    *,
+    bundled: Iterable[str | os.PathLike] = (),
+    devices: bool = True,
+) -> Preflight:
+    """:func:`preflight` with ``folder`` as the working directory (where relative paths start:
+    the config's folder, as with ``wsi-lpd run``)."""
     with contextlib.chdir(Path(folder)):
-        return preflight(*args, **kwargs)  # type: ignore[arg-type]
+        return preflight(config, source, bundled=bundled, devices=devices)
