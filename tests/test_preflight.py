@@ -166,3 +166,19 @@ def test_run_command_is_an_argument_list_with_the_packaged_profile(tmp_path: Pat
     assert slurm.count("--workflow-profile") == 1
     with pytest.raises(ConfigError, match="config file not found"):
         snakemake_command(tmp_path / "nope.yaml")
+
+
+def test_sheet_builder_pairs_truth_and_reports_files_without_a_slide(tmp_path: Path) -> None:
+    slides, truth = tmp_path / "slides", tmp_path / "truth"
+    slides.mkdir()
+    truth.mkdir()
+    for name in ("case 1.svs", "x.ome.tiff", "notes.txt", "case 1.mask.tiff"):
+        (slides / name).write_bytes(b"x")
+    for name in ("case_1.mask.tiff", "x.truth.geojson", "other.mask.tiff"):
+        (truth / name).write_bytes(b"x")
+    built = build_sample_sheet(slides, truth_dir=truth)
+    rows = {r["slide_id"]: r for r in built.rows}
+    assert set(rows) == {"case_1", "x"}  # notes.txt and a label mask are not slides
+    assert rows["case_1"]["truth"].endswith("case_1.mask.tiff")
+    assert rows["x"]["truth"].endswith("x.truth.geojson")
+    assert built.unmatched == [str(truth / "other.mask.tiff")]

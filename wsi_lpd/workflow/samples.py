@@ -63,8 +63,15 @@ def _strip(name: str, suffixes: Iterable[str]) -> str | None:
     return None
 
 
+def _is_mask(name: str) -> bool:
+    """wsi-lpd's label masks (``{slide_id}.mask.tiff``, beside `wsi-lpd synth`'s slides)."""
+    stem = _strip(name, (".tiff", ".tif"))
+    return stem is not None and stem.lower().endswith(".mask")
+
+
 def list_slides(folder: str | os.PathLike) -> list[Path]:
-    """Slide files directly in ``folder`` (sorted by name; hidden files left out)."""
+    """Slide files directly in ``folder`` (sorted by name; hidden files and ``*.mask.tiff`` label
+    masks left out)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder}: slide folder not found")
@@ -74,6 +81,7 @@ def list_slides(folder: str | os.PathLike) -> list[Path]:
         if not p.name.startswith(".")
         and (p.is_file() or p.is_symlink())
         and p.name.lower().endswith(SLIDE_SUFFIXES)
+        and not _is_mask(p.name)
     )
 
 
