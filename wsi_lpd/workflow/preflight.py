@@ -12,6 +12,7 @@ import contextlib
 import os
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from wsi_lpd.workflow.cohort import (
 from wsi_lpd.workflow.config import WorkflowConfig
 
 GEOJSON_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
+CHECK_THREADS = 8  # sheet rows checked at once (slide opening waits on storage, not the CPU)
 
 
 @dataclass
@@ -153,20 +155,20 @@ def _check_file(
 
 
 def _check_sample(
-    out: Preflight,
+    sheet_path: str,
     sample: Sample,
     mapping: ClassMapping | None,
     qupath_bounds: bool,
     pending: str | None,
-) -> None:
+) -> Preflight:
     """Every file of one sheet row: exists, opens; the annotations' classes (a note)."""
-    assert out.sheet is not None
+    out = Preflight()
     frame = None  # the slide's bounds offset and size, level-0 px
     for column in ("path", "annotations", "truth", "roi"):
         path = getattr(sample, column)
         if path is None or (pending and os.path.normpath(path).startswith(pending)):
             continue  # not given, or made by the workflow (the demo cohort)
-        where = f"{out.sheet.path}: line {sample.line}: column {column}"
+        where = f"{sheet_path}: line {sample.line}: column {column}"
         if not os.path.exists(path):
             out.problems.append(f"{where}: file not found: {os.path.abspath(path)}")
             continue
@@ -189,6 +191,7 @@ def _check_sample(
             # a broken slide, truth or ROI fails only that slide's jobs
             found = out.problems if column == "annotations" else out.unreadable
             found.append(f"{where}: {shown}")
+    return out
 
 
 def preflight(
@@ -230,8 +233,17 @@ def preflight(
             out.problems.append(f"{source}: {exc}")
             mapping = None
         pending = os.path.normpath(layout.cohort_dir) + os.sep if demo else None
-        for sample in out.sheet.samples:
-            _check_sample(out, sample, mapping, config.patches.qupath_bounds, pending)
+        sheet = out.sheet
+
+        def check(sample: Sample) -> Preflight:
+            return _check_sample(sheet.path, sample, mapping, config.patches.qupath_bounds, pending)
+
+        # opening slides waits on storage: a few threads, results kept in sheet order
+        with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
+            for found in pool.map(check, sheet.samples):
+                out.problems += found.problems
+                out.unreadable += found.unreadable
+                out.notes += found.notes
         if not config.train.checkpoint and not out.sheet.training:
             out.problems.append(
                 f"{out.sheet.path}: no slide has annotations outside the test split, so nothing "
