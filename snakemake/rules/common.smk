@@ -37,7 +37,6 @@ CONFIG_SOURCE = " + ".join(map(str, workflow.overwrite_configfiles)) or str(
 )
 
 
-
 def stop(*lines: str) -> None:
     """End the run before any job: each problem one line, no traceback."""
     for line in lines:
