@@ -38,7 +38,22 @@ def test_one_training_loop() -> None:
 
 def test_config_keys_are_checked_by_the_typed_models_only() -> None:
     hand_checks = _hits(r"unknown key|set\(data\) - |_check_keys|allowed_keys|CONFIG_KEYS")
-    hand_checks.pop("wsi_lpd/workflow/config.py", None)  # where ConfigError wording lives
+    hand_checks.pop("wsi_lpd/settings.py", None)  # where ConfigError wording lives
     assert hand_checks == {}, hand_checks
     assert _hits(r"\(Section\):"), "no typed config sections found"
-    assert set(_hits(r"class \w+\(BaseModel\)")) == {"wsi_lpd/workflow/config.py"}  # the one base
+    assert set(_hits(r"class \w+\(BaseModel\)")) == {"wsi_lpd/settings.py"}  # the one base
+
+
+def test_one_run_metadata_writer() -> None:
+    # every run.json / export.json is written by wsi_lpd.run_metadata.write_run_metadata
+    assert set(_hits(r"package_versions\(\)|\"finished_at\":|\"versions\":")) == {
+        "wsi_lpd/run_metadata.py"
+    }
+    assert set(_hits(r"def write_run_metadata|hashlib\.sha256\(")) <= {
+        "wsi_lpd/run_metadata.py",
+        "wsi_lpd/networks/checkpoint.py",  # the model file's own SHA-256 (whole file)
+    }, _hits(r"def write_run_metadata|hashlib\.sha256\(")
+
+
+def test_one_rule_for_default_worker_counts() -> None:
+    assert set(_hits(r"def default_workers|sched_getaffinity")) == {"wsi_lpd/cores.py"}

@@ -16,6 +16,12 @@ from typer.testing import CliRunner
 
 from wsi_lpd.classes import BCSS_CLASSES, ClassList, ClassMapping
 from wsi_lpd.cli.app import app as cli_app
+from wsi_lpd.data.patches import (
+    build_patch_store_from_annotations,
+    build_patch_store_from_csv,
+    class_coverage,
+    label_states,
+)
 from wsi_lpd.errors import AnnotationError, DatasetError
 from wsi_lpd.formats.geojson import (
     feature,
@@ -23,13 +29,7 @@ from wsi_lpd.formats.geojson import (
     read_annotations,
     write_feature_collection,
 )
-from wsi_lpd.formats.patch_store import (
-    build_patch_store_from_annotations,
-    build_patch_store_from_csv,
-    class_coverage,
-    label_states,
-    open_patch_store,
-)
+from wsi_lpd.formats.patch_store import open_patch_store
 from wsi_lpd.slide.tiling import make_tile_grid
 
 SLIDE_PX = 256  # level-0 side at 0.5 µm/px

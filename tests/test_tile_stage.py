@@ -66,7 +66,10 @@ def test_tile_stage_writes_the_four_outputs(make_tiff, tmp_path: Path) -> None:
     assert meta["stage"] == "tile" and meta["n_tiles"] == len(grid)
     assert meta["parameters"]["tile_mpp"] == 1.0 and meta["parameters"]["patch_px"] == 64
     assert meta["inputs"]["slide_width"] == 1024 and meta["inputs"]["slide_mpp"] == 0.5
-    assert meta["inputs"]["vendor"] == "generic-tiff" and len(meta["inputs"]["file_checksum"]) == 64
+    assert (
+        meta["inputs"]["vendor"] == "generic-tiff"
+        and len(meta["inputs"]["slide_sha256_first_mib"]) == 64
+    )
     assert meta["wall_time_s"] >= 0
     assert str(out) in result.stderr  # it logs where it wrote
 
@@ -178,7 +181,7 @@ def test_roi_limits_the_tiles_and_is_shifted_on_cropped_slides(make_tiff, tmp_pa
 
 
 def test_run_metadata_goes_to_a_folder_or_a_named_file(tmp_path: Path) -> None:
-    from wsi_lpd.cli._common import write_run_metadata
+    from wsi_lpd.run_metadata import write_run_metadata
 
     folder = write_run_metadata(tmp_path / "out", "tile", {"a": 1}, {"slide": "s.svs"}, 0.0)
     named = write_run_metadata(tmp_path / "infer" / "S1.run.json", "infer", {}, {}, 0.0, n=2)

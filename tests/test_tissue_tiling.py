@@ -13,6 +13,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Point, Polygon, box
 
 from wsi_lpd.errors import DatasetError, NoTissueWarning, SlideTooSmallError
+from wsi_lpd.slide.options import TissueOptions
 from wsi_lpd.slide.reader import open_slide
 from wsi_lpd.slide.tiling import FORMAT, TileGrid, make_tile_grid
 from wsi_lpd.slide.tissue import (
@@ -96,7 +97,7 @@ def test_real_slide_tile_grid_lies_in_tissue(cmu) -> None:
 def test_synthetic_tissue_found_and_glass_left_out(make_tiff) -> None:
     path, image = make_tiff(width=2048, height=1536)
     slide = open_slide(path)
-    tissue = detect_tissue(slide, mpp=4.0)
+    tissue = detect_tissue(slide, TissueOptions(tissue_mpp=4.0))
     assert tissue.is_valid and not tissue.is_empty
     mask = rasterize(tissue, (1536, 2048), 1.0)
     stained = saturation(image) > 0.3 * 255

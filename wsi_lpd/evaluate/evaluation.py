@@ -133,10 +133,10 @@ def confusion_vs_annotations(
 
 def evaluate_mosaics(preds: Sequence[Path], truths: Sequence[Path], workers: int = 1) -> Evaluation:
     """Mode A: one confusion matrix per (mosaic, truth) pair, summed per slide id."""
+    from wsi_lpd.data.patches import class_geometries
     from wsi_lpd.evaluate.metrics import class_lookup
     from wsi_lpd.formats.geojson import qupath_offset_px
     from wsi_lpd.formats.mosaic import open_mosaic
-    from wsi_lpd.formats.patch_store import class_geometries
 
     if len(preds) != len(truths):
         raise ConfigError(

@@ -14,7 +14,6 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import shapely
@@ -22,8 +21,9 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
-from wsi_lpd.errors import AnnotationError, ConfigError
+from wsi_lpd.errors import AnnotationError
 from wsi_lpd.formats.geojson import feature, read_annotations, write_feature_collection
+from wsi_lpd.slide.options import TissueOptions
 from wsi_lpd.slide.reader import Slide
 
 log = logging.getLogger(__name__)
@@ -191,21 +191,21 @@ def _fill_small_holes(mask: np.ndarray, min_px: float) -> np.ndarray:
 def tissue_mask(
     rgb: np.ndarray,
     mpp: float,
+    options: TissueOptions | None = None,
     *,
-    min_object_um2: float = 20_000.0,
-    min_hole_um2: float = 10_000.0,
-    close_radius_um: float = 16.0,
-    open_radius_um: float = 8.0,
-    saturation_floor: float = 0.05,
-    exclude_dark: bool = True,
     dark_value: float = 0.15,
 ) -> np.ndarray:
-    """Boolean tissue mask of an RGB thumbnail at ``mpp`` µm/px.
+    """Boolean tissue mask of an RGB thumbnail at ``mpp`` µm/px (``options.tissue_mpp`` is not
+    used here: the thumbnail is given).
 
     ``saturation_floor`` and ``dark_value`` are fractions of full scale: the Otsu threshold on
     saturation is never below the floor; pixels whose brightest channel is below ``dark_value``
     are not tissue when ``exclude_dark``.
     """
+    o = options or TissueOptions()
+    min_object_um2, min_hole_um2 = o.min_object_um2, o.min_hole_um2
+    close_radius_um, open_radius_um = o.close_radius_um, o.open_radius_um
+    saturation_floor, exclude_dark = o.saturation_floor, o.exclude_dark
     sat = smooth3(saturation(rgb))
     floor = saturation_floor * 255
     if int(sat.max()) < floor:
@@ -376,45 +376,25 @@ def _as_multipolygon(parts: Iterable[Polygon]) -> MultiPolygon:
 
 
 def detect_tissue(
-    slide: Slide,
-    mpp: float = 8.0,
-    *,
-    min_object_um2: float = 20_000.0,
-    min_hole_um2: float = 10_000.0,
-    close_radius_um: float = 16.0,
-    open_radius_um: float = 8.0,
-    saturation_floor: float = 0.05,
-    exclude_dark: bool = True,
-    progress: bool = False,
+    slide: Slide, options: TissueOptions | None = None, *, progress: bool = False
 ) -> MultiPolygon:
     """Tissue of ``slide`` as a valid MultiPolygon in level-0 px (empty when none).
 
-    ``mpp`` is the µm/px of the thumbnail the detection runs on (4–16 is sensible).
+    ``options.tissue_mpp`` is the µm/px of the thumbnail the detection runs on (4–16 is sensible);
+    None: the defaults of :class:`~wsi_lpd.slide.options.TissueOptions`.
     """
-    return detect_tissue_with_thumbnail(
-        slide,
-        mpp,
-        min_object_um2=min_object_um2,
-        min_hole_um2=min_hole_um2,
-        close_radius_um=close_radius_um,
-        open_radius_um=open_radius_um,
-        saturation_floor=saturation_floor,
-        exclude_dark=exclude_dark,
-        progress=progress,
-    )[0]
+    return detect_tissue_with_thumbnail(slide, options, progress=progress)[0]
 
 
 def detect_tissue_with_thumbnail(
-    slide: Slide, mpp: float = 8.0, *, progress: bool = False, **options: Any
+    slide: Slide, options: TissueOptions | None = None, *, progress: bool = False
 ) -> tuple[MultiPolygon, np.ndarray]:
-    """:func:`detect_tissue` plus the RGB thumbnail at ``mpp`` µm/px it ran on (read once from
-    the coarsest pyramid level that serves ``mpp``; reused e.g. for the QC image).
-
-    ``options``: the keyword arguments of :func:`tissue_mask`."""
-    if not mpp > 0:
-        raise ConfigError(f"{slide.path}: tissue mpp must be positive, got {mpp}")
+    """:func:`detect_tissue` plus the RGB thumbnail at ``options.tissue_mpp`` µm/px it ran on
+    (read once from the coarsest pyramid level that serves it; reused e.g. for the QC image)."""
+    options = options or TissueOptions()
+    mpp = options.tissue_mpp
     rgb = slide.thumbnail(mpp, progress=progress)
-    mask = tissue_mask(rgb, mpp, **options)
+    mask = tissue_mask(rgb, mpp, options)
     w0, h0 = slide.dimensions
     h, w = mask.shape
     tissue = polygonize(mask, (w0 / w, h0 / h))
