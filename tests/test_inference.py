@@ -29,8 +29,8 @@ from wsi_lpd.infer.inference import (
 )
 from wsi_lpd.infer.options import InferSection
 from wsi_lpd.settings import parse_section
+from wsi_lpd.slide.geometry import rasterize
 from wsi_lpd.slide.reader import open_slide
-from wsi_lpd.slide.tissue import rasterize
 
 IDENTITY_NORM = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 # uint8 values chosen away from .5 so rounding is unambiguous

@@ -247,7 +247,7 @@ def mosaic_confusion_vs_annotations(
     import shapely
     from shapely import affinity
 
-    from wsi_lpd.slide.tissue import rasterize
+    from wsi_lpd.slide.geometry import rasterize
 
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     present = [(k, g) for k, g in enumerate(class_geometries) if g is not None and not g.is_empty]

@@ -19,11 +19,11 @@ from typing import Any
 from wsi_lpd.cores import default_workers
 from wsi_lpd.export.options import ExportSection
 from wsi_lpd.export.vectorize import ClassPolygons, class_features, vectorize_mosaic
-from wsi_lpd.formats.geojson import write_feature_collection
+from wsi_lpd.formats.geojson import write_feature_collection_into
 from wsi_lpd.formats.mosaic import open_mosaic
 from wsi_lpd.io import atomic_file
 from wsi_lpd.run_metadata import write_run_metadata
-from wsi_lpd.slide.overlay import write_overlay
+from wsi_lpd.slide.overlay import write_overlay_into
 
 log = logging.getLogger("wsi_lpd.export")
 
@@ -101,7 +101,7 @@ def export_mosaic(
     out.mkdir(parents=True, exist_ok=True)
     geojson_path = out / f"{slide_id}.geojson{'.gz' if opts.gzip else ''}"
     with atomic_file(geojson_path) as tmp:
-        n_features = write_feature_collection(
+        n_features = write_feature_collection_into(
             tmp,
             class_features(results, opts.object_type, opts.per_class),
             properties=provenance(attrs, mosaic, run_date),
@@ -111,7 +111,7 @@ def export_mosaic(
     slide_path = opts.slide or attrs.get("slide_path") or None
     overlay_path = out / f"{slide_id}.overlay.png"
     with atomic_file(overlay_path) as tmp:
-        write_overlay(
+        write_overlay_into(
             tmp,
             results,
             level0_size=(int(attrs["level0_width"]), int(attrs["level0_height"])),

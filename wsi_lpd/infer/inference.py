@@ -51,6 +51,7 @@ from wsi_lpd.errors import CheckpointError, ConfigError, NoTissueWarning
 from wsi_lpd.formats.mosaic import CHUNK_PX, MosaicWriter
 from wsi_lpd.infer.blending import BandAccumulator, window_weights
 from wsi_lpd.infer.options import InferSection
+from wsi_lpd.slide.geometry import rasterize
 from wsi_lpd.slide.jpeg_tiles import (
     JpegTileLevel,
     assemble_windows,
@@ -59,7 +60,6 @@ from wsi_lpd.slide.jpeg_tiles import (
     window_rect,
 )
 from wsi_lpd.slide.reader import default_slide_id
-from wsi_lpd.slide.tissue import rasterize
 
 log = logging.getLogger(__name__)
 

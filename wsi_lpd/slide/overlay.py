@@ -1,4 +1,7 @@
-"""Overlay PNG: slide thumbnail, class polygons filled semi-transparently and outlined, legend."""
+"""Overlay PNG: slide thumbnail, class polygons filled semi-transparently and outlined, legend.
+
+The ``write_*_into`` functions write at the path they are given (not atomic): the stages pass a
+temporary path from :mod:`wsi_lpd.io`."""
 
 from __future__ import annotations
 
@@ -92,7 +95,7 @@ def _font(size_px: int) -> tuple[Any, str]:
     return ImageFont.load_default(), "mm^2"
 
 
-def write_overlay(
+def write_overlay_into(
     path: str | os.PathLike,
     results: Sequence[ClassPolygons],
     *,
@@ -171,7 +174,7 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(image[:h, :w])).reduce(factor))
 
 
-def write_tile_qc(
+def write_tile_qc_into(
     path: str | os.PathLike,
     slide: Any,
     tissue: BaseGeometry,

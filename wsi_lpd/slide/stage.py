@@ -18,7 +18,7 @@ from wsi_lpd.formats.geojson import qupath_offset_px
 from wsi_lpd.io import atomic_dir
 from wsi_lpd.run_metadata import sha256_first_mib, write_run_metadata
 from wsi_lpd.slide.options import TileSection
-from wsi_lpd.slide.overlay import write_tile_qc
+from wsi_lpd.slide.overlay import write_tile_qc_into
 from wsi_lpd.slide.reader import default_slide_id, open_slide, validate_slide_id
 from wsi_lpd.slide.tiling import TileGrid, check_patch_fits, make_tile_grid
 from wsi_lpd.slide.tissue import (
@@ -26,7 +26,7 @@ from wsi_lpd.slide.tissue import (
     detect_tissue_with_thumbnail,
     read_roi_geojson,
     read_tissue_geojson,
-    write_tissue_geojson,
+    write_tissue_geojson_into,
 )
 
 log = logging.getLogger("wsi_lpd.tile")
@@ -95,8 +95,8 @@ def tile_slide(
         grid.extra = {"bounds": list(wsi.bounds), "vendor": wsi.vendor, "backend": wsi.backend}
         with atomic_dir(out) as tmp:
             grid.save(tmp / "tiles.npz")
-            write_tissue_geojson(tmp / "tissue.geojson", tissue)
-            write_tile_qc(tmp / "qc.png", wsi, tissue, grid, opts.qc_long_side_px, thumbnail)
+            write_tissue_geojson_into(tmp / "tissue.geojson", tissue)
+            write_tile_qc_into(tmp / "qc.png", wsi, tissue, grid, opts.qc_long_side_px, thumbnail)
             write_run_metadata(
                 tmp,
                 "tile",
