@@ -255,7 +255,7 @@ def metrics_report(
     evaluation: Evaluation, protocol: str, mode: str, label_mode: str | None
 ) -> tuple[dict[str, Any], str, str]:
     """(``metrics.json`` payload, ``metrics.md`` text, the pooled table) of an evaluation."""
-    from wsi_lpd.evaluate.metrics import format_table, segmentation_scores
+    from wsi_lpd.scores import format_table, segmentation_scores
 
     names = evaluation.classes.names
     pooled_scores = segmentation_scores(evaluation.pooled, protocol, names)
