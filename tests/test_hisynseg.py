@@ -399,7 +399,7 @@ def test_a_filter_that_rejects_everything_falls_back_to_unfiltered_images(
 
 def test_checkpoint_runs_through_infer(trained: Path, tmp_path: Path) -> None:
     from wsi_lpd.formats.mosaic import open_mosaic
-    from wsi_lpd.infer.inference import infer_slide
+    from wsi_lpd.infer.inference import predict_slide
     from wsi_lpd.slide.reader import open_slide
 
     rng = np.random.default_rng(1)
@@ -413,7 +413,7 @@ def test_checkpoint_runs_through_infer(trained: Path, tmp_path: Path) -> None:
         path, rgb, photometric="rgb", resolution=(res, res), resolutionunit="CENTIMETER"
     )
     model, contract = load_model(trained / "model.pt")
-    result = infer_slide(
+    result = predict_slide(
         open_slide(path), model, contract, tmp_path / "tiny.ome.zarr", progress=False
     )
     mosaic = open_mosaic(result.mosaic_path)

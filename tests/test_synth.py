@@ -21,7 +21,7 @@ from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.cli.app import app
 from wsi_lpd.errors import AnnotationError, ConfigError
 from wsi_lpd.formats.geojson import read_annotations
-from wsi_lpd.formats.labelmask import read_label_mask, write_label_mask
+from wsi_lpd.formats.labelmask import read_label_mask, write_label_mask_into
 from wsi_lpd.synthetic.slides import SlideLayout, write_synthetic_slide
 
 SIZE_PX = 2048
@@ -49,7 +49,7 @@ def truth(slide) -> np.ndarray:
 def test_label_mask_round_trip_and_errors(tmp_path: Path) -> None:
     classes = ClassList.from_names(["A", "B"])
     mask = np.array([[0, 1, 2], [2, 1, 0]], dtype=np.uint8)
-    write_label_mask(tmp_path / "m.tiff", mask, 4.0, classes)
+    write_label_mask_into(tmp_path / "m.tiff", mask, 4.0, classes)
     back = read_label_mask(tmp_path / "m.tiff")
     assert np.array_equal(back.mask, mask) and back.mpp == 4.0 and back.classes == classes
     with tifffile.TiffFile(tmp_path / "m.tiff") as tif:
@@ -58,7 +58,7 @@ def test_label_mask_round_trip_and_errors(tmp_path: Path) -> None:
         assert page.tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
         assert page.tags["XResolution"].value[0] / page.tags["XResolution"].value[1] == 2500
     with pytest.raises(ValueError, match="3 classes"):
-        write_label_mask(tmp_path / "bad.tiff", mask + 1, 4.0, classes)
+        write_label_mask_into(tmp_path / "bad.tiff", mask + 1, 4.0, classes)
     with pytest.raises(AnnotationError, match=r"missing\.tiff: label mask not found"):
         read_label_mask(tmp_path / "missing.tiff")
     tifffile.imwrite(tmp_path / "plain.tiff", mask, description="hello")

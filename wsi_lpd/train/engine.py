@@ -47,9 +47,9 @@ from wsi_lpd.data.sampling import class_balanced_weights, pos_weight_from_labels
 from wsi_lpd.data.training_data import TrainingData, dataset_labels
 from wsi_lpd.device import resolve_device
 from wsi_lpd.errors import CheckpointError, ConfigError, DatasetError, TrainingDivergedError
-from wsi_lpd.evaluate.metrics import confusion_matrix, label_scores, segmentation_scores
 from wsi_lpd.io import atomic_dir, atomic_file
 from wsi_lpd.networks.checkpoint import save_checkpoint
+from wsi_lpd.scores import confusion_matrix, label_scores, segmentation_scores
 from wsi_lpd.train import distributed
 from wsi_lpd.train.methods import Method, TrainContext, make_method
 from wsi_lpd.train.training_config import TrainingConfig
