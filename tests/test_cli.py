@@ -130,3 +130,16 @@ def test_config_check_passes_then_refuses_in_one_line_each(
     assert bad.exit_code == 1
     errors = [line for line in bad.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "train.model_config:" in errors[0] and "nope.yaml" in errors[0]
+
+
+@pytest.mark.parametrize("command", ["tile", "infer"])
+def test_a_file_name_that_is_no_slide_id_is_refused_with_the_flag_to_pass(
+    tmp_path: Path, command: str
+) -> None:
+    slide = tmp_path / "case 12 (HE).svs"
+    slide.write_bytes(b"x")  # refused before the file is opened
+    args = [command, slide, "--out", tmp_path / "out"]
+    result = invoke(*args) if command == "tile" else invoke(*args, "--model", tmp_path / "m.pt")
+    assert result.exit_code == 1
+    assert "' ' '(' ')' not allowed" in result.stderr
+    assert result.stderr.strip().endswith("pass --slide-id case_12__HE_")
