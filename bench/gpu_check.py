@@ -33,6 +33,8 @@ from wsi_lpd.infer.inference import default_workers
 from wsi_lpd.networks.build import build_model
 from wsi_lpd.synthetic.slides import write_synthetic_slide
 from wsi_lpd.train.losses import LPDLoss
+from wsi_lpd.train.training_config import LossConfig
+from wsi_lpd.workflow.config import parse_section
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs/model/lpd_mit_b1.yaml"
@@ -54,7 +56,9 @@ def train_step(dev: torch.device, batch: int, patch_px: int, steps: int, warmup:
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     loss_cfg = {**cfg["loss"], "lambda_sim": 0.0}  # L_sim is off during the warm-up anyway
-    criterion = LPDLoss.from_config(loss_cfg, BCSS_CLASSES.num_foreground)
+    criterion = LPDLoss(
+        BCSS_CLASSES.num_foreground, parse_section(LossConfig, loss_cfg, PAPER, "loss")
+    )
     t = cfg["train"]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))

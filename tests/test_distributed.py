@@ -16,7 +16,7 @@ from wsi_lpd.data.training_data import TrainingData
 from wsi_lpd.formats.patch_store import PatchStoreWriter
 from wsi_lpd.networks.checkpoint import read_checkpoint
 from wsi_lpd.train.engine import GlobalBatchSampler, TrainJob, launch_training, train
-from wsi_lpd.train.training_config import training_config_from_mapping
+from wsi_lpd.train.registry import training_config_from_mapping
 
 CLASSES = ClassList.from_names(["A", "B"])
 PATCH = 32

@@ -29,6 +29,7 @@ from wsi_lpd.infer.inference import (
 )
 from wsi_lpd.slide.reader import open_slide
 from wsi_lpd.slide.tissue import rasterize
+from wsi_lpd.workflow.config import InferSection, parse_section
 
 IDENTITY_NORM = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 # uint8 values chosen away from .5 so rounding is unambiguous
@@ -175,8 +176,8 @@ def test_window_weights_floor_and_peak() -> None:
         w = window_weights(64, blend)
         assert w.shape == (64, 64) and w.min() >= 1e-3 and w.max() == pytest.approx(1.0, abs=1e-3)
         assert np.allclose(w, w.T) and np.allclose(w, w[::-1, ::-1])
-    with pytest.raises(ConfigError, match="blend"):
-        window_weights(8, "box")
+    with pytest.raises(ConfigError, match=r"infer\.blend: "):  # the typed options refuse it
+        parse_section(InferSection, {"blend": "box"}, None, "infer")
 
 
 def test_band_accumulator_divides_by_weight_sum() -> None:
@@ -369,8 +370,8 @@ def test_contract_checks(plain_slide: Path, tmp_path: Path) -> None:
         infer_slide(slide, ConstantModel(CONST), contract(0.25, 64), out, progress=False)
     with pytest.raises(CheckpointError, match="predict returned"):
         infer_slide(slide, ConstantModel(CONST[:3]), contract(0.5, 64), out, progress=False)
-    with pytest.raises(ConfigError, match="overlap"):
-        infer_slide(slide, ConstantModel(CONST), contract(0.5, 64), out, overlap=1.0)
+    with pytest.raises(ConfigError, match=r"infer\.overlap: "):  # the typed options refuse it
+        parse_section(InferSection, {"overlap": 1.0}, None, "infer")
     assert not out.exists()
 
 

@@ -16,6 +16,16 @@ from wsi_lpd.cli._common import setup_logging, write_run_metadata
 log = logging.getLogger("wsi_lpd.train")
 
 
+def method_name(value: str) -> str:
+    """``--method``: a name of :data:`wsi_lpd.train.registry.METHODS` (read when used, so the CLI
+    starts without importing torch)."""
+    from wsi_lpd.train.registry import method_names
+
+    if value not in method_names():
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(method_names())}")
+    return value
+
+
 def _write_run(
     folder: Path, result: Any, *, parameters: dict, inputs: dict, started: float
 ) -> None:
@@ -58,7 +68,11 @@ def command(
         float | None, typer.Option(help="µm/px of the BCSS-style patches (needed with --bcss-dir).")
     ] = None,
     method: Annotated[
-        str | None, typer.Option(help="lpd, cam, pbip or hisynseg (overrides model.method).")
+        str | None,
+        typer.Option(
+            help="A method of wsi_lpd.train.registry (lpd, cam, …); overrides model.method.",
+            parser=method_name,
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
     max_iters: Annotated[int | None, typer.Option(help="Override train.max_iters.")] = None,
@@ -81,7 +95,7 @@ def command(
     from wsi_lpd.data.training_data import build_training_data
     from wsi_lpd.errors import ConfigError
     from wsi_lpd.train.engine import TrainJob, launch_training
-    from wsi_lpd.train.training_config import load_training_config
+    from wsi_lpd.train.registry import load_training_config
 
     started = time.time()
     if config is not None:

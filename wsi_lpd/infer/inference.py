@@ -567,13 +567,6 @@ def infer_slide(
     classes = check_contract(contract, slide.mpp, expected_classes, source=source)
     model_mpp, patch_px = float(contract["mpp"]), int(contract["patch_px"])
     workers = default_workers() if workers is None else workers
-    if not 0.0 <= overlap < 1.0:
-        raise ConfigError(f"overlap: must be in [0, 1), got {overlap}")
-    if batch_size < 1 or workers < 0 or prefetch < 1:
-        raise ConfigError(
-            f"batch_size ({batch_size}) and prefetch ({prefetch}) must be ≥ 1, workers "
-            f"({workers}) ≥ 0"
-        )
     if band_px < CHUNK_PX or band_px % CHUNK_PX:
         raise ConfigError(f"band_px: must be a multiple of {CHUNK_PX}, got {band_px}")
     dev = resolve_device(device)

@@ -38,7 +38,7 @@ from wsi_lpd.networks.mit import (
     mit,
     read_state_dict,
 )
-from wsi_lpd.train.training_config import (
+from wsi_lpd.networks.model_config import (
     EncoderConfig,
     MitEncoderConfig,
     parse_encoder_config,

@@ -46,13 +46,12 @@ from torch import Tensor, nn
 from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.networks.encoders import Encoder, build_encoder
-from wsi_lpd.networks.predict import apply_crf, drop_untrained
-from wsi_lpd.train.training_config import (
+from wsi_lpd.networks.model_config import (
     BackgroundConfig,
     HisynSegModelConfig,
     HisynSegPredictConfig,
-    parse_model_config,
 )
+from wsi_lpd.networks.predict import apply_crf, drop_untrained
 from wsi_lpd.workflow.config import parse_section
 
 log = logging.getLogger(__name__)
@@ -243,12 +242,9 @@ class HisynSegModel(nn.Module):
         return drop_untrained(probs, getattr(self, "untrained_classes", ()))
 
 
-def build_hisynseg(
-    model_config: Mapping[str, Any] | HisynSegModelConfig, classes: ClassList
-) -> HisynSegModel:
+def build_hisynseg(cfg: HisynSegModelConfig, classes: ClassList) -> HisynSegModel:
     """Builder of method ``hisynseg`` (see :func:`wsi_lpd.networks.build.build_model`)."""
-    cfg = parse_model_config("hisynseg", model_config)
-    assert isinstance(cfg, HisynSegModelConfig) and cfg.encoder is not None
+    assert cfg.encoder is not None
     model = HisynSegModel(
         build_encoder(cfg.encoder),
         classes.num_foreground,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +33,9 @@ from wsi_lpd.networks.predict import predict_probs
 
 log = logging.getLogger(__name__)
 
-METHODS = ("lpd", "cam", "pbip")
-__all__ = ["METHODS", "LPDModel", "LPDOutput", "merge_mean", "merge_softmax_weighted"]
+#: the head's variants; the methods using them are registered in :mod:`wsi_lpd.train.registry`
+HeadVariant = Literal["lpd", "cam", "pbip"]
+__all__ = ["HeadVariant", "LPDModel", "LPDOutput", "merge_mean", "merge_softmax_weighted"]
 
 
 @dataclass
@@ -87,7 +88,7 @@ class LPDModel(nn.Module):
         encoder: nn.Module,
         num_classes: int,
         *,
-        method: str = "lpd",
+        method: HeadVariant = "lpd",
         prototypes_per_class: int = 10,
         prototype_dim: int = 512,
         adapter_ratio: float = 0.5,
@@ -97,8 +98,8 @@ class LPDModel(nn.Module):
         predict_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if method not in METHODS:
-            raise ConfigError(f"method: unknown {method!r}; expected one of {', '.join(METHODS)}")
+        if method not in get_args(HeadVariant):
+            raise ConfigError(f"method: unknown head variant {method!r}")
         if num_classes < 1 or prototypes_per_class < 1 or prototype_dim < 1:
             raise ConfigError(
                 f"head: num_classes ({num_classes}), prototypes_per_class "

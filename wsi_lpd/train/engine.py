@@ -50,7 +50,8 @@ from wsi_lpd.evaluate.metrics import confusion_matrix, label_scores, segmentatio
 from wsi_lpd.io import atomic_dir, atomic_file
 from wsi_lpd.networks.checkpoint import save_checkpoint
 from wsi_lpd.train import distributed
-from wsi_lpd.train.methods import Method, TrainContext, make_method
+from wsi_lpd.train.methods import Method, TrainContext
+from wsi_lpd.train.registry import make_method
 from wsi_lpd.train.training_config import TrainingConfig
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ def train(
         "mpp": mpp,
         "patch_px": patch_px,
         "normalisation": dict(normalisation),
-        "model_config": config.model_config,
+        "model_config": config.model_mapping,
         "untrained_classes": untrained,
         "augmentation": Augment.from_dict(s.augment).to_dict(),
     }
@@ -252,8 +253,8 @@ def train(
 
     started = time.time()
     offset = 0
-    current: Method | None = method
-    final: Method = method
+    current: Method[Any] | None = method
+    final: Method[Any] = method
     while current is not None:
         final = current
         offset += run_loop(current, run, state, offset)
@@ -289,7 +290,7 @@ def train(
     return result
 
 
-def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
+def run_loop(method: Method[Any], run: Run, state: LoopState, offset: int) -> int:
     """Train ``method`` for one round starting at global iteration ``offset``; returns the
     round's iteration count. Writes ``last.pt`` each epoch and the best ``model.pt`` (rank 0)."""
     ctx = run.context
@@ -457,7 +458,9 @@ def _three_state(labels: np.ndarray, classes: ClassList) -> np.ndarray:
     return arr.astype(np.int8)
 
 
-def _apply_class_balance(method: Method, labels: np.ndarray, mode: str, source: str | None) -> None:
+def _apply_class_balance(
+    method: Method[Any], labels: np.ndarray, mode: str, source: str | None
+) -> None:
     """``sampler``: class-balanced draw weights; ``pos_weight``: BCE positive weights (L_cls)."""
     if mode == "sampler":
         method.sample_weights = class_balanced_weights(labels)  # type: ignore[attr-defined]
@@ -476,7 +479,7 @@ def _apply_class_balance(method: Method, labels: np.ndarray, mode: str, source: 
 
 @torch.no_grad()
 def evaluate(
-    method: Method,
+    method: Method[Any],
     loader: DataLoader,
     classes: ClassList,
     device: torch.device,
@@ -525,7 +528,9 @@ def _prepare_state_dir(work: Path, out_dir: Path, resume: bool) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
 
-def _save_model(path: Path, method: Method, run: Run, iteration: int, score: float | None) -> None:
+def _save_model(
+    path: Path, method: Method[Any], run: Run, iteration: int, score: float | None
+) -> None:
     c = run.contract
     save_checkpoint(
         path,
@@ -549,7 +554,7 @@ def _save_model(path: Path, method: Method, run: Run, iteration: int, score: flo
 
 
 def _save_state(
-    path: Path, method: Method, optimizer: torch.optim.Optimizer, state: LoopState
+    path: Path, method: Method[Any], optimizer: torch.optim.Optimizer, state: LoopState
 ) -> None:
     """``last.pt``: weights, optimiser, iteration, best score, history (atomic)."""
     with atomic_file(path) as tmp:
@@ -576,7 +581,10 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _restore(
-    method: Method, optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], device: torch.device
+    method: Method[Any],
+    optimizer: torch.optim.Optimizer,
+    saved: Mapping[str, Any],
+    device: torch.device,
 ) -> int:
     try:
         method.model.load_state_dict(saved["state_dict"])

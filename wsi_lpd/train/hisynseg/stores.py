@@ -177,11 +177,8 @@ def build_synthetic_store(
                     real_images,
                     fakes,
                     normalisation,
-                    model_name=f.model,
+                    f,
                     epochs=f.epochs_mosaic if kind == "mosaic" else f.epochs_bezier,
-                    lr=f.lr,
-                    batch_size=f.batch_size,
-                    val_fraction=f.val_fraction,
                     device=device,
                     seed=seed + (1 if kind == "mosaic" else 2),
                 )

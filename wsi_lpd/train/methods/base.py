@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.networks.build import build_model
-from wsi_lpd.train.training_config import TrainingConfig
+from wsi_lpd.train.training_config import TrainingConfig, TrainingConfigBase
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,10 @@ class TrainContext:
     barrier: Callable[[], None] = field(default=lambda: None)
 
 
-class Method(ABC):
+C = TypeVar("C", bound=TrainingConfigBase)
+
+
+class Method(ABC, Generic[C]):
     """One training method: its model, its per-step losses, its prediction.
 
     Subclasses set ``name`` and ``loss_keys`` (logged columns, ``"total"`` first); the base
@@ -70,17 +73,17 @@ class Method(ABC):
     round: int = 1
     rounds: int = 1
 
-    def __init__(self, config: TrainingConfig, classes: ClassList) -> None:
+    def __init__(self, config: C, classes: ClassList) -> None:
         self.config = config
         self.classes = classes
         self.model: nn.Module = build_model(config.method, config.model, classes)
 
-    def to(self, device: torch.device) -> Method:
+    def to(self, device: torch.device) -> Method[C]:
         """Move the model (and any frozen helper) to ``device``."""
         self.model.to(device)
         return self
 
-    def prepare(self, context: TrainContext) -> None:  # noqa: B027 - optional hook
+    def prepare(self, context: TrainContext) -> None:
         """Data-dependent setup before the first step (default: none)."""
 
     def datasets(self, context: TrainContext) -> dict[str, Dataset]:
@@ -113,7 +116,7 @@ class Method(ABC):
         """Extra fields for the checkpoint's ``training`` record."""
         return {"round": self.round}
 
-    def next_round(self, context: TrainContext, best: Path | None) -> Method | None:
+    def next_round(self, context: TrainContext, best: Path | None) -> Method[C] | None:
         """The method of the next training round (run by the same loop), or None when done.
         ``best``: the best checkpoint so far (None without validation)."""
         return None

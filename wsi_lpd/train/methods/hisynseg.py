@@ -36,14 +36,14 @@ from wsi_lpd.train.hisynseg.stores import (
 )
 from wsi_lpd.train.hisynseg.synthesis import SingleLabelPool
 from wsi_lpd.train.methods.base import Batch, Method, TrainContext
-from wsi_lpd.train.training_config import TrainingConfig
+from wsi_lpd.train.training_config import HisynSegTrainingConfig
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC, PSEUDO, STATS = "synthetic.zarr", "round2.zarr", "synthesis.json"
 
 
-class HisynSegMethod(Method):
+class HisynSegMethod(Method[HisynSegTrainingConfig]):
     """``hisynseg``: synthesis → realism filter → segmentation with consistency (→ round 2)."""
 
     name = "hisynseg"
@@ -59,9 +59,8 @@ class HisynSegMethod(Method):
     )
     curve_keys = ("synthetic", "real")
 
-    def __init__(self, config: TrainingConfig, classes: ClassList, round: int = 1) -> None:
+    def __init__(self, config: HisynSegTrainingConfig, classes: ClassList, round: int = 1) -> None:
         super().__init__(config, classes)
-        assert config.hisynseg is not None
         self.settings = config.hisynseg
         self.round = round
         self.rounds = 2 if self.settings.round2 else 1
@@ -148,7 +147,7 @@ class HisynSegMethod(Method):
             "synthesis": dict(self.stats),
         }
 
-    def next_round(self, context: TrainContext, best: Path | None) -> Method | None:
+    def next_round(self, context: TrainContext, best: Path | None) -> HisynSegMethod | None:
         """Round 2: pseudo-mask the real patches (rank 0; reused when resuming), fresh model."""
         if self.round >= self.rounds:
             return None

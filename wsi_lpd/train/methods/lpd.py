@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from wsi_lpd.classes import ClassList
 from wsi_lpd.networks.encoders import build_encoder
 from wsi_lpd.networks.merge import merge_softmax_weighted
+from wsi_lpd.networks.model_config import EncoderConfig
 from wsi_lpd.train.losses import LPDLoss
 from wsi_lpd.train.methods.base import Batch, Method
-from wsi_lpd.train.training_config import EncoderConfig, TrainingConfig
+from wsi_lpd.train.training_config import PrototypeTrainingConfig
 
 
 class RegionEncoder(nn.Module):
@@ -43,25 +44,21 @@ class RegionEncoder(nn.Module):
         return pooled @ self.projection
 
 
-class LPDMethod(Method):
+class LPDMethod(Method[PrototypeTrainingConfig]):
     """``lpd`` (learnable prototypes, L_cls + λ_div·L_div + λ_sim·L_sim) and ``cam`` (K = 1)."""
 
     loss_keys = ("total", "cls", "div", "sim", "div_jd")
 
-    def __init__(self, config: TrainingConfig, classes: ClassList) -> None:
+    def __init__(self, config: PrototypeTrainingConfig, classes: ClassList) -> None:
         super().__init__(config, classes)
         self.name = config.method
-        assert config.loss is not None
         self.loss_config = config.loss
         region = None
-        if config.loss.lambda_sim > 0:
-            assert config.region_encoder is not None
+        if config.region_encoder is not None and config.loss.lambda_sim > 0:
             region = RegionEncoder.from_config(
                 config.region_encoder, self.model.prototype_dim, config.train.seed
             )
-        self.criterion = LPDLoss.from_config(
-            config.loss, classes.num_foreground, region_encoder=region
-        )
+        self.criterion = LPDLoss(classes.num_foreground, config.loss, region_encoder=region)
 
     def to(self, device: torch.device) -> LPDMethod:
         """Move the model and the frozen region encoder to ``device``."""
