@@ -124,12 +124,12 @@ def command(
         dataset_mpp=dataset_mpp,
     )
     setup_logging()
-    n_val = len(data.val_set) if data.val_set is not None else 0  # type: ignore[arg-type]
+    n_val = len(data.val_set) if data.val_set is not None else 0
     log.info(
         "training %s on %d patches (%d held out for validation; %s), %.2f µm/px, %d px, "
         "%d process(es)",
         cfg.method,
-        len(data.train_set),  # type: ignore[arg-type]
+        len(data.train_set),
         n_val,
         ", ".join(data.classes.foreground_names),
         data.mpp,
@@ -149,7 +149,7 @@ def command(
         inputs={
             "patches": [str(p) for p in patches or []],
             "bcss_dir": str(bcss_dir or ""),
-            "n_train": len(data.train_set),  # type: ignore[arg-type]
+            "n_train": len(data.train_set),
             "n_val": n_val,
         },
         started=started,

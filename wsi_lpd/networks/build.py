@@ -15,12 +15,13 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import ConfigError
+from wsi_lpd.networks.base import SegmentationNetwork
 from wsi_lpd.networks.encoders import build_encoder
 from wsi_lpd.networks.hisynseg import build_hisynseg
 from wsi_lpd.networks.lpd import HeadVariant, LPDModel
@@ -55,8 +56,8 @@ class ModelSpec:
 
 def _prototype_builder(
     method: HeadVariant,
-) -> Callable[[PrototypeModelConfig, ClassList], nn.Module]:
-    def build(config: PrototypeModelConfig, classes: ClassList) -> nn.Module:
+) -> Callable[[PrototypeModelConfig, ClassList], SegmentationNetwork]:
+    def build(config: PrototypeModelConfig, classes: ClassList) -> SegmentationNetwork:
         head = config.head
         assert head.prototypes_per_class is not None and config.encoder is not None
         model = LPDModel(
@@ -153,9 +154,11 @@ def parse_model_config(
 
 def build_model(
     method: str, model_config: Mapping[str, Any] | ModelConfig, classes: ClassList
-) -> nn.Module:
+) -> SegmentationNetwork:
     """Build the network of ``method`` (a key of :data:`MODEL_BUILDERS`)."""
     spec = _spec(method)
-    if spec.raw:
-        return spec.build(model_config, classes)
-    return spec.build(parse_model_config(method, model_config), classes)
+    if spec.raw:  # a registered test double: it offers ``predict`` without the base class
+        return cast(SegmentationNetwork, spec.build(model_config, classes))
+    model = spec.build(parse_model_config(method, model_config), classes)
+    assert isinstance(model, SegmentationNetwork)
+    return model

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import ConfigError
+from wsi_lpd.networks.base import SegmentationNetwork
 from wsi_lpd.networks.encoders import Encoder, build_encoder
 from wsi_lpd.networks.model_config import (
     BackgroundConfig,
@@ -99,10 +100,11 @@ class FPNDecoder(nn.Module):
                 y = F.interpolate(y, size=size, mode="bilinear")
             fused = y if fused is None else fused + y
         assert fused is not None
-        return self.classifier(self.fuse(fused))
+        logits: Tensor = self.classifier(self.fuse(fused))
+        return logits
 
 
-class HisynSegModel(nn.Module):
+class HisynSegModel(SegmentationNetwork):
     """Segmentation network with an auxiliary CAM head; ``forward -> HisynSegOutput``."""
 
     def __init__(
@@ -239,7 +241,7 @@ class HisynSegModel(nn.Module):
             self.train(was_training)
         if cfg.get("crf"):
             probs = apply_crf(probs, images, cfg.get("normalisation"))
-        return drop_untrained(probs, getattr(self, "untrained_classes", ()))
+        return drop_untrained(probs, self.untrained_classes)
 
 
 def build_hisynseg(cfg: HisynSegModelConfig, classes: ClassList) -> HisynSegModel:

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsi_lpd.errors import ConfigError, DatasetError
+from wsi_lpd.networks.base import SegmentationNetwork
+from wsi_lpd.networks.encoders import Encoder
 from wsi_lpd.networks.merge import merge_mean, merge_softmax_weighted
 from wsi_lpd.networks.predict import predict_probs
 
@@ -72,10 +74,11 @@ class AdaptiveLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[N, D] -> [N, C_s]."""
-        return self.fc2(F.relu(self.fc1(x)))
+        out: Tensor = self.fc2(F.relu(self.fc1(x)))
+        return out
 
 
-class LPDModel(nn.Module):
+class LPDModel(SegmentationNetwork):
     """Encoder + C·K prototypes + four adapters + four logit scales (see module docstring).
 
     ``encoder`` must expose ``out_channels`` (4 ints) and map ``B×3×H×W`` to 4 stage maps.
@@ -85,7 +88,7 @@ class LPDModel(nn.Module):
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: Encoder,
         num_classes: int,
         *,
         method: HeadVariant = "lpd",
@@ -107,7 +110,7 @@ class LPDModel(nn.Module):
             )
         if method == "cam" and prototypes_per_class != 1:
             raise ConfigError("head.prototypes_per_class: method 'cam' needs exactly 1")
-        channels = [int(c) for c in getattr(encoder, "out_channels", [])]
+        channels = [int(c) for c in encoder.out_channels]
         if len(channels) != 4:
             raise ConfigError(f"encoder: expected 4 stage widths in out_channels, got {channels}")
         self.encoder = encoder

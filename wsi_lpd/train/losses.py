@@ -324,7 +324,7 @@ class LPDLoss:
                 f"LPDLoss: pos_weight needs {num_classes} values, "
                 f"got {tuple(self.pos_weight.shape)}"
             )
-        self.sim_kwargs = {
+        self.sim_kwargs: dict[str, Any] = {
             "tau": c.sim_tau,
             "mask_alpha": c.sim_mask_alpha,
             "minmax_normalise": c.sim_minmax_normalise,

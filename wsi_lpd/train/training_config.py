@@ -121,6 +121,9 @@ class DataSection(Section):
     normalisation: Literal["lpd", "imagenet"] | NormalisationStats = "lpd"
 
 
+DEFAULT_AUGMENT: dict[str, float | None] = {"hflip_p": 0.5, "vflip_p": 0.5, "rot90_p": 0.5}
+
+
 class TrainSection(Section):
     """``train``: optimiser, schedule, batches, validation, sampling (paper defaults)."""
 
@@ -133,15 +136,17 @@ class TrainSection(Section):
     poly_power: float = Field(1.0, ge=0.0)
     seed: int = 42
     amp: StrictBool = True  # CUDA only
+    #: CUDA only: model and images in channels-last (NHWC) memory format (same results)
+    channels_last: StrictBool = Field(
+        False, description="CUDA only: model and image batches in channels-last memory format."
+    )
     workers: int = Field(2, ge=0)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # held out when no validation set is given
     val_label_mode: Literal["predicted", "given"] = "predicted"
     select_best_after_iters: int | None = Field(None, ge=0)  # None = the loss warm-up
     log_every: int = Field(10, ge=1)
     #: :class:`wsi_lpd.data.augment.Augment` settings (flips, rotations, ``stain_strength``, …)
-    augment: dict[str, float | None] = Field(
-        default_factory=lambda: {"hflip_p": 0.5, "vflip_p": 0.5, "rot90_p": 0.5}
-    )
+    augment: dict[str, float | None] = Field(default_factory=lambda: dict(DEFAULT_AUGMENT))
     class_balance: Literal["none", "sampler", "pos_weight"] = "none"
     pbip_features_per_class: int = Field(512, ge=1)  # single-label patches encoded for the bank
 
@@ -345,7 +350,7 @@ class HisynSegTrainingConfig(TrainingConfigBase):
 TrainingConfig = PrototypeTrainingConfig | HisynSegTrainingConfig
 
 
-def _warn_untrained_encoder(model: ModelConfig, source: str | os.PathLike | None) -> None:
+def _warn_untrained_encoder(model: ModelConfig, source: str | os.PathLike[str] | None) -> None:
     enc = model.encoder
     if isinstance(enc, MitEncoderConfig) and enc.weights is None and enc.variant != "mit_tiny":
         log.warning(

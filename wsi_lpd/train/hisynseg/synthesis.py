@@ -302,7 +302,10 @@ def random_blob_points(
 
 def _cubic(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray, k: int) -> np.ndarray:
     t = np.linspace(0.0, 1.0, k)[:, None]
-    return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
+    points: np.ndarray = (
+        (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
+    )
+    return points
 
 
 def bezier_curve(points: np.ndarray, rad: float, edgy: float, samples: int = 64) -> np.ndarray:

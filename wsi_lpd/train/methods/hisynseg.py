@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.data.augment import Augment
+from wsi_lpd.data.contracts import Batch, LabelledPatchSet
 from wsi_lpd.data.datasets import PatchDataset
 from wsi_lpd.errors import CheckpointError
 from wsi_lpd.io import write_json
 from wsi_lpd.networks.checkpoint import read_checkpoint
+from wsi_lpd.networks.hisynseg import HisynSegModel, HisynSegOutput
 from wsi_lpd.train.hisynseg.losses import real_losses, synthetic_losses
 from wsi_lpd.train.hisynseg.stores import (
     build_pseudo_store,
@@ -35,7 +36,7 @@ from wsi_lpd.train.hisynseg.stores import (
     real_multilabel,
 )
 from wsi_lpd.train.hisynseg.synthesis import SingleLabelPool
-from wsi_lpd.train.methods.base import Batch, Method, TrainContext
+from wsi_lpd.train.methods.base import Method, TrainContext
 from wsi_lpd.train.training_config import HisynSegTrainingConfig
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class HisynSegMethod(Method[HisynSegTrainingConfig]):
 
     def __init__(self, config: HisynSegTrainingConfig, classes: ClassList, round: int = 1) -> None:
         super().__init__(config, classes)
+        assert isinstance(self.model, HisynSegModel)
+        self.network: HisynSegModel = self.model
         self.settings = config.hisynseg
         self.round = round
         self.rounds = 2 if self.settings.round2 else 1
@@ -75,8 +78,8 @@ class HisynSegMethod(Method[HisynSegTrainingConfig]):
 
     def prepare(self, context: TrainContext) -> None:
         """Synthesise and filter (rank 0; reused when resuming), then open the stores."""
-        self.model.predict_config = {  # type: ignore[assignment]
-            **self.model.predict_config,  # type: ignore[dict-item]
+        self.model.predict_config = {
+            **self.model.predict_config,
             "normalisation": dict(context.normalisation),
         }
         work = context.work_dir
@@ -110,7 +113,7 @@ class HisynSegMethod(Method[HisynSegTrainingConfig]):
         context.barrier()
         self.stats = json.loads((work / STATS).read_text())
 
-    def datasets(self, context: TrainContext) -> dict[str, Dataset]:
+    def datasets(self, context: TrainContext) -> dict[str, LabelledPatchSet]:
         work, norm = context.work_dir, context.normalisation
         syn = PatchDataset(work / SYNTHETIC, norm, self._augment(1))
         if self.round == 1:
@@ -138,7 +141,8 @@ class HisynSegMethod(Method[HisynSegTrainingConfig]):
         }
 
     def label_logits(self, images: Tensor) -> Tensor:
-        return self.model(images).logits
+        output: HisynSegOutput = self.network(images)
+        return output.logits
 
     def record(self) -> dict[str, Any]:
         return {
@@ -159,7 +163,7 @@ class HisynSegMethod(Method[HisynSegTrainingConfig]):
             labels = (context.labels == 1).astype(np.uint8)
             build_pseudo_store(
                 pseudo,
-                self.model,
+                self.network,
                 raw_image_source(context.train_set, context.normalisation),
                 labels,
                 self.classes,
@@ -175,5 +179,6 @@ class HisynSegMethod(Method[HisynSegTrainingConfig]):
         torch.manual_seed(context.config.train.seed)
         nxt = HisynSegMethod(self.config, self.classes, round=self.round + 1)
         nxt.stats = self.stats
-        nxt.model.predict_config = dict(self.model.predict_config)  # type: ignore[arg-type]
-        return nxt.to(context.device)
+        nxt.model.predict_config = dict(self.model.predict_config)
+        nxt.to(context.device)
+        return nxt
