@@ -404,3 +404,15 @@ def test_paper_config_warns_loudly_without_mit_weights(caplog: pytest.LogCapture
     with caplog.at_level("WARNING"):
         load_training_config(TINY)  # mit_tiny is meant to start from random weights
     assert not caplog.records
+
+
+def test_channels_last_is_a_typed_option_off_on_the_cpu() -> None:
+    from wsi_lpd.errors import ConfigError
+    from wsi_lpd.train.engine import Optimisation
+
+    assert _config().train.channels_last is False
+    on = _config(channels_last=True)
+    opt = Optimisation.create(torch.nn.Conv2d(3, 2, 1), on.train, torch.device("cpu"))
+    assert not opt.channels_last and not opt.use_amp  # both are CUDA-only
+    with pytest.raises(ConfigError, match=r"train\.channels_last: "):
+        _config(channels_last="yes")

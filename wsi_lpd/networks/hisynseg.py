@@ -209,7 +209,7 @@ class HisynSegModel(SegmentationNetwork):
         the config's d4 test-time augmentation.
         """
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ConfigError(f"predict: images must be [B, 3, H, W], got {tuple(images.shape)}")
+            raise ValueError(f"predict: images must be [B, 3, H, W], got {tuple(images.shape)}")
         cfg = self.predict_config
         use_tta = bool(cfg["tta"]) if tta is None else tta
         b, c = images.shape[0], self.num_classes
@@ -221,7 +221,7 @@ class HisynSegModel(SegmentationNetwork):
                 seg, logits = seg.float(), logits.float()
                 if image_labels is not None:
                     if tuple(image_labels.shape) != (b, c):
-                        raise ConfigError(
+                        raise ValueError(
                             f"predict: image_labels of shape {tuple(image_labels.shape)}, "
                             f"expected ({b}, {c})"
                         )

@@ -112,7 +112,7 @@ class LPDModel(SegmentationNetwork):
             raise ConfigError("head.prototypes_per_class: method 'cam' needs exactly 1")
         channels = [int(c) for c in encoder.out_channels]
         if len(channels) != 4:
-            raise ConfigError(f"encoder: expected 4 stage widths in out_channels, got {channels}")
+            raise ValueError(f"encoder: expected 4 stage widths in out_channels, got {channels}")
         self.encoder = encoder
         self.method = method
         self.num_classes = num_classes
@@ -143,7 +143,7 @@ class LPDModel(SegmentationNetwork):
         if self.method != "pbip":
             raise ConfigError(f"method: set_prototype_bank needs 'pbip', model is {self.method!r}")
         if tuple(bank.shape) != tuple(self.prototypes.shape):
-            raise ConfigError(
+            raise ValueError(
                 f"prototype bank: shape {tuple(bank.shape)} does not match "
                 f"{tuple(self.prototypes.shape)} (C·K, prototype_dim)"
             )
@@ -154,7 +154,7 @@ class LPDModel(SegmentationNetwork):
         """``x``: normalised images [B, 3, H, W] -> :class:`LPDOutput`."""
         feats = list(self.encoder(x))
         if len(feats) != 4:
-            raise ConfigError(f"encoder: forward returned {len(feats)} stage maps, expected 4")
+            raise ValueError(f"encoder: forward returned {len(feats)} stage maps, expected 4")
         cams, logits, projected = [], [], []
         for s, (f, adapter) in enumerate(zip(feats, self.adapters, strict=True)):
             q = adapter(self.prototypes)

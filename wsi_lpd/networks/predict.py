@@ -93,7 +93,7 @@ def predict_probs(
     if len(stage_weights) != 4:
         raise ConfigError(f"predict.stage_weights: need 4 weights, got {list(stage_weights)}")
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ConfigError(f"predict: images must be [B, 3, H, W], got {tuple(images.shape)}")
+        raise ValueError(f"predict: images must be [B, 3, H, W], got {tuple(images.shape)}")
     num_classes = model.num_classes
     was_training = model.training
     model.eval()
@@ -151,7 +151,7 @@ def _resolve_labels(
     b, c = logits4.shape[0], num_classes
     if image_labels is not None:
         if tuple(image_labels.shape) != (b, c):
-            raise ConfigError(
+            raise ValueError(
                 f"predict: image_labels of shape {tuple(image_labels.shape)}, expected ({b}, {c})"
             )
         return (image_labels > 0.5).to(logits4)
