@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BeforeValidator,
+    ConfigDict,
     Field,
     StrictBool,
     ValidationError,
@@ -225,7 +226,10 @@ T = TypeVar("T", bound="TrainingConfigBase")
 
 class TrainingConfigBase(Section):
     """What every method's training config has. ``model_mapping`` is the plain ``model``
-    mapping (no ``method``) stored in checkpoints; ``source`` the YAML path (None: a mapping)."""
+    mapping (no ``method``) stored in checkpoints; ``source`` the YAML path (None: a mapping).
+    Frozen: :meth:`with_train` returns a validated copy."""
+
+    model_config = ConfigDict(**Section.model_config, frozen=True)
 
     method: str
     model: ModelConfig
