@@ -72,7 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
-    settings = ArtefactSettings(fold=True, bubble=True)  # every class, the ones off by default too
+    settings = ArtefactSettings(
+        artefact_fold=True, artefact_bubble=True
+    )  # every class, the ones off by default too
     rows, clean_rows = [], []
     for texture in args.textures:
         for seed in args.seeds:

@@ -37,7 +37,9 @@ from wsi_lpd.synthetic.artefacts import (
 )
 
 SIZE_PX, MPP, SEED = 1536, 1.0, 1
-EVERY_CLASS = ArtefactSettings(pen=True, blur=True, fold=True, bubble=True)
+EVERY_CLASS = ArtefactSettings(
+    artefact_pen=True, artefact_blur=True, artefact_fold=True, artefact_bubble=True
+)
 IOU_FLOOR = {"pen": 0.6, "blur": 0.5, "fold": 0.3, "bubble": 0.3}
 
 
@@ -131,3 +133,9 @@ def test_artefact_geojson_loads_as_qupath_annotations(dirty_found, tmp_path) -> 
     assert len(loaded) == n
     area = sum(shapely.area(a.geometry) for a in loaded) * MPP**2 / 1e6
     assert area == pytest.approx(sum(found.area_mm2.values()), rel=1e-6)
+
+
+def test_settings_defaults_are_the_tile_sections() -> None:
+    from wsi_lpd.workflow.config import TileSection
+
+    assert ArtefactSettings.from_options(TileSection()) == ArtefactSettings()

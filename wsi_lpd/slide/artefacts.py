@@ -7,7 +7,7 @@ are reduced to the thumbnail grid at once (memory: one chunk plus a few thumbnai
 - **pen**: ink is saturated with hues H&E never has (green/cyan/blue 60–215°; 215–260° only
   where red < 0.4 × blue: H&E's haematoxylin sits at ≥ 240° with red ≥ 0.47 × blue, eosin at
   290–350°), red ink is saturated beyond eosin near 345–25°, black ink is darker than any
-  tissue (brightest channel ≤ ``pen_black_value``).
+  tissue (brightest channel ≤ ``pen_black_max_value``).
 - **blur**: sharpness = √(fine-band energy / coarser-band energy) of the green channel at
   ``blur_mpp`` (differences of Gaussians σ = 0 → 1 px vs 1 → 2 px, summed over 3×3 cells):
   contrast-free, so pale stroma and dense tumour score alike while a blur drops the fine band
@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ from wsi_lpd.slide.tissue import (
     dilate_disk,
     erode_disk,
     polygonize,
+    rasterize,
     saturation,
     smooth3,
 )
@@ -68,27 +69,29 @@ def artefact_class_name(kind: str) -> str:
 
 @dataclass(frozen=True)
 class ArtefactSettings:
-    """Which artefact classes to detect and their thresholds (fractions of full scale unless
-    the name carries a unit); the ``tile.*`` fields of the same names."""
+    """Which artefact classes to detect and their thresholds: the ``tile.*`` fields of the same
+    names (:class:`~wsi_lpd.workflow.config.TileSection`). Saturation and value are fractions of
+    full scale, ratios are to the slide's own tissue statistics."""
 
-    pen: bool = True
-    blur: bool = True
-    fold: bool = False
-    bubble: bool = False
-    pen_saturation: float = 0.3
-    pen_red_saturation: float = 0.65
-    pen_black_value: float = 0.2
-    bubble_rim_ratio: float = 0.7
+    artefact_pen: bool = True
+    artefact_blur: bool = True
+    artefact_fold: bool = False
+    artefact_bubble: bool = False
+    pen_min_saturation: float = 0.3
+    pen_red_min_saturation: float = 0.65
+    pen_black_max_value: float = 0.2
     blur_mpp: float = 2.0
     blur_sharpness_ratio: float = 0.6
     fold_od_ratio: float = 1.4
     fold_local_ratio: float = 1.2
+    bubble_rim_ratio: float = 0.7
     artefact_min_area_um2: float = 20_000.0
     artefact_margin_um: float = 8.0
 
-    @property
-    def enabled(self) -> tuple[str, ...]:
-        return tuple(k for k in ARTEFACT_CLASSES if getattr(self, k))
+    @classmethod
+    def from_options(cls, options: object) -> ArtefactSettings:
+        """The settings of the same names on ``options`` (e.g. a ``TileSection``)."""
+        return cls(**{f.name: getattr(options, f.name) for f in fields(cls)})
 
 
 def hue_degrees(rgb: np.ndarray) -> np.ndarray:
@@ -111,12 +114,12 @@ def pen_mask(rgb: np.ndarray, s: ArtefactSettings = ArtefactSettings()) -> np.nd
     sat = saturation(rgb).astype(np.float32) / 255
     value = rgb.max(axis=-1).astype(np.float32) / 255
     hue = hue_degrees(rgb)
-    coloured = (sat >= s.pen_saturation) & (value >= 0.08)
+    coloured = (sat >= s.pen_min_saturation) & (value >= 0.08)
     r, b = rgb[..., 0].astype(np.float32), rgb[..., 2].astype(np.float32)
     # blue ink over haematoxylin drifts to 240°: there red is below 0.4 × blue (H&E: ≥ 0.47)
     green_blue = ((hue >= 60) & (hue < 215)) | ((hue >= 215) & (hue < 260) & (r <= 0.4 * b))
-    red = ((hue >= 345) | (hue < 25)) & (sat >= s.pen_red_saturation)
-    return (coloured & (green_blue | red)) | (value <= s.pen_black_value)
+    red = ((hue >= 345) | (hue < 25)) & (sat >= s.pen_red_min_saturation)
+    return (coloured & (green_blue | red)) | (value <= s.pen_black_max_value)
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
@@ -277,19 +280,19 @@ def artefact_masks(
     (needed for blur)."""
     taken = np.zeros(tissue.shape, bool)
     out: dict[str, np.ndarray] = {}
-    if s.pen:
+    if s.artefact_pen:
         out["pen"] = _clean(pen_mask(rgb, s), mpp, s)
         taken |= out["pen"]
     # ink's anti-aliased rim is dark too: keep the density rules a margin away from it
     clean = tissue & ~dilate_disk(taken, max(1.0, s.artefact_margin_um / mpp))
-    if s.fold:
+    if s.artefact_fold:
         out["fold"] = _clean(fold_mask(rgb, clean, mpp, s), mpp, s) & tissue & ~taken
         taken |= out["fold"]
-    if s.bubble:
+    if s.artefact_bubble:
         found = bubble_mask(rgb, mpp, s, ink=out.get("pen"))
         out["bubble"] = _clean(found, mpp, s) & ~taken
         taken |= out["bubble"]
-    if s.blur:
+    if s.artefact_blur:
         if sharpness is None:
             raise ValueError("blur detection needs the sharpness map")
         found = blur_mask(sharpness, tissue & ~taken, s)
@@ -323,7 +326,7 @@ def detect_artefacts(
     """Artefacts of ``slide`` from its tissue thumbnail ``rgb`` at ``thumb_mpp`` µm/px and the
     tissue mask on that grid; polygons in level-0 px, clipped to the slide."""
     sharp = None
-    if s.blur and tissue_px.any():
+    if s.artefact_blur and tissue_px.any():
         sharp = sharpness_map(
             slide, tissue_px.shape, tissue_px, thumb_mpp, s.blur_mpp, progress=progress
         )
@@ -361,3 +364,50 @@ def write_artefacts_geojson(
         for p in _polygons(geom)
     )
     return write_feature_collection(Path(path), feats)
+
+
+def remove_artefacts(
+    slide: Slide,
+    tissue: MultiPolygon,
+    rgb: np.ndarray,
+    thumb_mpp: float,
+    settings: ArtefactSettings,
+    min_object_um2: float = 0.0,
+    progress: bool = False,
+) -> tuple[MultiPolygon, Artefacts]:
+    """(tissue minus the artefacts, the artefacts) for ``tissue`` (level-0 px) detected on the
+    thumbnail ``rgb`` at ``thumb_mpp`` µm/px; tissue pieces left below ``min_object_um2`` are
+    dropped. Every class off: the tissue unchanged and no artefacts."""
+    if not any(getattr(settings, f"artefact_{k}") for k in ARTEFACT_CLASSES):
+        return tissue, Artefacts({}, {})
+    w0 = slide.dimensions[0]
+    tissue_px = rasterize(tissue, rgb.shape[:2], w0 / rgb.shape[1])
+    found = detect_artefacts(slide, rgb, tissue_px, thumb_mpp, settings, progress=progress)
+    union = found.union
+    if union.is_empty:
+        return tissue, found
+    um2_per_px = slide.mpp**2
+    kept = [p for p in _polygons(tissue.difference(union)) if p.area * um2_per_px >= min_object_um2]
+    return _as_multipolygon(kept), found
+
+
+def artefact_summary(found: Artefacts) -> dict[str, dict[str, object]]:
+    """Per class (``pen`` …): QuPath class, display colour, area in mm², piece count — the
+    tile stage's ``run.json`` entry ``artefacts``."""
+    return {
+        kind: {
+            "class": artefact_class_name(kind),
+            "color": list(ARTEFACT_COLORS[kind]),
+            "area_mm2": round(found.area_mm2[kind], 6),
+            "pieces": len(_polygons(geom)),
+        }
+        for kind, geom in found.polygons.items()
+    }
+
+
+def qc_layers(found: Artefacts) -> dict[str, tuple[BaseGeometry, tuple[int, int, int], float]]:
+    """The artefacts as :func:`wsi_lpd.slide.overlay.write_tile_qc` draws them."""
+    return {
+        kind: (geom, ARTEFACT_COLORS[kind], found.area_mm2[kind])
+        for kind, geom in found.polygons.items()
+    }

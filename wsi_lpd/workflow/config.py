@@ -228,6 +228,51 @@ class TileSection(Section):
     tissue_geojson: str | None = None
     roi: str | None = None
     slide_mpp: Annotated[float, Field(gt=0)] | None = None
+    # artefacts (wsi_lpd.slide.artefacts): detected on the tissue thumbnail, removed from tissue
+    artefact_pen: bool = Field(
+        True, description="Detect pen marks (blue, green, black, red ink) and remove them."
+    )
+    artefact_blur: bool = Field(
+        True, description="Detect out-of-focus tissue (sharpness read at blur_mpp), remove it."
+    )
+    artefact_fold: bool = Field(
+        False,
+        description="Detect tissue folds / dark debris and remove them (off: dense real tissue "
+        "such as epidermis is taken for a fold).",
+    )
+    artefact_bubble: bool = Field(
+        False, description="Detect air bubbles (round regions inside thin dark rims), remove them."
+    )
+    pen_min_saturation: float = Field(
+        0.3, ge=0, le=1, description="Least HSV saturation of coloured ink, fraction of full scale."
+    )
+    pen_red_min_saturation: float = Field(
+        0.65, ge=0, le=1, description="Least HSV saturation of red ink (beyond eosin's)."
+    )
+    pen_black_max_value: float = Field(
+        0.2, ge=0, le=1, description="Black ink: brightest channel at most this, of full scale."
+    )
+    blur_mpp: float = Field(
+        2.0, gt=0, description="Resolution of the sharpness read for blur detection, µm/px."
+    )
+    blur_sharpness_ratio: float = Field(
+        0.6,
+        gt=0,
+        description="Out of focus below this × the slide's 75th-percentile tissue sharpness.",
+    )
+    fold_od_ratio: float = Field(
+        1.4, gt=0, description="Fold: optical density above this × the slide's tissue median."
+    )
+    fold_local_ratio: float = Field(
+        1.2, gt=0, description="Fold: optical density above this × the surrounding tissue's."
+    )
+    bubble_rim_ratio: float = Field(
+        0.7, gt=0, le=1, description="Bubble rim: darker than this × the local median brightness."
+    )
+    artefact_min_area_um2: float = Field(20_000.0, ge=0, description="Smallest artefact kept, µm².")
+    artefact_margin_um: float = Field(
+        8.0, ge=0, description="Artefacts grown by this margin before removal, µm."
+    )
 
     @model_validator(mode="before")
     @classmethod
