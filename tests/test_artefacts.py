@@ -139,3 +139,42 @@ def test_settings_defaults_are_the_tile_sections() -> None:
     from wsi_lpd.workflow.config import TileSection
 
     assert ArtefactSettings.from_options(TileSection()) == ArtefactSettings()
+
+
+def test_tile_stage_leaves_artefacts_out_of_the_grid(painted, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from wsi_lpd.cli.app import app
+    from wsi_lpd.slide.tiling import TileGrid
+
+    dirty, _ = painted
+    every = tmp_path / "every.yaml"
+    every.write_text("tile:\n  artefact_fold: true\n  artefact_bubble: true\n")
+    none = tmp_path / "none.yaml"
+    none.write_text("tile:\n  artefact_pen: false\n  artefact_blur: false\n")
+    grids = {}
+    for name, config in (("every", every), ("none", none)):
+        out = tmp_path / name
+        result = CliRunner().invoke(
+            app,
+            ["tile", str(dirty.slide.slide_path), "--out", str(out), "--tile-mpp", "2",
+             "--patch-px", "64", "--config", str(config)],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        grids[name] = TileGrid.load(out / "tiles.npz")
+    meta = json.loads((tmp_path / "every" / "run.json").read_text())
+    assert set(meta["artefacts"]) == set(ARTEFACT_KINDS)
+    assert all(meta["artefacts"][k]["area_mm2"] > 0 for k in ARTEFACT_KINDS)
+    assert json.loads((tmp_path / "none" / "run.json").read_text())["artefacts"] == {}
+    loaded = read_annotations(tmp_path / "every" / "artefacts.geojson")
+    assert {a.class_name for a in loaded} == {artefact_class_name(k) for k in ARTEFACT_KINDS}
+    artefacts = shapely.union_all([a.geometry for a in loaded])
+    side = grids["every"].patch_level0_px
+    tiles = [
+        shapely.box(x, y, x + side, y + side)
+        for x, y in zip(grids["every"].x, grids["every"].y, strict=True)
+    ]
+    # a kept tile is at least half tissue, and tissue no longer includes artefacts (the grid
+    # measures tissue fractions on a raster: a few % off the exact polygon areas)
+    assert all(t.intersection(artefacts).area <= 0.55 * t.area for t in tiles)
+    assert len(grids["every"]) < len(grids["none"])

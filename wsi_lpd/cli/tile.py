@@ -1,4 +1,5 @@
-"""Detect tissue and lay a tile grid at a µm/px: tiles.npz, tissue.geojson, qc.png, run.json."""
+"""Detect tissue and artefacts, lay a tile grid at a µm/px: tiles.npz, tissue.geojson (artefacts
+removed), artefacts.geojson, qc.png, run.json."""
 
 from __future__ import annotations
 
@@ -102,6 +103,14 @@ def command(
 
     from wsi_lpd.errors import NoTissueWarning
     from wsi_lpd.formats.geojson import qupath_offset_px
+    from wsi_lpd.slide.artefacts import (
+        Artefacts,
+        ArtefactSettings,
+        artefact_summary,
+        qc_layers,
+        remove_artefacts,
+        write_artefacts_geojson,
+    )
     from wsi_lpd.slide.overlay import write_tile_qc
     from wsi_lpd.slide.reader import default_slide_id, open_slide, validate_slide_id
     from wsi_lpd.slide.tiling import check_patch_fits, make_tile_grid
@@ -150,6 +159,12 @@ def command(
         if region is not None:
             tissue = clip_to(tissue, region)
             log.info("%s: tissue limited to the region of interest %s", slide, opts.roi)
+        artefacts = Artefacts({}, {})
+        if thumbnail is not None:  # detected tissue: artefacts found on the same thumbnail
+            tissue, artefacts = remove_artefacts(
+                wsi, tissue, thumbnail, opts.tissue_mpp, ArtefactSettings.from_options(opts),
+                opts.min_object_um2, progress=True,
+            )  # fmt: skip
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoTissueWarning)
             grid = make_tile_grid(
@@ -170,7 +185,11 @@ def command(
         with atomic_dir(out) as tmp:
             grid.save(tmp / "tiles.npz")
             write_tissue_geojson(tmp / "tissue.geojson", tissue)
-            write_tile_qc(tmp / "qc.png", wsi, tissue, grid, opts.qc_long_side_px, thumbnail)
+            write_artefacts_geojson(tmp / "artefacts.geojson", artefacts.polygons, wsi.mpp)
+            write_tile_qc(
+                tmp / "qc.png", wsi, tissue, grid, opts.qc_long_side_px, thumbnail,
+                artefacts=qc_layers(artefacts),
+            )  # fmt: skip
             write_run_metadata(
                 tmp,
                 "tile",
@@ -190,6 +209,7 @@ def command(
                 n_tiles=len(grid),
                 tissue_area_um2=float(tissue.area * wsi.mpp**2),
                 n_tissue_polygons=len(tissue.geoms),
+                artefacts=artefact_summary(artefacts),
             )
     log.info(
         "%s: %d tiles at %g µm/px (%d px) written to %s",

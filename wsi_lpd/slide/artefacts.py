@@ -293,9 +293,11 @@ def artefact_masks(
         out["bubble"] = _clean(found, mpp, s) & ~taken
         taken |= out["bubble"]
     if s.artefact_blur:
-        if sharpness is None:
+        if sharpness is None and tissue.any():
             raise ValueError("blur detection needs the sharpness map")
-        found = blur_mask(sharpness, tissue & ~taken, s)
+        found = (
+            np.zeros_like(tissue) if sharpness is None else blur_mask(sharpness, tissue & ~taken, s)
+        )
         out["blur"] = _clean(found, mpp, s) & tissue & ~taken
     return out
 
