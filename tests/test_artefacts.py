@@ -178,3 +178,22 @@ def test_tile_stage_leaves_artefacts_out_of_the_grid(painted, tmp_path) -> None:
     # measures tissue fractions on a raster: a few % off the exact polygon areas)
     assert all(t.intersection(artefacts).area <= 0.55 * t.area for t in tiles)
     assert len(grids["every"]) < len(grids["none"])
+
+
+def test_synth_cli_paints_artefacts_with_ground_truth(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from wsi_lpd.cli.app import app
+
+    result = CliRunner().invoke(
+        app,
+        ["synth", "--out", str(tmp_path), "--width-px", "1024", "--height-px", "1024",
+         "--slide-mpp", "1.0", "--artefacts", "pen,fold"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    truth, mask_mpp = read_artefact_truth(tmp_path / "synth_00.artefacts.npz")
+    assert mask_mpp == 8.0 and truth["pen"].any() and truth["fold"].any()
+    assert not truth["blur"].any() and not truth["bubble"].any()
+    assert (tmp_path / "synth_00.tiff").is_file() and (tmp_path / "samples.csv").is_file()
+    bad = CliRunner().invoke(app, ["synth", "--out", str(tmp_path), "--artefacts", "pen,ink"])
+    assert bad.exit_code == 1 and "artefacts" in bad.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import time
 from pathlib import Path
 from typing import Annotated
@@ -67,6 +68,14 @@ def command(
             show_default="(none)",
         ),
     ] = None,
+    artefacts: Annotated[
+        str | None,
+        typer.Option(
+            help="Paint artefacts, comma-separated from pen,blur,fold,bubble (ground truth "
+            "in {stem}.artefacts.npz).",
+            show_default="none",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="Workflow YAML; reads section 'synth'.")
     ] = None,
@@ -88,10 +97,12 @@ def command(
         aperio=False if no_aperio else None,
         texture=texture,
         stain_scale=stain_scale,
+        artefacts=[a.strip() for a in artefacts.split(",") if a.strip()] if artefacts else None,
         mpp=mpp,
     )
     setup_logging()
     from wsi_lpd.progress import progress
+    from wsi_lpd.synthetic.artefacts import write_artefact_slide
     from wsi_lpd.synthetic.slides import CMU_SLIDE_ID, copy_cmu_small_region, write_synthetic_slide
 
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +110,12 @@ def command(
     n = opts.n_slides
     for i in progress(range(n), desc="synth slides", unit="slide"):
         split = "test" if n >= 2 and i == n - 1 else "train"
-        slide = write_synthetic_slide(
+        paint = (
+            functools.partial(write_artefact_slide, kinds=opts.artefacts)
+            if opts.artefacts
+            else write_synthetic_slide
+        )
+        written = paint(
             out / f"{opts.prefix}_{i:02d}.tiff",
             width_px=opts.width_px,
             height_px=opts.height_px,
@@ -113,6 +129,7 @@ def command(
             stain_scale=opts.stain_scale,
             progress=True,
         )
+        slide = getattr(written, "slide", written)  # an ArtefactSlide holds the SynthSlide
         rows.append(
             (
                 slide.slide_id,

@@ -190,6 +190,11 @@ class SynthSection(Section):
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
     texture: Literal["procedural", "real"] = "procedural"
     stain_scale: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
+    artefacts: list[Literal["pen", "blur", "fold", "bubble"]] = Field(
+        default_factory=list,
+        description="Artefacts painted on every slide, with ground truth in "
+        "{stem}.artefacts.npz: pen strokes, a blurred band, a folded strip, bubbles.",
+    )
 
     @model_validator(mode="before")
     @classmethod
