@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -143,6 +144,10 @@ def command(
         str | None,
         typer.Option(help="Mosaic integrity check: sizes (stat) or checksums (CRC-32) [sizes]."),
     ] = None,
+    tiles: Annotated[
+        Path | None,
+        typer.Option(help="Tile folder of `wsi-lpd tile`: adds its artefacts.geojson features."),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="Workflow YAML (section `export`).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
@@ -168,6 +173,7 @@ def command(
         min_probability=_parse_min_probability(min_probability),
         workers=workers,
         verify=verify,
+        tiles=str(tiles) if tiles else None,
     )
     n_workers = opts.workers or default_workers()
     mos = open_mosaic(mosaic, verify=opts.verify)
@@ -185,15 +191,20 @@ def command(
         workers=n_workers,
     )
     out.mkdir(parents=True, exist_ok=True)
+    bounds = attrs.get("bounds") or (0, 0, 0, 0)
+    offset = (float(bounds[0]), float(bounds[1])) if opts.subtract_bounds else (0.0, 0.0)
+    artefacts = []
+    if opts.tiles:
+        from wsi_lpd.slide.artefacts import tile_artefact_features
+
+        artefacts = tile_artefact_features(opts.tiles, offset)
     geojson_path = out / f"{slide_id}.geojson{'.gz' if opts.gzip else ''}"
     with atomic_file(geojson_path) as tmp:
         n_features = write_feature_collection(
             tmp,
-            class_features(results, opts.object_type, opts.per_class),
+            itertools.chain(class_features(results, opts.object_type, opts.per_class), artefacts),
             properties=provenance(attrs, mosaic, run_date),
         )
-    bounds = attrs.get("bounds") or (0, 0, 0, 0)
-    offset = (float(bounds[0]), float(bounds[1])) if opts.subtract_bounds else (0.0, 0.0)
     slide_path = opts.slide or attrs.get("slide_path") or None
     overlay_path = out / f"{slide_id}.overlay.png"
     with atomic_file(overlay_path) as tmp:
@@ -224,6 +235,7 @@ def command(
             "finished_at": run_date,
             "outputs": {"geojson": geojson_path.name, "overlay": overlay_path.name},
             "features": n_features,
+            "artefact_features": len(artefacts),
             "vertices": vertices,
             "classes": _class_summary(results),
         },

@@ -36,6 +36,7 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon, box
 from shapely.geometry.base import BaseGeometry
 
+from wsi_lpd.errors import ConfigError
 from wsi_lpd.formats.geojson import feature, write_feature_collection
 from wsi_lpd.slide.reader import Slide
 from wsi_lpd.slide.tissue import (
@@ -413,3 +414,42 @@ def qc_layers(found: Artefacts) -> dict[str, tuple[BaseGeometry, tuple[int, int,
         kind: (geom, ARTEFACT_COLORS[kind], found.area_mm2[kind])
         for kind, geom in found.polygons.items()
     }
+
+
+def read_artefact_features(
+    path: str | os.PathLike, offset_px: tuple[float, float] = (0.0, 0.0)
+) -> list[dict[str, object]]:
+    """The ``Artefact: …`` annotations of an ``artefacts.geojson`` (:func:`write_artefacts_geojson`)
+    as QuPath features again, shifted by −``offset_px`` (level-0 px; QuPath's cropped frame)."""
+    from shapely import affinity
+
+    from wsi_lpd.formats.geojson import read_annotations
+
+    out = []
+    for a in read_annotations(path):
+        if not (a.class_name or "").startswith("Artefact: "):
+            continue
+        kind = a.class_name.removeprefix("Artefact: ")  # type: ignore[union-attr]
+        color = (a.properties.get("classification") or {}).get("color") or ARTEFACT_COLORS.get(
+            kind, (128, 128, 128)
+        )
+        geom = affinity.translate(a.geometry, -offset_px[0], -offset_px[1])
+        measurements = a.properties.get("measurements") or None
+        out.append(feature(geom, a.class_name, color, measurements=measurements))  # type: ignore[arg-type]
+    return out
+
+
+def tile_artefact_features(
+    tiles_dir: str | os.PathLike, offset_px: tuple[float, float] = (0.0, 0.0)
+) -> list[dict[str, object]]:
+    """:func:`read_artefact_features` of a tile folder's ``artefacts.geojson``; none (logged)
+    when the folder has none (tile output of an earlier version). A missing folder raises
+    ``ConfigError`` naming it."""
+    folder = Path(tiles_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: tile folder not found")
+    path = folder / "artefacts.geojson"
+    if not path.is_file():
+        log.info("%s: no artefacts.geojson (tile output of an earlier version)", folder)
+        return []
+    return read_artefact_features(path, offset_px)

@@ -396,6 +396,12 @@ class ExportSection(Section):
     )
     workers: int | None = Field(None, ge=1)
     verify: Literal["sizes", "checksums"] = "sizes"
+    tiles: str | None = Field(
+        None,
+        description="Tile folder of `wsi-lpd tile` for this slide: the `Artefact: …` "
+        "annotations of its artefacts.geojson are added to the GeoJSON (shifted with the bounds "
+        "like the rest); a folder without one (older tile output) adds none.",
+    )
 
 
 # --- workflow section
