@@ -197,3 +197,14 @@ def test_synth_cli_paints_artefacts_with_ground_truth(tmp_path) -> None:
     assert (tmp_path / "synth_00.tiff").is_file() and (tmp_path / "samples.csv").is_file()
     bad = CliRunner().invoke(app, ["synth", "--out", str(tmp_path), "--artefacts", "pen,ink"])
     assert bad.exit_code == 1 and "artefacts" in bad.output
+
+
+def test_flat_colour_tissue_is_not_called_blurred(tmp_path) -> None:
+    # no structure at either scale: nothing to judge sharpness by (MIN_COARSE_ENERGY)
+    from wsi_lpd.synthetic.slides import write_synthetic_slide
+
+    flat = write_synthetic_slide(
+        tmp_path / "flat.tiff", width_px=2048, height_px=2048, mpp=1.0, seed=3, texture=False
+    )
+    tissue, found = _detect(flat.slide_path, ArtefactSettings())
+    assert tissue.area > 0 and found.area_mm2["blur"] <= 0.01 * tissue.area * MPP**2 / 1e6

@@ -55,6 +55,9 @@ from wsi_lpd.slide.tissue import (
 log = logging.getLogger(__name__)
 
 ARTEFACT_CLASSES = ("pen", "fold", "bubble", "blur")  # precedence order
+# least mean squared coarser-band response (grey levels², σ 1 → 2 px) for sharpness to be judged:
+# clean tissue ≥ 15, blurred tissue 2–7, flat colour 0
+MIN_COARSE_ENERGY = 0.5
 ARTEFACT_COLORS = {
     "pen": (230, 0, 230),
     "blur": (255, 200, 0),
@@ -109,9 +112,19 @@ def _smooth_rgb(rgb: np.ndarray) -> np.ndarray:
     return np.stack([smooth3(rgb[..., c]) for c in range(3)], axis=-1)
 
 
-def pen_mask(rgb: np.ndarray, s: ArtefactSettings = ArtefactSettings()) -> np.ndarray:
-    """Ink pixels of a thumbnail (before clean-up): coloured or black ink."""
+def pen_mask(
+    rgb: np.ndarray, s: ArtefactSettings = ArtefactSettings(), rows_per_strip: int = 512
+) -> np.ndarray:
+    """Ink pixels of a thumbnail (before clean-up): coloured or black ink. The colour rules run
+    on strips of ``rows_per_strip`` rows (float work bounded by the strip, not the slide)."""
     rgb = _smooth_rgb(rgb)
+    out = np.empty(rgb.shape[:2], bool)
+    for r0 in range(0, rgb.shape[0], rows_per_strip):
+        out[r0 : r0 + rows_per_strip] = _ink(rgb[r0 : r0 + rows_per_strip], s)
+    return out
+
+
+def _ink(rgb: np.ndarray, s: ArtefactSettings) -> np.ndarray:
     sat = saturation(rgb).astype(np.float32) / 255
     value = rgb.max(axis=-1).astype(np.float32) / 255
     hue = hue_degrees(rgb)
@@ -166,8 +179,9 @@ def sharpness_map(
     progress: bool = False,
 ) -> np.ndarray:
     """Sharpness (√ fine / coarse band energy) per thumbnail pixel of ``shape_hw`` (NaN outside
-    ``tissue``), from reads at ``thumb_mpp / k`` µm/px (k = round(thumb_mpp / blur_mpp) ≥ 1)
-    in chunks of ``chunk_cells``² thumbnail pixels (plus an 8 px margin)."""
+    ``tissue`` and where the coarse band is flat: below ``MIN_COARSE_ENERGY``), from reads at
+    ``thumb_mpp / k`` µm/px (k = round(thumb_mpp / blur_mpp) ≥ 1) in chunks of
+    ``chunk_cells``² thumbnail pixels (plus an 8 px margin)."""
     h, w = shape_hw
     k = max(1, round(thumb_mpp / blur_mpp))
     read_mpp = thumb_mpp / k
@@ -202,7 +216,8 @@ def sharpness_map(
     fine = ndimage.uniform_filter(fine, 3)
     coarse = ndimage.uniform_filter(coarse, 3)
     out = np.sqrt(np.maximum(fine, 0) / np.maximum(coarse, 1e-3))
-    out[~tissue] = np.nan
+    # no structure at the coarser scale either (flat colour, empty lumen): nothing to judge by
+    out[~tissue | (coarse < MIN_COARSE_ENERGY * k * k)] = np.nan
     return out
 
 
