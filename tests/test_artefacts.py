@@ -178,6 +178,15 @@ def test_tile_stage_leaves_artefacts_out_of_the_grid(painted, tmp_path) -> None:
     # measures tissue fractions on a raster: a few % off the exact polygon areas)
     assert all(t.intersection(artefacts).area <= 0.55 * t.area for t in tiles)
     assert len(grids["every"]) < len(grids["none"])
+    from PIL import Image
+
+    with Image.open(tmp_path / "every" / "qc.png") as qc:
+        pixels = np.asarray(qc.convert("RGB")).astype(int)
+    header, image = pixels[:44], pixels[44:]  # title and legend lines, then the thumbnail
+    for kind in ARTEFACT_KINDS:  # each class outlined in its colour and in the legend
+        color = np.asarray(ARTEFACT_COLORS[kind])
+        assert (np.abs(image - color).sum(axis=-1) < 10).sum() > 20, kind
+        assert (np.abs(header - color).sum(axis=-1) < 10).sum() > 20, kind
 
 
 def test_synth_cli_paints_artefacts_with_ground_truth(tmp_path) -> None:
