@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_lpd.slide.artefacts import ArtefactSettings, detect_artefacts
+from wsi_lpd.slide.artefacts import detect_artefacts
+from wsi_lpd.slide.geometry import rasterize
+from wsi_lpd.slide.options import ArtefactOptions, TissueOptions
 from wsi_lpd.slide.reader import open_slide
-from wsi_lpd.slide.tissue import detect_tissue_with_thumbnail, rasterize
+from wsi_lpd.slide.tissue import detect_tissue_with_thumbnail
 from wsi_lpd.synthetic.artefacts import (
     ARTEFACT_KINDS,
     read_artefact_truth,
@@ -34,11 +36,11 @@ RESULTS = Path(__file__).parent / "results" / "artefacts.md"
 TISSUE_MPP = 8.0
 
 
-def detect(path: Path, settings: ArtefactSettings) -> tuple[dict, float, float, float]:
+def detect(path: Path, settings: ArtefactOptions) -> tuple[dict, float, float, float]:
     """(polygons per class, tissue mm², removed mm², seconds) as the tile stage does it."""
     with open_slide(path) as slide:
         t0 = time.perf_counter()
-        tissue, rgb = detect_tissue_with_thumbnail(slide, TISSUE_MPP)
+        tissue, rgb = detect_tissue_with_thumbnail(slide, TissueOptions(tissue_mpp=TISSUE_MPP))
         w0 = slide.dimensions[0]
         tissue_px = rasterize(tissue, rgb.shape[:2], w0 / rgb.shape[1])
         found = detect_artefacts(slide, rgb, tissue_px, TISSUE_MPP, settings)
@@ -67,7 +69,7 @@ def make(
     return path
 
 
-EVERY = ArtefactSettings(artefact_fold=True, artefact_bubble=True)  # the ones off by default too
+EVERY = ArtefactOptions(artefact_fold=True, artefact_bubble=True)  # the ones off by default too
 
 
 def measure(path: Path) -> dict:
@@ -76,7 +78,7 @@ def measure(path: Path) -> dict:
     truth, mask_mpp = read_artefact_truth(path.with_name(f"{path.stem}.artefacts.npz"))
     polygons, _, _, seconds = detect(path, EVERY)
     score = score_artefacts(polygons, truth, mask_mpp, 0.5)
-    default = score_artefacts(detect(path, ArtefactSettings())[0], truth, mask_mpp, 0.5)
+    default = score_artefacts(detect(path, ArtefactOptions())[0], truth, mask_mpp, 0.5)
     wrong = {
         k: score_artefacts({k: g}, truth, mask_mpp, 0.5)["clean_removed"]
         for k, g in polygons.items()
@@ -122,7 +124,7 @@ def main() -> None:
 
         cmu_path = copy_cmu_small_region(args.work)
         polygons, tissue_mm2, removed_mm2, seconds = detect(cmu_path, EVERY)
-        default_removed_mm2 = detect(cmu_path, ArtefactSettings())[2]
+        default_removed_mm2 = detect(cmu_path, ArtefactOptions())[2]
         with open_slide(cmu_path) as slide:
             per_class = {k: g.area * slide.mpp**2 / 1e6 for k, g in polygons.items()}
         cmu = (tissue_mm2, removed_mm2, per_class, seconds, default_removed_mm2)

@@ -20,14 +20,15 @@ from shapely.geometry import shape
 from wsi_lpd.formats.geojson import read_annotations
 from wsi_lpd.slide.artefacts import (
     ARTEFACT_COLORS,
-    ArtefactSettings,
     artefact_class_name,
     detect_artefacts,
     pen_mask,
-    write_artefacts_geojson,
+    write_artefacts_geojson_into,
 )
+from wsi_lpd.slide.geometry import rasterize
+from wsi_lpd.slide.options import ArtefactOptions
 from wsi_lpd.slide.reader import open_slide
-from wsi_lpd.slide.tissue import detect_tissue_with_thumbnail, rasterize
+from wsi_lpd.slide.tissue import detect_tissue_with_thumbnail
 from wsi_lpd.synthetic.artefacts import (
     ARTEFACT_KINDS,
     INKS,
@@ -37,15 +38,15 @@ from wsi_lpd.synthetic.artefacts import (
 )
 
 SIZE_PX, MPP, SEED = 1536, 1.0, 1
-EVERY_CLASS = ArtefactSettings(
+EVERY_CLASS = ArtefactOptions(
     artefact_pen=True, artefact_blur=True, artefact_fold=True, artefact_bubble=True
 )
 IOU_FLOOR = {"pen": 0.6, "blur": 0.5, "fold": 0.3, "bubble": 0.3}
 
 
-def _detect(path, settings: ArtefactSettings):
+def _detect(path, settings: ArtefactOptions):
     with open_slide(path) as slide:
-        tissue, rgb = detect_tissue_with_thumbnail(slide, 8.0)
+        tissue, rgb = detect_tissue_with_thumbnail(slide)  # 8 µm/px
         tissue_px = rasterize(tissue, rgb.shape[:2], slide.dimensions[0] / rgb.shape[1])
         return tissue, detect_artefacts(slide, rgb, tissue_px, 8.0, settings)
 
@@ -100,19 +101,19 @@ def test_clean_slide_keeps_its_tissue(painted) -> None:
     _, clean = painted
     truth, mask_mpp = read_artefact_truth(clean.truth_path)
     assert not any(truth[k].any() for k in ARTEFACT_KINDS)
-    _, found = _detect(clean.slide.slide_path, ArtefactSettings())
+    _, found = _detect(clean.slide.slide_path, ArtefactOptions())
     assert score_artefacts(found.polygons, truth, mask_mpp, MPP)["clean_removed"] <= 0.01
 
 
 def test_real_slide_keeps_its_tissue_with_defaults(cmu_slide_path) -> None:
-    tissue, found = _detect(cmu_slide_path, ArtefactSettings())
+    tissue, found = _detect(cmu_slide_path, ArtefactOptions())
     assert tissue.intersection(found.union).area <= 0.01 * tissue.area
 
 
 def test_artefact_geojson_loads_as_qupath_annotations(dirty_found, tmp_path) -> None:
     found = dirty_found
     path = tmp_path / "artefacts.geojson"
-    n = write_artefacts_geojson(path, found.polygons, MPP)
+    n = write_artefacts_geojson_into(path, found.polygons, MPP)
     features = json.loads(path.read_text())["features"]
     assert n == len(features) > 0
     names = set()
@@ -133,12 +134,6 @@ def test_artefact_geojson_loads_as_qupath_annotations(dirty_found, tmp_path) -> 
     assert len(loaded) == n
     area = sum(shapely.area(a.geometry) for a in loaded) * MPP**2 / 1e6
     assert area == pytest.approx(sum(found.area_mm2.values()), rel=1e-6)
-
-
-def test_settings_defaults_are_the_tile_sections() -> None:
-    from wsi_lpd.workflow.config import TileSection
-
-    assert ArtefactSettings.from_options(TileSection()) == ArtefactSettings()
 
 
 def test_tile_stage_leaves_artefacts_out_of_the_grid(painted, tmp_path) -> None:
@@ -215,5 +210,5 @@ def test_flat_colour_tissue_is_not_called_blurred(tmp_path) -> None:
     flat = write_synthetic_slide(
         tmp_path / "flat.tiff", width_px=2048, height_px=2048, mpp=1.0, seed=3, texture=False
     )
-    tissue, found = _detect(flat.slide_path, ArtefactSettings())
+    tissue, found = _detect(flat.slide_path, ArtefactOptions())
     assert tissue.area > 0 and found.area_mm2["blur"] <= 0.01 * tissue.area * MPP**2 / 1e6

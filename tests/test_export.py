@@ -361,13 +361,13 @@ def test_invalid_geometry_is_refused_before_writing() -> None:
 def test_export_adds_the_tile_stages_artefacts(mosaic, tmp_path) -> None:
     from shapely.geometry import box
 
-    from wsi_lpd.slide.artefacts import write_artefacts_geojson
+    from wsi_lpd.slide.artefacts import write_artefacts_geojson_into
 
     path, _ = mosaic
     tiles = tmp_path / "tiles"
     tiles.mkdir()
     pen = shapely.MultiPolygon([box(100, 200, 300, 260)])
-    write_artefacts_geojson(tiles / "artefacts.geojson", {"pen": pen}, 0.5)
+    write_artefacts_geojson_into(tiles / "artefacts.geojson", {"pen": pen}, 0.5)
     out = tmp_path / "out"
     res = invoke(path, "--out", out, "--tiles", tiles, "--subtract-bounds")
     assert res.exit_code == 0, res.output

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +37,15 @@ from shapely.geometry import MultiPolygon, box
 from shapely.geometry.base import BaseGeometry
 
 from wsi_lpd.errors import ConfigError
-from wsi_lpd.formats.geojson import feature, write_feature_collection
+from wsi_lpd.formats.geojson import feature, write_feature_collection_into
+from wsi_lpd.slide.geometry import as_multipolygon, polygon_parts, polygonize, rasterize
+from wsi_lpd.slide.options import ArtefactOptions
 from wsi_lpd.slide.reader import Slide
 from wsi_lpd.slide.tissue import (
-    _as_multipolygon,
     _fill_small_holes,
-    _polygons,
     _remove_small,
     dilate_disk,
     erode_disk,
-    polygonize,
-    rasterize,
     saturation,
     smooth3,
 )
@@ -58,6 +56,7 @@ ARTEFACT_CLASSES = ("pen", "fold", "bubble", "blur")  # precedence order
 # least mean squared coarser-band response (grey levels², σ 1 → 2 px) for sharpness to be judged:
 # clean tissue ≥ 15, blurred tissue 2–7, flat colour 0
 MIN_COARSE_ENERGY = 0.5
+DEFAULTS = ArtefactOptions()
 ARTEFACT_COLORS = {
     "pen": (230, 0, 230),
     "blur": (255, 200, 0),
@@ -69,33 +68,6 @@ ARTEFACT_COLORS = {
 def artefact_class_name(kind: str) -> str:
     """QuPath classification of an artefact class: ``Artefact: pen`` …"""
     return f"Artefact: {kind}"
-
-
-@dataclass(frozen=True)
-class ArtefactSettings:
-    """Which artefact classes to detect and their thresholds: the ``tile.*`` fields of the same
-    names (:class:`~wsi_lpd.workflow.config.TileSection`). Saturation and value are fractions of
-    full scale, ratios are to the slide's own tissue statistics."""
-
-    artefact_pen: bool = True
-    artefact_blur: bool = True
-    artefact_fold: bool = False
-    artefact_bubble: bool = False
-    pen_min_saturation: float = 0.3
-    pen_red_min_saturation: float = 0.65
-    pen_black_max_value: float = 0.2
-    blur_mpp: float = 2.0
-    blur_sharpness_ratio: float = 0.6
-    fold_od_ratio: float = 1.4
-    fold_local_ratio: float = 1.2
-    bubble_rim_ratio: float = 0.7
-    artefact_min_area_um2: float = 20_000.0
-    artefact_margin_um: float = 8.0
-
-    @classmethod
-    def from_options(cls, options: object) -> ArtefactSettings:
-        """The settings of the same names on ``options`` (e.g. a ``TileSection``)."""
-        return cls(**{f.name: getattr(options, f.name) for f in fields(cls)})
 
 
 def hue_degrees(rgb: np.ndarray) -> np.ndarray:
@@ -113,7 +85,7 @@ def _smooth_rgb(rgb: np.ndarray) -> np.ndarray:
 
 
 def pen_mask(
-    rgb: np.ndarray, s: ArtefactSettings = ArtefactSettings(), rows_per_strip: int = 512
+    rgb: np.ndarray, s: ArtefactOptions = DEFAULTS, rows_per_strip: int = 512
 ) -> np.ndarray:
     """Ink pixels of a thumbnail (before clean-up): coloured or black ink. The colour rules run
     on strips of ``rows_per_strip`` rows (float work bounded by the strip, not the slide)."""
@@ -124,7 +96,7 @@ def pen_mask(
     return out
 
 
-def _ink(rgb: np.ndarray, s: ArtefactSettings) -> np.ndarray:
+def _ink(rgb: np.ndarray, s: ArtefactOptions) -> np.ndarray:
     sat = saturation(rgb).astype(np.float32) / 255
     value = rgb.max(axis=-1).astype(np.float32) / 255
     hue = hue_degrees(rgb)
@@ -143,7 +115,7 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
 
 
 def fold_mask(
-    rgb: np.ndarray, tissue: np.ndarray, mpp: float, s: ArtefactSettings = ArtefactSettings()
+    rgb: np.ndarray, tissue: np.ndarray, mpp: float, s: ArtefactOptions = DEFAULTS
 ) -> np.ndarray:
     """Doubled tissue / dark debris of a thumbnail at ``mpp`` µm/px within ``tissue``: optical
     density averaged over ~12 µm above ``fold_od_ratio`` × the slide's tissue median *and*
@@ -222,7 +194,7 @@ def sharpness_map(
 
 
 def blur_mask(
-    sharpness: np.ndarray, tissue: np.ndarray, s: ArtefactSettings = ArtefactSettings()
+    sharpness: np.ndarray, tissue: np.ndarray, s: ArtefactOptions = DEFAULTS
 ) -> np.ndarray:
     """Out-of-focus tissue: sharpness below ``blur_sharpness_ratio`` × the 75th percentile of
     the slide's tissue."""
@@ -239,7 +211,7 @@ def blur_mask(
 def bubble_mask(
     rgb: np.ndarray,
     mpp: float,
-    s: ArtefactSettings = ArtefactSettings(),
+    s: ArtefactOptions = DEFAULTS,
     ink: np.ndarray | None = None,
 ) -> np.ndarray:
     """Round regions enclosed by thin dark outlines (bubble rims): pixels below
@@ -274,7 +246,7 @@ def bubble_mask(
     return out
 
 
-def _clean(mask: np.ndarray, mpp: float, s: ArtefactSettings) -> np.ndarray:
+def _clean(mask: np.ndarray, mpp: float, s: ArtefactOptions) -> np.ndarray:
     """Drop pieces below ``artefact_min_area_um2``, fill small holes, grow by the margin."""
     px_um2 = mpp * mpp
     mask = dilate_disk(erode_disk(mask, 1), 1) if mask.any() else mask
@@ -287,7 +259,7 @@ def artefact_masks(
     rgb: np.ndarray,
     tissue: np.ndarray,
     mpp: float,
-    s: ArtefactSettings = ArtefactSettings(),
+    s: ArtefactOptions = DEFAULTS,
     sharpness: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """One boolean mask per enabled class on a thumbnail at ``mpp`` µm/px, mutually exclusive
@@ -327,10 +299,10 @@ class Artefacts:
 
     @property
     def union(self) -> MultiPolygon:
-        parts = [p for g in self.polygons.values() for p in _polygons(g)]
+        parts = [p for g in self.polygons.values() for p in polygon_parts(g)]
         import shapely
 
-        return _as_multipolygon(_polygons(shapely.union_all(parts))) if parts else MultiPolygon()
+        return as_multipolygon(polygon_parts(shapely.union_all(parts))) if parts else MultiPolygon()
 
 
 def detect_artefacts(
@@ -338,7 +310,7 @@ def detect_artefacts(
     rgb: np.ndarray,
     tissue_px: np.ndarray,
     thumb_mpp: float,
-    s: ArtefactSettings = ArtefactSettings(),
+    s: ArtefactOptions = DEFAULTS,
     progress: bool = False,
 ) -> Artefacts:
     """Artefacts of ``slide`` from its tissue thumbnail ``rgb`` at ``thumb_mpp`` µm/px and the
@@ -355,7 +327,7 @@ def detect_artefacts(
     polygons, area = {}, {}
     for kind, mask in masks.items():
         geom = polygonize(mask, (w0 / w, h0 / h))
-        geom = _as_multipolygon(_polygons(geom.intersection(frame)))
+        geom = as_multipolygon(polygon_parts(geom.intersection(frame)))
         polygons[kind] = geom
         area[kind] = float(geom.area * slide.mpp**2 / 1e6)
     log.info(
@@ -366,7 +338,7 @@ def detect_artefacts(
     return Artefacts(polygons, area)
 
 
-def write_artefacts_geojson(
+def write_artefacts_geojson_into(
     path: str | os.PathLike, polygons: Mapping[str, BaseGeometry], slide_mpp: float
 ) -> int:
     """Artefacts as QuPath annotations, one feature per piece, classified ``Artefact: <class>``
@@ -379,9 +351,9 @@ def write_artefacts_geojson(
             measurements={"Area µm^2": p.area * slide_mpp**2},
         )
         for kind, geom in polygons.items()
-        for p in _polygons(geom)
+        for p in polygon_parts(geom)
     )
-    return write_feature_collection(Path(path), feats)
+    return write_feature_collection_into(Path(path), feats)
 
 
 def remove_artefacts(
@@ -389,7 +361,7 @@ def remove_artefacts(
     tissue: MultiPolygon,
     rgb: np.ndarray,
     thumb_mpp: float,
-    settings: ArtefactSettings,
+    settings: ArtefactOptions,
     min_object_um2: float = 0.0,
     progress: bool = False,
 ) -> tuple[MultiPolygon, Artefacts]:
@@ -405,8 +377,10 @@ def remove_artefacts(
     if union.is_empty:
         return tissue, found
     um2_per_px = slide.mpp**2
-    kept = [p for p in _polygons(tissue.difference(union)) if p.area * um2_per_px >= min_object_um2]
-    return _as_multipolygon(kept), found
+    kept = [
+        p for p in polygon_parts(tissue.difference(union)) if p.area * um2_per_px >= min_object_um2
+    ]
+    return as_multipolygon(kept), found
 
 
 def artefact_summary(found: Artefacts) -> dict[str, dict[str, object]]:
@@ -417,7 +391,7 @@ def artefact_summary(found: Artefacts) -> dict[str, dict[str, object]]:
             "class": artefact_class_name(kind),
             "color": list(ARTEFACT_COLORS[kind]),
             "area_mm2": round(found.area_mm2[kind], 6),
-            "pieces": len(_polygons(geom)),
+            "pieces": len(polygon_parts(geom)),
         }
         for kind, geom in found.polygons.items()
     }

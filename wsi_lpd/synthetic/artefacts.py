@@ -344,7 +344,8 @@ def score_artefacts(
     any detected artefact covers. Masks compared at ``mask_mpp`` pixel centres."""
     from shapely.geometry import MultiPolygon
 
-    from wsi_lpd.slide.tissue import dilate_disk, rasterize
+    from wsi_lpd.slide.geometry import rasterize
+    from wsi_lpd.slide.tissue import dilate_disk
 
     shape = truth["tissue"].shape
     scale = mask_mpp / slide_mpp
