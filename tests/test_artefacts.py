@@ -161,6 +161,9 @@ def test_tile_stage_leaves_artefacts_out_of_the_grid(painted, tmp_path) -> None:
     assert set(meta["artefacts"]) == set(ARTEFACT_KINDS)
     assert all(meta["artefacts"][k]["area_mm2"] > 0 for k in ARTEFACT_KINDS)
     assert json.loads((tmp_path / "none" / "run.json").read_text())["artefacts"] == {}
+    assert grids["every"].extra["artefact_area_mm2"] == {
+        k: pytest.approx(v["area_mm2"], abs=1e-6) for k, v in meta["artefacts"].items()
+    }
     loaded = read_annotations(tmp_path / "every" / "artefacts.geojson")
     assert {a.class_name for a in loaded} == {artefact_class_name(k) for k in ARTEFACT_KINDS}
     artefacts = shapely.union_all([a.geometry for a in loaded])

@@ -106,7 +106,12 @@ def tile_slide(
             )
         for w in caught:
             log.warning("%s", w.message)
-        grid.extra = {"bounds": list(wsi.bounds), "vendor": wsi.vendor, "backend": wsi.backend}
+        grid.extra = {
+            "bounds": list(wsi.bounds),
+            "vendor": wsi.vendor,
+            "backend": wsi.backend,
+            "artefact_area_mm2": {k: round(v, 6) for k, v in artefacts.area_mm2.items()},
+        }
         with atomic_dir(out) as tmp:
             grid.save(tmp / "tiles.npz")
             write_tissue_geojson_into(tmp / "tissue.geojson", tissue)
