@@ -160,7 +160,8 @@ def report(
         "IoU per class against the painted masks (8 µm/px pixel centres) with every class on "
         "(fold and bubble are off by default); *clean removed*: share of clean tissue (tissue "
         "farther than 16 µm from any painted artefact) inside any detected artefact, with every "
-        "class on and with the defaults (pen, blur).",
+        "class on and with the defaults (pen, blur); *s*: tissue + artefact detection wall "
+        "time (every class on) on a shared 2-core machine whose load varies.",
         "",
         "| texture | seed | IoU pen | IoU blur | IoU fold | IoU bubble | clean removed, all on "
         "| clean removed, defaults | s |",

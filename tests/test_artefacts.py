@@ -2,10 +2,10 @@
 
 Slides: 1536² px at 1 µm/px procedural synthetic slides (seed 1) with every artefact painted on
 (``wsi_lpd.synthetic.artefacts``) and the same layout clean. IoU floors sit well below what
-``bench/bench_artefacts.py`` measures (bench/results/artefacts.md: over 3072² px slides,
-procedural and real texture, the lowest per-class IoU was pen 0.78, blur 0.68, fold 0.36,
-bubble 0.44 — a missed bubble of two; on this slide pen 0.81, blur 0.78, fold 0.55, bubble
-0.96); the slide is deterministic, so only codec or library changes can move the figures.
+``bench/bench_artefacts.py`` measures (bench/results/artefacts.md: over ten 3072² px slides,
+procedural and real texture, the lowest per-class IoU was pen 0.71, blur 0.68, fold 0.36, bubble
+0.44 where a bubble's rim was not crossed by pen strokes; on this slide pen 0.81, blur 0.78, fold
+0.55, bubble 0.96); the slide is deterministic, so only codec or library changes can move them.
 """
 
 from __future__ import annotations
