@@ -280,7 +280,7 @@ def _check_model(config: WorkflowConfig, out: Preflight, bundled: list) -> None:
             "bundled ones: configs/model/*.yaml)"
         )
         return
-    from wsi_lpd.train.training_config import load_training_config
+    from wsi_lpd.train.registry import load_training_config
 
     try:
         load_training_config(model_config)
