@@ -153,6 +153,8 @@ def section_options(
 
     def decorate(func: F) -> F:
         signature = inspect.signature(func, eval_str=True)
+        if "opts" not in signature.parameters or "config" not in signature.parameters:
+            raise TypeError(f"{func.__name__}: a stage command takes `opts` and `config`")
         fields = model.model_fields
         generated = {name: _option(name, field, flags.get(name)) for name, field in fields.items()}
         for old, new in model.RENAMED_KEYS.items():
