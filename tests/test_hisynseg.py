@@ -188,6 +188,7 @@ def test_filter_keeps_and_drops_by_threshold() -> None:
     images[..., 0] = reds[:, None, None]
     identity = {"mean": [0.0] * 3, "std": [1.0] * 3}
     keep, p = filter_realistic(StubClassifier(), images, identity, threshold=0.5, batch_size=4)
+    # float32 reds/255 (~1e-7 off); the threshold 0.5 is 0.002 from 127/255 and 128/255
     assert np.allclose(p, reds / 255.0, atol=1e-5)
     assert keep.tolist() == [False, False, False, True, True, True]
     keep, _ = filter_realistic(StubClassifier(), images, identity, threshold=0.9)

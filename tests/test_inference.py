@@ -34,6 +34,9 @@ from wsi_lpd.slide.reader import open_slide
 
 IDENTITY_NORM = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 # uint8 values chosen away from .5 so rounding is unambiguous
+# 255·CONST = 30.2, 51.0, 84.3, 12.9, 76.6: every value ≥ 0.1 from a uint8 rounding boundary, so
+# the blended mosaic (weighted means of equal values, float32 error ~1e-5 of a level) quantises to
+# the same bytes on any CPU, thread count or window order: the exact comparisons below hold.
 CONST = torch.tensor([30.2, 51.0, 84.3, 12.9, 76.6]) / 255.0
 CONST = CONST / CONST.sum()
 
@@ -253,6 +256,9 @@ def test_position_model_is_reconstructed_exactly(
     )
     m = open_mosaic(res.mosaic_path)
     assert res.output_mpp == 0.5 and res.window_px == 48
+    # exact by construction: every window covering a pixel predicts the same k/255, their
+    # weighted mean is k/255 within float32 rounding (~1e-5 of a level), which rounds back to k
+    # whatever the workers' order
     assert np.array_equal(m.probs[0], red)
     assert np.array_equal(m.probs[4], 255 - red)
 
@@ -440,6 +446,8 @@ def test_peak_rss_bounded_by_bands(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     imports, small, large = json.loads(proc.stdout.strip().splitlines()[-1])
+    # ratios of peak RSS in one process, not absolute MiB: allocator and thread-pool overheads
+    # that differ between machines are in both runs (the child runs one torch thread)
     assert large["windows"] > 3.5 * small["windows"]
     assert large["peak"] < 1.3 * small["peak"], (imports, small, large)
     added_small, added_large = small["peak"] - imports["peak"], large["peak"] - imports["peak"]
@@ -473,6 +481,9 @@ def test_jpeg_tiles_decoded_on_the_device_match_the_slide_reader(tmp_path: Path)
         progress=False,
     )
     assert cpu.decode == "cpu" and gpu.decode == "gpu" and gpu.windows == cpu.windows
+    # two JPEG decoders (IDCT and chroma upsampling rounding differ by a few levels per pixel,
+    # more on sharp edges): a loose bound that any conforming decoder pair meets, while reading
+    # the wrong tile or offset would be off by tens of levels on average
     a = open_mosaic(cpu.mosaic_path).probs[0].astype(int)
     b = open_mosaic(gpu.mosaic_path).probs[0].astype(int)
     assert np.abs(a - b).mean() < 2.0 and np.abs(a - b).max() <= 16

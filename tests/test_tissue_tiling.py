@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -245,15 +244,20 @@ def test_tile_grid_load_errors(tmp_path: Path) -> None:
         TileGrid.load(other)
 
 
-def test_tile_grid_loads_100k_tiles_fast(tmp_path: Path) -> None:
+def test_tile_grid_of_100k_tiles_is_stored_as_whole_arrays(tmp_path: Path) -> None:
+    """Loading is fast because a grid is three whole arrays (no per-tile records or pickles):
+    asserted on the file's layout, not on a wall-clock time, which depends on the machine and
+    its load (timings belong in bench/)."""
+    grid = _grid(100_000)
     path = tmp_path / "big.npz"
-    _grid(100_000).save(path)
-    TileGrid.load(path)  # warm the page cache and imports
-    started = time.perf_counter()
+    grid.save(path)
+    with np.load(path, allow_pickle=False) as data:
+        assert sorted(data.files) == ["meta", "tissue_fraction", "x", "y"]
+        assert data["x"].shape == data["y"].shape == data["tissue_fraction"].shape == (100_000,)
     back = TileGrid.load(path)
-    elapsed = time.perf_counter() - started
     assert len(back) == 100_000
-    assert elapsed < 1.0, f"loading 100k tiles took {elapsed:.2f} s"
+    for name in ("x", "y", "tissue_fraction"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(grid, name), err_msg=name)
 
 
 # --------------------------------------------------------------------------------------------------
