@@ -46,14 +46,8 @@ class TissueOptions(Section):
         return TissueOptions(**{k: getattr(self, k) for k in TissueOptions.model_fields})
 
 
-class TileSection(TissueOptions):
-    """``tile:``: tissue detection and the tile grid (``wsi-lpd tile``).
-
-    ``tile_mpp`` is the tiles' µm/px (old key ``mpp``); ``overlap`` a fraction of ``patch_px``
-    (old key ``overlap_px`` in px); ``slide_mpp`` overrides the slide's own level-0 µm/px.
-    """
-
-    RENAMED_KEYS: ClassVar[Mapping[str, str]] = {"mpp": "tile_mpp", "overlap_px": "overlap"}
+class _TileGrid(Section):
+    """The tile grid's own fields (listed first in ``tile:``)."""
 
     tile_mpp: float = Field(1.0, gt=0, description="Tile resolution, µm/px.")
     patch_px: int = Field(224, ge=1, description="Tile side in px at --tile-mpp.")
@@ -63,6 +57,18 @@ class TileSection(TissueOptions):
     min_tissue: float = Field(
         0.5, ge=0, le=1, description="Minimum tissue fraction of a kept tile."
     )
+
+
+class TileSection(TissueOptions, _TileGrid):
+    """``tile:``: tissue detection and the tile grid (``wsi-lpd tile``).
+
+    ``tile_mpp`` is the tiles' µm/px (old key ``mpp``); ``overlap`` a fraction of ``patch_px``
+    (old key ``overlap_px`` in px); ``slide_mpp`` overrides the slide's own level-0 µm/px.
+    Fields: the grid's, then the tissue detection's, then the QC image's and the inputs'.
+    """
+
+    RENAMED_KEYS: ClassVar[Mapping[str, str]] = {"mpp": "tile_mpp", "overlap_px": "overlap"}
+
     qc_long_side_px: int = Field(1024, ge=64, description="Long side of the QC image qc.png, px.")
     tissue_geojson: str | None = Field(
         None, description="Use these polygons (any class) instead of detection (GeoJSON)."
