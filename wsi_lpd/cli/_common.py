@@ -23,8 +23,6 @@ from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.settings import S, read_yaml, section_with_overrides
 
-log = logging.getLogger("wsi_lpd")
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 _state = {"verbose": False}
