@@ -23,7 +23,7 @@ from wsi_lpd.train.losses import (
 )
 from wsi_lpd.train.registry import loss_defaults
 from wsi_lpd.train.training_config import LossConfig
-from wsi_lpd.workflow.config import parse_section
+from wsi_lpd.settings import parse_section
 
 C, K, D = 4, 2, 32
 

@@ -36,7 +36,7 @@ from wsi_lpd.train.training_config import (
     PrototypeTrainingConfig,
     TrainingConfig,
 )
-from wsi_lpd.workflow.config import read_yaml
+from wsi_lpd.settings import read_yaml
 
 
 @dataclass(frozen=True)
