@@ -24,7 +24,12 @@ log = logging.getLogger("wsi_lpd.train")
 
 
 def _write_run(
-    folder: Path, result: TrainResult, *, parameters: dict, inputs: dict, started: float
+    folder: Path,
+    result: TrainResult,
+    *,
+    parameters: dict[str, Any],
+    inputs: dict[str, Any],
+    started: float,
 ) -> None:
     """``run.json`` inside the folder about to be published."""
     write_run_metadata(
@@ -44,9 +49,9 @@ def _write_run(
 
 def train_model(
     cfg: TrainingConfig,
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     *,
-    model_config: str | os.PathLike,
+    model_config: str | os.PathLike[str],
     patches: Sequence[Path] | None = None,
     val_patches: Path | None = None,
     bcss_dir: Path | None = None,
@@ -74,12 +79,12 @@ def train_model(
     )
     if on_valid is not None:
         on_valid()
-    n_val = len(data.val_set) if data.val_set is not None else 0  # type: ignore[arg-type]
+    n_val = len(data.val_set) if data.val_set is not None else 0
     log.info(
         "training %s on %d patches (%d held out for validation; %s), %.2f µm/px, %d px, "
         "%d process(es)",
         cfg.method,
-        len(data.train_set),  # type: ignore[arg-type]
+        len(data.train_set),
         n_val,
         ", ".join(data.classes.foreground_names),
         data.mpp,
@@ -89,7 +94,7 @@ def train_model(
     inputs: dict[str, Any] = {
         "patches": [str(p) for p in patches or []],
         "bcss_dir": str(bcss_dir or ""),
-        "n_train": len(data.train_set),  # type: ignore[arg-type]
+        "n_train": len(data.train_set),
         "n_val": n_val,
     }
     finalise = functools.partial(
