@@ -11,6 +11,7 @@ from torch import nn
 
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.networks.lpd import LPDModel
+from wsi_lpd.settings import parse_section
 from wsi_lpd.train.losses import (
     LPDLoss,
     classification_loss,
@@ -23,7 +24,6 @@ from wsi_lpd.train.losses import (
 )
 from wsi_lpd.train.registry import loss_defaults
 from wsi_lpd.train.training_config import LossConfig
-from wsi_lpd.workflow.config import parse_section
 
 C, K, D = 4, 2, 32
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from wsi_lpd.cli.app import app
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.networks.build import MODEL_BUILDERS
+from wsi_lpd.settings import read_yaml
 from wsi_lpd.train.methods.base import Method
 from wsi_lpd.train.registry import METHODS, make_method, method_names, training_config_from_mapping
-from wsi_lpd.workflow.config import read_yaml
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 TINY = CONFIGS / "lpd_tiny_test.yaml"

@@ -32,7 +32,7 @@ from wsi_lpd.networks.model_config import (
     parse_encoder_config,
     where,
 )
-from wsi_lpd.workflow.config import parse_section
+from wsi_lpd.settings import parse_section
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictBool, field_validator
 
 from wsi_lpd.errors import ConfigError
-from wsi_lpd.workflow.config import Section, parse_section
+from wsi_lpd.settings import Section, parse_section
 
 MitVariant = Literal["mit_tiny", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5"]
 

@@ -102,14 +102,8 @@ class ArtefactOptions(Section):
         return ArtefactOptions(**{k: getattr(self, k) for k in ArtefactOptions.model_fields})
 
 
-class TileSection(ArtefactOptions, TissueOptions):
-    """``tile:``: tissue detection and the tile grid (``wsi-lpd tile``).
-
-    ``tile_mpp`` is the tiles' µm/px (old key ``mpp``); ``overlap`` a fraction of ``patch_px``
-    (old key ``overlap_px`` in px); ``slide_mpp`` overrides the slide's own level-0 µm/px.
-    """
-
-    RENAMED_KEYS: ClassVar[Mapping[str, str]] = {"mpp": "tile_mpp", "overlap_px": "overlap"}
+class _TileGrid(Section):
+    """The tile grid's own fields (listed first in ``tile:``)."""
 
     tile_mpp: float = Field(1.0, gt=0, description="Tile resolution, µm/px.")
     patch_px: int = Field(224, ge=1, description="Tile side in px at --tile-mpp.")
@@ -119,6 +113,19 @@ class TileSection(ArtefactOptions, TissueOptions):
     min_tissue: float = Field(
         0.5, ge=0, le=1, description="Minimum tissue fraction of a kept tile."
     )
+
+
+class TileSection(ArtefactOptions, TissueOptions, _TileGrid):
+    """``tile:``: tissue detection and the tile grid (``wsi-lpd tile``).
+
+    ``tile_mpp`` is the tiles' µm/px (old key ``mpp``); ``overlap`` a fraction of ``patch_px``
+    (old key ``overlap_px`` in px); ``slide_mpp`` overrides the slide's own level-0 µm/px.
+    Fields: the grid's, then the tissue detection's, the artefacts', the QC image's and the
+    inputs'.
+    """
+
+    RENAMED_KEYS: ClassVar[Mapping[str, str]] = {"mpp": "tile_mpp", "overlap_px": "overlap"}
+
     qc_long_side_px: int = Field(1024, ge=64, description="Long side of the QC image qc.png, px.")
     tissue_geojson: str | None = Field(
         None, description="Use these polygons (any class) instead of detection (GeoJSON)."

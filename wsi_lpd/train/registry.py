@@ -26,6 +26,7 @@ from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.networks.build import MODEL_BUILDERS, ModelSpec
 from wsi_lpd.networks.model_config import where
+from wsi_lpd.settings import read_yaml
 from wsi_lpd.train.methods.base import Method
 from wsi_lpd.train.methods.hisynseg import HisynSegMethod
 from wsi_lpd.train.methods.lpd import LPDMethod
@@ -36,7 +37,6 @@ from wsi_lpd.train.training_config import (
     PrototypeTrainingConfig,
     TrainingConfig,
 )
-from wsi_lpd.workflow.config import read_yaml
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from wsi_lpd.networks.model_config import (
     parse_encoder_config,
     where,
 )
-from wsi_lpd.workflow.config import Section, describe_validation_error, parse_section
+from wsi_lpd.settings import Section, describe_validation_error, parse_section
 
 log = logging.getLogger(__name__)
 
