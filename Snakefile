@@ -2,7 +2,7 @@
 # QuPath GeoJSON + evaluation -> report.html. Every rule calls the `wsi-lpd` CLI.
 #
 #   snakemake --cores 2                                  # the built-in offline demo
-#   snakemake --configfile my_cohort.yaml --workflow-profile snakemake/profiles/local
+#   wsi-lpd run my_cohort.yaml [snakemake args]          # a cohort, from the config's folder
 #
 # The demo config is the default; a --configfile given on the command line replaces it (it is
 # not merged into the demo config). See snakemake/README.md.

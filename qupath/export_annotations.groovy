@@ -4,7 +4,9 @@
  * Automate -> Script editor, File -> Open... this file, then Run -> Run for project
  * (select the annotated images). For each image it writes {slide_id}.geojson, a GeoJSON
  * FeatureCollection of the image's annotations with their classification names, into OUT_DIR
- * (default: <project folder>/wsi-lpd-annotations). Images without annotations are skipped.
+ * (default: <project folder>/wsi-lpd-annotations). Images without annotations are skipped; an
+ * existing file is not overwritten unless OVERWRITE = true below (delete the folder's files, or
+ * set it, to export again).
  *
  * slide_id is the image name without its extension, made a valid wsi-lpd slide id (see slideId
  * below); use the same id in the sample sheet:
@@ -14,27 +16,38 @@
 
 // Output folder; null = <project folder>/wsi-lpd-annotations
 String OUT_DIR = null
+// An existing {slide_id}.geojson is left as it is (and reported) unless this is true. Two images
+// whose names give the same slide id would otherwise overwrite each other's file.
+boolean OVERWRITE = false
 
 def entry = getProjectEntry()
 if (entry == null)
     throw new IllegalStateException('wsi-lpd: open a project first (files are named after its images)')
 def outDir = new File(OUT_DIR ?: buildFilePath(PROJECT_BASE_DIR, 'wsi-lpd-annotations'))
 outDir.mkdirs()
-def id = slideId(entry.getImageName())
+def id = slideId(entry.getOriginalImageName())
 def annotations = getAnnotationObjects()
 if (annotations.isEmpty()) {
-    println "wsi-lpd: ${entry.getImageName()}: no annotations, nothing written"
+    println "wsi-lpd: ${entry.getOriginalImageName()}: no annotations, nothing written"
     return
 }
 def file = new File(outDir, id + '.geojson')
+if (file.exists() && !OVERWRITE) {
+    println "wsi-lpd: ${entry.getOriginalImageName()}: ${file} exists, not overwritten " +
+            "(another image with slide id '${id}', or an earlier export; set OVERWRITE = true " +
+            "at the top of the script to replace it)"
+    return
+}
 exportObjectsToGeoJson(annotations, file.getPath(), 'FEATURE_COLLECTION')
-println "wsi-lpd: ${entry.getImageName()} -> ${file} (${annotations.size()} annotations)"
+println "wsi-lpd: ${entry.getOriginalImageName()} -> ${file} (${annotations.size()} annotations)"
 
 // --- slide id: the same in export_annotations.groovy and import_results.groovy -------------
-// wsi-lpd's rule (wsi_lpd/slide/reader.py default_slide_id + validate_slide_id): the name without its
-// extension (.ome.tiff / .ome.tif / .ome.zarr count as one); then every character other than a
-// letter, digit, '.', '_', '+' or '-' becomes '_', leading characters that are not a letter or
-// digit are dropped, and an empty result is 'slide'.
+// wsi-lpd's rule (wsi_lpd/slide/reader.py slide_id_from_name, also used by `wsi-lpd samples`):
+// the name without its extension (.ome.tiff / .ome.tif / .ome.zarr count as one; a leading or
+// trailing dot is not one); then every character other than a letter, digit, '.', '_', '+' or
+// '-' becomes '_', leading characters that are not a letter or digit are dropped, and an empty
+// result is 'slide'. Image names come from entry.getOriginalImageName(): getImageName() is a
+// random name in projects with "mask image names" on.
 static String slideId(String imageName) {
     String name = imageName
     String lower = name.toLowerCase(Locale.ROOT)

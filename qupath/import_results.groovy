@@ -3,8 +3,9 @@
  *
  * Automate -> Script editor, File -> Open... this file, set RESULTS_DIR below to the workflow's
  * <results>/geojson folder, then Run -> Run for project (select the images). For each image it
- * reads {slide_id}.geojson (export.gzip: false, the default) with PathIO.readObjects and adds the
- * objects to the image; "Run for project" saves each image. Objects an earlier run of this script
+ * reads {slide_id}.geojson, or {slide_id}.geojson.gz (export.gzip: true), with
+ * PathIO.readObjects (which reads both) and adds the objects to the image; "Run for project"
+ * saves each image. Objects an earlier run of this script
  * imported (named "wsi-lpd: <class>") are removed first, so re-importing replaces them; your own
  * annotations stay. Images without a result file are skipped.
  *
@@ -14,7 +15,7 @@
 
 import qupath.lib.io.PathIO
 
-// Folder of {slide_id}.geojson; null = <project folder>/wsi-lpd-results
+// Folder of {slide_id}.geojson or .geojson.gz; null = <project folder>/wsi-lpd-results
 String RESULTS_DIR = null
 // Name prefix that marks imported objects (and lets a later import replace them)
 String TAG = 'wsi-lpd'
@@ -23,10 +24,10 @@ def entry = getProjectEntry()
 if (entry == null)
     throw new IllegalStateException('wsi-lpd: open a project first (files are named after its images)')
 def dir = new File(RESULTS_DIR ?: buildFilePath(PROJECT_BASE_DIR, 'wsi-lpd-results'))
-def id = slideId(entry.getImageName())
-def file = new File(dir, id + '.geojson')
-if (!file.isFile()) {
-    println "wsi-lpd: ${entry.getImageName()}: no ${file}, skipped"
+def id = slideId(entry.getOriginalImageName())
+def file = [id + '.geojson', id + '.geojson.gz'].collect { new File(dir, it) }.find { it.isFile() }
+if (file == null) {
+    println "wsi-lpd: ${entry.getOriginalImageName()}: no ${id}.geojson(.gz) in ${dir}, skipped"
     return
 }
 def hierarchy = getCurrentHierarchy()
@@ -41,13 +42,15 @@ objects.each { o ->
 }
 hierarchy.addObjects(objects)
 fireHierarchyUpdate()
-println "wsi-lpd: ${entry.getImageName()} <- ${file} (${objects.size()} objects, ${earlier.size()} replaced)"
+println "wsi-lpd: ${entry.getOriginalImageName()} <- ${file} (${objects.size()} objects, ${earlier.size()} replaced)"
 
 // --- slide id: the same in export_annotations.groovy and import_results.groovy -------------
-// wsi-lpd's rule (wsi_lpd/slide/reader.py default_slide_id + validate_slide_id): the name without its
-// extension (.ome.tiff / .ome.tif / .ome.zarr count as one); then every character other than a
-// letter, digit, '.', '_', '+' or '-' becomes '_', leading characters that are not a letter or
-// digit are dropped, and an empty result is 'slide'.
+// wsi-lpd's rule (wsi_lpd/slide/reader.py slide_id_from_name, also used by `wsi-lpd samples`):
+// the name without its extension (.ome.tiff / .ome.tif / .ome.zarr count as one; a leading or
+// trailing dot is not one); then every character other than a letter, digit, '.', '_', '+' or
+// '-' becomes '_', leading characters that are not a letter or digit are dropped, and an empty
+// result is 'slide'. Image names come from entry.getOriginalImageName(): getImageName() is a
+// random name in projects with "mask image names" on.
 static String slideId(String imageName) {
     String name = imageName
     String lower = name.toLowerCase(Locale.ROOT)

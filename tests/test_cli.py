@@ -79,3 +79,67 @@ def test_progress_logs_every_tenth_without_repeats(caplog) -> None:
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 10 and len(set(lines)) == 10
     assert lines[-1].startswith("tiles: 100/100 tile (100 %)") and "tile/s" in lines[-1]
+
+
+@pytest.mark.parametrize("config", ["demo.yaml", "cohort.example.yaml"])
+def test_config_output_loads_back_as_the_same_effective_config(tmp_path: Path, config: str) -> None:
+    source = ROOT / "configs" / config
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(invoke("config", "--config", source).stdout)
+    again = invoke("config", printed)  # its own output, fed back
+    assert again.exit_code == 0, again.stderr
+    assert "model_config:" in printed.read_text() and "model_yaml" not in printed.read_text()
+    assert load_workflow_config(printed) == load_workflow_config(source)
+
+
+def test_info_on_several_slides_prints_each_id_and_the_path_given(
+    tmp_path: Path, cmu_slide_path: Path
+) -> None:
+    links = [tmp_path / "(1) first.svs", tmp_path / "case 12 (HE).svs"]
+    for link in links:
+        link.symlink_to(cmu_slide_path)
+    result = invoke("info", *links, "--json")
+    assert result.exit_code == 0, result.stderr
+    infos = json.loads(result.stdout)
+    assert [i["slide_id"] for i in infos] == ["1__first", "case_12__HE_"]
+    assert [i["path"] for i in infos] == [str(p) for p in links]  # not the symlinks' target
+    text = invoke("info", *links).stdout
+    assert "slide id:   1__first" in text and "slide id:   case_12__HE_" in text
+
+
+def test_config_check_passes_then_refuses_in_one_line_each(
+    tmp_path: Path, cmu_slide_path: Path
+) -> None:
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "slides" / "a b.svs").symlink_to(cmu_slide_path)
+    (tmp_path / "a_b.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    made = invoke("samples", tmp_path / "slides", "--annotations", tmp_path, "--out",
+                  tmp_path / "samples.csv")  # fmt: skip
+    assert made.exit_code == 0, made.stderr
+    assert "wrote" in made.stdout and "1 slides, 1 with annotations" in made.stdout
+    config = tmp_path / "my.yaml"
+    config.write_text(
+        "samples: samples.csv\ntrain: {model_config: configs/model/lpd_tiny_test.yaml, "
+        "device: cpu}\ninfer: {device: cpu}\n"
+    )
+    ok = invoke("config", "--check", config)
+    assert ok.exit_code == 0, ok.stderr
+    assert "OK (1 slides, 1 train the model)" in ok.stdout
+    config.write_text(config.read_text().replace("lpd_tiny_test", "nope"))
+    bad = invoke("config", "--check", config)
+    assert bad.exit_code == 1
+    errors = [line for line in bad.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "train.model_config:" in errors[0] and "nope.yaml" in errors[0]
+
+
+@pytest.mark.parametrize("command", ["tile", "infer"])
+def test_a_file_name_that_is_no_slide_id_is_refused_with_the_flag_to_pass(
+    tmp_path: Path, command: str
+) -> None:
+    slide = tmp_path / "case 12 (HE).svs"
+    slide.write_bytes(b"x")  # refused before the file is opened
+    args = [command, slide, "--out", tmp_path / "out"]
+    result = invoke(*args) if command == "tile" else invoke(*args, "--model", tmp_path / "m.pt")
+    assert result.exit_code == 1
+    assert "' ' '(' ')' not allowed" in result.stderr
+    assert result.stderr.strip().endswith("pass --slide-id case_12__HE_")

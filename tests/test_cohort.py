@@ -91,9 +91,12 @@ def test_sheet_search_dirs_and_pending_files(files: Path, tmp_path_factory) -> N
         ("slide_id,path,colour\na,{d}/a.svs,red\n", "line 1: unknown column(s) colour"),
         ("slide_id,path\na,{d}/a.svs\nb,{d}/b.svs\na,{d}/a.svs\n", "line 4: column slide_id: "
          "duplicate 'a' (first on line 2)"),
-        ("slide_id,path\nx/y,{d}/a.svs\n", "line 2: column slide_id: 'x/y' contains a path"),
-        ("slide_id,path\nx\\y,{d}/a.svs\n", "line 2: column slide_id: 'x\\\\y' contains a path"),
-        ("slide_id,path\nmy slide,{d}/a.svs\n", "line 2: column slide_id: 'my slide'"),
+        ("slide_id,path\nx/y,{d}/a.svs\n", "line 2: column slide_id: 'x/y': contains a path"),
+        ("slide_id,path\nx\\y,{d}/a.svs\n", "line 2: column slide_id: 'x\\\\y': contains a path"),
+        ("slide_id,path\nmy slide,{d}/a.svs\n", "line 2: column slide_id: 'my slide': ' ' not "
+         "allowed (only letters, digits and . _ + -); use 'my_slide'"),
+        ("slide_id,path\n_1__first,{d}/a.svs\n", "line 2: column slide_id: '_1__first': the first "
+         "character must be a letter or digit; use '1__first'"),
         ("slide_id,path\na,{d}/gone.svs\n", "line 2: column path: file not found"),
         ("slide_id,path,truth\na,{d}/a.svs,{d}/gone.tiff\n", "line 2: column truth: file not"),
         ("slide_id,path,roi\na,{d}/a.svs,{d}/gone.geojson\n", "line 2: column roi: file not"),
@@ -107,8 +110,8 @@ def test_sheet_search_dirs_and_pending_files(files: Path, tmp_path_factory) -> N
     ],
     ids=[
         "missing-column", "unknown-column", "duplicate-id", "slash-id", "backslash-id",
-        "space-id", "missing-slide", "missing-truth", "missing-roi", "text-mpp", "negative-mpp",
-        "nan-mpp", "bad-split", "empty-path", "extra-cell", "no-rows",
+        "space-id", "leading-underscore-id", "missing-slide", "missing-truth", "missing-roi",
+        "text-mpp", "negative-mpp", "nan-mpp", "bad-split", "empty-path", "extra-cell", "no-rows",
     ],
 )  # fmt: skip
 def test_bad_sheet_is_one_line_naming_sheet_line_and_column(

@@ -556,3 +556,42 @@ def test_legacy_store_loads(tmp_path: Path) -> None:
     assert store.known().all() and store.slide_mpp == [None]
     assert np.isnan(store.patch_level0_px()).all()
     np.testing.assert_array_equal(store.slide_indices(), [0, 0])
+
+
+def test_ignore_area_yields_no_labels_and_region_is_not_unknown(
+    tmp_path: Path, tiles: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QuPath's Ignore* leaves its area out (tiles touching it are dropped, even under TUM);
+    Region* is neither a class nor unknown (the default mapping refuses unknown classes)."""
+    extra = [
+        feature(box(60, 10, 70, 20), "Ignore*", (180, 180, 180)),  # touches tiles (0,0), (64,0)
+        feature(box(0, 0, 256, 256), "Region*", (0, 0, 180)),
+        feature(box(200, 0, 300, 64), "NEC", (128, 0, 128)),  # reaches past the slide
+        feature(box(400, 400, 500, 500), "NEC", (128, 0, 128)),  # wholly outside
+    ]
+    out = tmp_path / "store.zarr"
+    with caplog.at_level("WARNING"):
+        summary = build_patch_store_from_annotations(
+            [tiles], [_annotations(tmp_path / "a.geojson", extra)], out, BCSS_CLASSES,
+            progress=False,
+        )  # fmt: skip
+    coords = [tuple(c) for c in open_patch_store(out).coords[:]]
+    assert (0, 0) not in coords and (64, 0) not in coords  # under Ignore*: no label at all
+    assert (128, 0) in coords and (192, 0) in coords  # STR; NEC (clipped to the slide)
+    assert summary["per_class"]["TUM"] == 0 and summary["per_class"]["NEC"] == 1
+    assert "1 annotation polygon(s) reach past the slide (256 x 256 level-0 px)" in caplog.text
+    assert "1 annotation polygon(s) lie wholly outside the slide" in caplog.text
+
+
+def test_class_mapping_kinds() -> None:
+    mapping = ClassMapping(BCSS_CLASSES, class_map={"Fat": None})
+    kinds = {n: mapping.kind(n) for n in ("Tumor", "tum", "Ignore*", "Region*", "Fat", "Foo")}
+    assert kinds == {
+        "Tumor": "mapped",
+        "tum": "mapped",
+        "Ignore*": "ignore-area",
+        "Region*": "ignored",
+        "Fat": "ignored",
+        "Foo": "unknown",
+    }
+    assert mapping.kind(None) == "ignored"

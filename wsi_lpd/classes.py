@@ -122,6 +122,11 @@ QUPATH_CLASS_NAMES: dict[str, str] = {
 }
 """QuPath's built-in classification names → the default model class names."""
 
+QUPATH_IGNORE = "Ignore*"
+"""QuPath's class for "leave this area out": patches under it get no label (they are dropped)."""
+QUPATH_REGION = "Region*"
+"""QuPath's class for a region of interest: not a tissue class, ignored without a warning."""
+
 UnknownClassPolicy = Literal["ignore", "refuse"]
 
 
@@ -133,7 +138,8 @@ class ClassMapping:
     value drops that annotation class on purpose), the model's own names (exact, then
     case-insensitive) and :data:`QUPATH_CLASS_NAMES` when its target is a model class. Any other
     name follows ``unknown_classes``: ``ignore`` (a warning per class name and file, with its
-    count) or ``refuse`` (``AnnotationError`` naming the class and the file).
+    count) or ``refuse`` (``AnnotationError`` naming the class and the file). QuPath's
+    :data:`QUPATH_IGNORE` and :data:`QUPATH_REGION` are never unknown (see :meth:`kind`).
     """
 
     classes: ClassList
@@ -167,6 +173,22 @@ class ClassMapping:
     def _qupath(self) -> dict[str, str]:
         return {k: v for k, v in QUPATH_CLASS_NAMES.items() if v in self.classes.names}
 
+    def kind(self, name: str | None) -> str:
+        """What happens to annotations of class ``name``: ``mapped`` (to a model class),
+        ``ignore-area`` (QuPath's Ignore*: the area gets no labels), ``ignored`` (Region*,
+        unclassified, or mapped to null in ``class_map``) or ``unknown``."""
+        if name is None:
+            return "ignored"
+        if self.resolve(name) is not None:
+            return "mapped"
+        if self.is_mapped(name):
+            return "ignored"
+        if name.casefold() == QUPATH_IGNORE.casefold():
+            return "ignore-area"
+        if name.casefold() == QUPATH_REGION.casefold():
+            return "ignored"
+        return "unknown"
+
     def is_mapped(self, name: str) -> bool:
         """Whether ``name`` has an explicit entry (``class_map`` may map a name to None)."""
         return any(source.casefold() == name.casefold() for source in self.class_map)
@@ -181,14 +203,16 @@ class ClassMapping:
         ignored: Counter[str] = Counter()
         for name in names:
             target = None if name is None else self.resolve(name)
-            if name is not None and target is None and not self.is_mapped(name):
-                if self.unknown_classes == "refuse":
-                    raise AnnotationError(
-                        f"{source}: annotation class {name!r} is not a model class "
-                        f"({', '.join(self.classes.names)}); map it in patches.class_map or "
-                        "set patches.unknown_classes: ignore"
-                    )
-                ignored[name] += 1
+            mapped = name is not None and self.is_mapped(name)
+            kind = self.kind(name)
+            if kind == "unknown" and self.unknown_classes == "refuse":
+                raise AnnotationError(
+                    f"{source}: annotation class {name!r} is not a model class "
+                    f"({', '.join(self.classes.names)}); map it in patches.class_map or "
+                    "set patches.unknown_classes: ignore"
+                )
+            if name is not None and (kind == "unknown" or (kind == "ignored" and not mapped)):
+                ignored[name] += 1  # unknown, or QuPath's Region*
             out.append(None if target is None else self.classes.index(target))
         for name, count in sorted(ignored.items()):
             log.warning("%s: ignored %d annotation(s) of class %r", source, count, name)

@@ -17,13 +17,13 @@ from wsi_lpd.workflow.cohort import (
     COHORT_KEY,
     FAILURE_RECORD_ENV,
     ResultsLayout,
-    check_checkpoint_classes,
     read_sample_sheet,
     resolve_path,
     stage_sections,
     write_stage_config,
 )
 from wsi_lpd.workflow.config import WORKFLOW_KEYS, WorkflowConfig, parse_section
+from wsi_lpd.workflow.preflight import preflight
 from wsi_lpd.errors import WsiLpdError
 
 
@@ -36,12 +36,19 @@ CONFIG_SOURCE = " + ".join(map(str, workflow.overwrite_configfiles)) or str(
     REPO / "configs" / "demo.yaml"
 )
 
+
+def stop(*lines: str) -> None:
+    """End the run before any job: each problem one line, no traceback."""
+    for line in lines:
+        logger.error(line)
+    sys.exit(1)
+
+
 try:
-    config.update(
-        parse_section(WorkflowConfig, config, CONFIG_SOURCE).model_dump(mode="json", by_alias=True)
-    )
+    SETTINGS = parse_section(WorkflowConfig, config, CONFIG_SOURCE)
 except WsiLpdError as exc:
-    raise WorkflowError(str(exc)) from None
+    stop(str(exc))
+config.update(SETTINGS.model_dump(mode="json", by_alias=True))
 
 L = ResultsLayout(
     os.path.normpath(config["results"]),
@@ -63,7 +70,7 @@ def put_cli_on_path(name: str = "wsi-lpd") -> None:
         return
     folder = Path(sys.executable).parent
     if not os.access(folder / name, os.X_OK):
-        raise WorkflowError(
+        stop(
             f"{name!r} is neither on PATH nor beside {sys.executable}; install the package "
             "(pip install -e .) or activate its environment"
         )
@@ -73,8 +80,23 @@ def put_cli_on_path(name: str = "wsi-lpd") -> None:
 put_cli_on_path()
 
 
-if not config["samples"]:
-    raise WorkflowError(f"{CONFIG_SOURCE}: samples: missing (the sample sheet CSV)")
+def check_before_first_job() -> None:
+    """wsi_lpd.workflow.preflight in the main process (not in the jobs, which parse this file
+    again): every file of the config and the sheet, the annotations' classes, the devices when
+    jobs run on this machine. Problems stop the run, one line each; a slide file that does not
+    open only warns (its jobs fail, the others run: --keep-going)."""
+    found = preflight(SETTINGS, CONFIG_SOURCE, bundled=[REPO], devices=workflow.local_exec)
+    for line in found.notes:
+        logger.info(f"annotations: {line}")
+    for line in found.unreadable:
+        logger.warning(f"{line} (its jobs will fail; the other slides run)")
+    if found.problems:
+        stop(*found.problems, f"{len(found.problems)} problem(s) before the first job; "
+             f"`wsi-lpd config --check {CONFIG_SOURCE}` checks again")  # fmt: skip
+
+
+if workflow.is_main_process:
+    check_before_first_job()
 try:
     SHEET = read_sample_sheet(
         resolve_path(config["samples"], [REPO]),
@@ -82,33 +104,19 @@ try:
         made_by_workflow=[L.cohort_dir] if DEMO else [],
     )
 except WsiLpdError as exc:
-    raise WorkflowError(str(exc)) from None
+    stop(str(exc))
 SLIDES = SHEET.slide_ids
 TRUTH_SLIDES = [s.slide_id for s in SHEET.evaluated]
 TRAIN_SLIDES = [s.slide_id for s in SHEET.training]
 
+# The checkpoint's classes, the training YAML, the conda file: checked by check_before_first_job.
 CHECKPOINT = config["train"]["checkpoint"]
-if CHECKPOINT:
-    MODEL = resolve_path(CHECKPOINT, [REPO])
-    try:
-        check_checkpoint_classes(MODEL, config["classes"])
-    except WsiLpdError as exc:
-        raise WorkflowError(f"config key train.checkpoint: {exc}") from None
-else:
-    MODEL = L.model
-    if not TRAIN_SLIDES:
-        raise WorkflowError(
-            f"{SHEET.path}: no slide has annotations outside the test split, so nothing can be "
-            "trained; add annotations or set the config key train.checkpoint"
-        )
+MODEL = resolve_path(CHECKPOINT, [REPO]) if CHECKPOINT else L.model
+if not CHECKPOINT:
     MODEL_CONFIG = resolve_path(config["train"]["model_config"], [REPO])
-    if not os.path.isfile(MODEL_CONFIG):
-        raise WorkflowError(f"config key train.model_config: {MODEL_CONFIG}: file not found")
 
 # The project's conda environment file (provenance; see snakemake/README.md).
 CONDA_ENV = os.path.abspath(resolve_path(config["conda_env"], [REPO]))
-if not os.path.isfile(CONDA_ENV):
-    raise WorkflowError(f"config key conda_env: {CONDA_ENV}: environment file not found")
 
 
 wildcard_constraints:

@@ -34,6 +34,8 @@ COMMANDS = (
     "report",
     "info",
     "config",
+    "samples",
+    "run",
 )
 
 # click's error classes as typer exposes them (typer may vendor its own click)
@@ -178,4 +180,8 @@ def boundary(stage: str, func: Callable[..., Any]) -> Callable[..., Any]:
 
 for _name in COMMANDS:
     _module = importlib.import_module(f"wsi_lpd.cli.{_name}")
-    app.command(name=_name, help=_module.__doc__)(boundary(_name, _module.command))
+    app.command(
+        name=_name,
+        help=_module.__doc__,
+        context_settings=getattr(_module, "CONTEXT_SETTINGS", None),
+    )(boundary(_name, _module.command))

@@ -1,4 +1,5 @@
-"""Show a slide: vendor, backend, µm/px, pyramid levels, bounds, objective, associated images."""
+"""Show slides: id (as `wsi-lpd samples` and the QuPath scripts give it), vendor, backend, µm/px,
+pyramid levels, bounds, objective, associated images."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import typer
 
 def slide_info(path: Path, slide_mpp: float | None = None) -> dict[str, Any]:
     """What ``wsi-lpd info`` prints, as a JSON-ready dict (sizes in px, resolutions in µm/px)."""
-    from wsi_lpd.slide.reader import open_slide
+    from wsi_lpd.slide.reader import open_slide, slide_id_from_name
 
     with open_slide(path, mpp=slide_mpp) as wsi:
         return {
-            "path": str(path.resolve()),
+            "slide_id": slide_id_from_name(path),
+            "path": str(path),  # as given (a symlink stays itself)
             "vendor": wsi.vendor,
             "backend": wsi.backend,
             "mpp": wsi.mpp,
@@ -37,6 +39,7 @@ def _text(info: dict[str, Any]) -> str:
     x, y, w, h = info["bounds"]
     objective = info["objective_power"]
     lines = [
+        f"slide id:   {info['slide_id']}",
         f"path:       {info['path']}",
         f"vendor:     {info['vendor']} (read with {info['backend']})",
         f"µm/px:      {info['mpp']:.4f} (from {info['mpp_source']})",
@@ -56,12 +59,19 @@ def _text(info: dict[str, Any]) -> str:
 
 
 def command(
-    slide: Annotated[Path, typer.Argument(help="Slide file (SVS, NDPI, MRXS, TIFF, OME-TIFF …).")],
+    slides: Annotated[
+        list[Path], typer.Argument(help="Slide files (SVS, NDPI, MRXS, TIFF, OME-TIFF …).")
+    ],
     slide_mpp: Annotated[
         float | None,
-        typer.Option(help="Override the slide's level-0 µm/px.", show_default="from the file"),
+        typer.Option(help="Override the slides' level-0 µm/px.", show_default="from the file"),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (a list for several slides).")
+    ] = False,
 ) -> None:
-    info = slide_info(slide, slide_mpp)
-    typer.echo(json.dumps(info, indent=2) if as_json else _text(info))
+    infos = [slide_info(slide, slide_mpp) for slide in slides]
+    if as_json:
+        typer.echo(json.dumps(infos[0] if len(infos) == 1 else infos, indent=2))
+    else:
+        typer.echo("\n\n".join(_text(info) for info in infos))

@@ -77,8 +77,10 @@ class SlideAnnotations:
     """One annotation file read for one slide: per-class unions and what was found.
 
     ``per_class``: union per class (index into ``classes.all``, None when absent); ``annotated``:
-    union of every mapped annotation (background included); ``n_polygons``: polygons read
-    (mapped or not); ``inside``: whether any polygon touches the slide.
+    union of every mapped annotation (background included); ``ignored``: union of QuPath's
+    ``Ignore*`` annotations (None when absent); ``n_polygons``: polygons read (mapped or not);
+    ``inside``: whether any polygon touches the slide; ``n_clipped`` / ``n_outside``: polygons
+    cut to the slide / wholly outside it (left out).
     """
 
     path: Path
@@ -86,6 +88,9 @@ class SlideAnnotations:
     annotated: Any
     n_polygons: int
     inside: bool
+    ignored: Any = None
+    n_clipped: int = 0
+    n_outside: int = 0
 
 
 def class_geometries(
@@ -112,34 +117,70 @@ def read_slide_annotations(
 ) -> SlideAnnotations:
     """Read one annotation file as :func:`class_geometries` does, with what was found.
 
-    ``slide_size_px`` (level-0 width, height) sets :attr:`SlideAnnotations.inside`.
+    ``slide_size_px`` (level-0 width, height): polygons reaching past the slide are cut to it and
+    those wholly outside left out, each with a WARNING giving the count; sets
+    :attr:`SlideAnnotations.inside`. QuPath's ``Ignore*`` annotations (``ClassMapping.kind``)
+    are gathered in :attr:`SlideAnnotations.ignored`.
     """
     from wsi_lpd.formats.geojson import read_annotations
 
     mapping = mapping or ClassMapping(classes, unknown_classes="refuse")
     annotations = read_annotations(annotation_path, offset_px=offset_px)
     targets = mapping.indices((a.class_name for a in annotations), annotation_path)
+    n_read = len(annotations)
+    inside, n_clipped, n_outside = True, 0, 0
+    if slide_size_px is not None and annotations:
+        frame = shapely.box(0, 0, *slide_size_px)
+        kept = []
+        for ann, target in zip(annotations, targets, strict=True):
+            if not ann.geometry.intersects(frame):
+                n_outside += 1
+                continue
+            if not frame.contains(ann.geometry):
+                ann.geometry = shapely.intersection(ann.geometry, frame)
+                n_clipped += 1
+            kept.append((ann, target))
+        inside = bool(kept)
+        annotations = [a for a, _ in kept]
+        targets = [t for _, t in kept]
+        size = f"{slide_size_px[0]} x {slide_size_px[1]} level-0 px"
+        if n_clipped:
+            log.warning(
+                "%s: %d annotation polygon(s) reach past the slide (%s) and were clipped to it",
+                annotation_path,
+                n_clipped,
+                size,
+            )
+        if n_outside and inside:  # all outside: the file's no-patch line says so
+            log.warning(
+                "%s: %d annotation polygon(s) lie wholly outside the slide (%s) and were left out",
+                annotation_path,
+                n_outside,
+                size,
+            )
     per_class: list[list[Any]] = [[] for _ in classes.all]
+    ignore_areas: list[Any] = []
     unclassified = 0
     for ann, target in zip(annotations, targets, strict=True):
         if ann.class_name is None:
             unclassified += 1
         elif target is not None:
             per_class[target].append(ann.geometry)
+        elif mapping.kind(ann.class_name) == "ignore-area":
+            ignore_areas.append(ann.geometry)
     if unclassified:
         log.warning("%s: ignored %d unclassified annotation(s)", annotation_path, unclassified)
     unions = [shapely.union_all(g) if g else None for g in per_class]
     mapped = [u for u in unions if u is not None]
-    inside = True
-    if slide_size_px is not None and annotations:
-        frame = shapely.box(0, 0, *slide_size_px)
-        inside = any(a.geometry.intersects(frame) for a in annotations)
     return SlideAnnotations(
         path=Path(annotation_path),
         per_class=unions,
         annotated=shapely.union_all(mapped) if mapped else None,
-        n_polygons=len(annotations),
+        n_polygons=n_read,
         inside=inside,
+        ignored=shapely.union_all(ignore_areas) if ignore_areas else None,
+        n_clipped=n_clipped,
+        n_outside=n_outside,
     )
 
 
@@ -239,6 +280,10 @@ def build_patch_store_from_annotations(
     Patches with no known entry are left out. Coverage is exact polygon area (shapely). Pixels
     are read at the grid mpp.
 
+    Tiles touching a QuPath ``Ignore*`` annotation get no label and are left out (with a truth
+    mask too); ``Region*`` and unclassified annotations are ignored. Polygons reaching past the
+    slide are clipped to it, those wholly outside left out, each counted in a WARNING.
+
     An annotation file that is not GeoJSON fails; one whose polygons all lie outside the slide,
     or that yields no patch, fails naming the file when no slide yields a patch and is a warning
     otherwise — an empty store is never written. Returns a summary: ``patches``, ``per_class``
@@ -294,7 +339,7 @@ def build_patch_store_from_annotations(
         )
         size_level0 = float(grid.patch_level0_px)
         cov = class_coverage(
-            [*found.per_class[:n_fg], found.annotated], grid.x, grid.y, size_level0
+            [*found.per_class[:n_fg], found.annotated, found.ignored], grid.x, grid.y, size_level0
         )
         slide_states = label_states(
             cov[:, :n_fg],
@@ -303,6 +348,14 @@ def build_patch_store_from_annotations(
             min_class_fraction,
             min_annotated_fraction,
         )
+        under_ignore = cov[:, n_fg + 1] > 0  # QuPath's Ignore*: the area gives no label
+        slide_states[under_ignore] = UNKNOWN
+        if under_ignore.any():
+            log.info(
+                "%s: %d tile(s) under Ignore* annotations left out",
+                grid.slide_id,
+                int(under_ignore.sum()),
+            )
         slide_keep = np.flatnonzero((slide_states != UNKNOWN).any(axis=1))
         states.append(slide_states)
         keep.append(slide_keep)

@@ -22,7 +22,7 @@ from wsi_lpd.infer.options import InferSection
 from wsi_lpd.networks.checkpoint import checkpoint_sha256, load_model
 from wsi_lpd.run_metadata import sha256_first_mib, write_run_metadata
 from wsi_lpd.slide.options import TissueOptions
-from wsi_lpd.slide.reader import default_slide_id, open_slide, validate_slide_id
+from wsi_lpd.slide.reader import open_slide, slide_id_for
 from wsi_lpd.slide.tissue import detect_tissue, read_tissue_geojson
 
 log = logging.getLogger("wsi_lpd.infer")
@@ -49,7 +49,7 @@ def infer_slide(
     equal the model's. ``on_valid`` is called once the inputs are checked."""
     started = time.time()
     slide_path, model_path, out = Path(slide_path), Path(model_path), Path(out)
-    sid = validate_slide_id(slide_id or default_slide_id(slide_path))
+    sid = slide_id_for(slide_path, slide_id or None)
     wsi = open_slide(slide_path, mpp=opts.slide_mpp)
     dev = resolve_device(opts.device)
     net, contract = load_model(model_path, dev)

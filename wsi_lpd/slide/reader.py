@@ -644,22 +644,74 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None) -> Slide:
 
 SLIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 """A safe slide id: a file-name stem of letters, digits and ``._+-``, starting alphanumeric."""
+_NOT_ID_CHAR = re.compile(r"[^A-Za-z0-9._+-]")
+_LEADING = re.compile(r"^[^A-Za-z0-9]+")
+_ONE_SUFFIX = (".ome.tiff", ".ome.tif", ".ome.zarr")
 
 
 def default_slide_id(path: str | os.PathLike) -> str:
-    """Slide id from a file name: ``a.svs`` → a, ``b.ome.tiff`` → b, ``c.1.ndpi`` → c.1."""
-    name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(path).stem or "slide"
+    """The file name without its extension: ``a.svs`` → a, ``b.ome.tiff`` → b, ``c.1.ndpi`` →
+    c.1 (a leading or trailing dot is not an extension; an empty name gives ``slide``)."""
+    name = os.path.basename(os.fspath(path))
+    lower = name.lower()
+    for suffix in _ONE_SUFFIX:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)] or "slide"
+    dot = name.rfind(".")
+    if 0 < dot < len(name) - 1:
+        name = name[:dot]
+    return name or "slide"
+
+
+def fix_slide_id(slide_id: str) -> str:
+    """``slide_id`` made valid: characters other than letters, digits and ``._+-`` become ``_``,
+    leading characters that are not a letter or digit are dropped, an empty result is ``slide``."""
+    return _LEADING.sub("", _NOT_ID_CHAR.sub("_", slide_id)) or "slide"
+
+
+def slide_id_from_name(path: str | os.PathLike) -> str:
+    """The slide id of a file or QuPath image name: :func:`default_slide_id` made valid with
+    :func:`fix_slide_id`. The one rule of ``wsi-lpd samples`` and both QuPath scripts
+    (``qupath/*.groovy`` ``slideId``): ``(1) first.svs`` → ``1__first``, ``日本語.svs`` →
+    ``slide``."""
+    return fix_slide_id(default_slide_id(path))
+
+
+def slide_id_problem(slide_id: str) -> str | None:
+    """Which rule ``slide_id`` breaks (one phrase), or None when it is a valid id."""
+    if not slide_id:
+        return "is empty"
+    if "/" in slide_id or "\\" in slide_id:
+        return "contains a path separator"
+    bad = sorted(set(_NOT_ID_CHAR.findall(slide_id)))
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        return f"{shown} not allowed (only letters, digits and . _ + -)"
+    if not SLIDE_ID.fullmatch(slide_id):
+        return "the first character must be a letter or digit"
+    return None
 
 
 def validate_slide_id(slide_id: str) -> str:
-    """Return ``slide_id`` if it is a safe file-name stem (letters, digits, ``._-``), else raise."""
-    if not SLIDE_ID.fullmatch(slide_id) or slide_id in {".", ".."}:
-        raise ConfigError(
-            f"slide id {slide_id!r}: use letters, digits, '.', '_', '+' or '-' only "
-            "(no path separators or spaces; first character a letter or digit)"
-        )
+    """Return ``slide_id`` if it is valid, else raise ConfigError naming the broken rule and the
+    fixed id."""
+    problem = slide_id_problem(slide_id)
+    if problem is not None:
+        raise ConfigError(f"slide id {slide_id!r}: {problem}; use {fix_slide_id(slide_id)!r}")
     return slide_id
+
+
+def slide_id_for(path: str | os.PathLike, slide_id: str | None = None) -> str:
+    """The id a stage gives the slide at ``path``: ``slide_id`` validated, else the file name's
+    :func:`default_slide_id`; a name that gives no valid id is refused with the ``--slide-id``
+    to pass (:func:`slide_id_from_name`)."""
+    if slide_id is not None:
+        return validate_slide_id(slide_id)
+    sid = default_slide_id(path)
+    problem = slide_id_problem(sid)
+    if problem is not None:
+        raise ConfigError(
+            f"{path}: the file name gives slide id {sid!r}: {problem}; "
+            f"pass --slide-id {slide_id_from_name(path)}"
+        )
+    return sid

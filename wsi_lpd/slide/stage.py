@@ -27,7 +27,7 @@ from wsi_lpd.slide.artefacts import (
 )
 from wsi_lpd.slide.options import TileSection
 from wsi_lpd.slide.overlay import write_tile_qc_into
-from wsi_lpd.slide.reader import default_slide_id, open_slide, validate_slide_id
+from wsi_lpd.slide.reader import open_slide, slide_id_for
 from wsi_lpd.slide.tiling import TileGrid, check_patch_fits, make_tile_grid
 from wsi_lpd.slide.tissue import (
     clip_to,
@@ -50,11 +50,12 @@ def tile_slide(
 ) -> TileGrid:
     """Tile one slide into the folder ``out`` (written atomically) and return the grid.
 
-    ``slide_id`` defaults to the file stem; ``on_valid`` is called once the inputs are checked
+    ``slide_id`` defaults to the file stem (refused with the --slide-id to pass when it is not a
+    valid id); ``on_valid`` is called once the inputs are checked
     (the command line starts its INFO logging there)."""
     started = time.time()
     slide = Path(slide_path)
-    sid = validate_slide_id(slide_id if slide_id is not None else default_slide_id(slide))
+    sid = slide_id_for(slide, slide_id)
     with open_slide(slide, mpp=opts.slide_mpp) as wsi:
         width, height = wsi.dimensions
         check_patch_fits(width, height, wsi.mpp, opts.tile_mpp, opts.patch_px, str(slide))

@@ -26,7 +26,7 @@ from typing import Any
 
 from wsi_lpd.errors import CheckpointError, ConfigError
 from wsi_lpd.io import write_json
-from wsi_lpd.slide.reader import SLIDE_ID
+from wsi_lpd.slide.reader import fix_slide_id, slide_id_problem
 
 REQUIRED_COLUMNS = ("slide_id", "path")
 OPTIONAL_COLUMNS = ("mpp", "annotations", "truth", "split", "roi")
@@ -50,6 +50,7 @@ class Sample:
     truth: str | None = None
     split: str = "train"
     roi: str | None = None
+    line: int | None = None  # the sheet's line (for messages)
 
     @property
     def trains(self) -> bool:
@@ -126,12 +127,13 @@ def read_sample_sheet(
 ) -> SampleSheet:
     """Read and validate the sample sheet.
 
-    ``search_dirs``: where relative paths are also looked up (the workflow's folder for bundled
-    files). Files under a folder of ``made_by_workflow`` need not exist yet (the demo cohort).
+    Relative paths are taken from the working directory, else the sheet's folder, else the first
+    of ``search_dirs`` that has them (the workflow's folder for bundled files). Files under a
+    folder of ``made_by_workflow`` need not exist yet (the demo cohort).
     Raises ConfigError, one line: ``SHEET: line N: column C: problem``.
     """
     sheet = os.fspath(sheet)
-    search_dirs = list(search_dirs)
+    search_dirs = [os.path.dirname(os.path.abspath(sheet)), *search_dirs]
     pending = [os.path.normpath(f) for f in made_by_workflow]
     if not os.path.isfile(sheet):
         raise ConfigError(f"{sheet}: sample sheet not found")
@@ -172,10 +174,9 @@ def read_sample_sheet(
         sid = cells["slide_id"]
         if sid is None:
             raise bad("slide_id", "empty")
-        if "/" in sid or "\\" in sid:
-            raise bad("slide_id", f"{sid!r} contains a path separator")
-        if not SLIDE_ID.match(sid):
-            raise bad("slide_id", f"{sid!r}: use letters, digits and . _ + - (no spaces)")
+        problem = slide_id_problem(sid)
+        if problem is not None:
+            raise bad("slide_id", f"{sid!r}: {problem}; use {fix_slide_id(sid)!r}")
         if sid in seen:
             raise bad("slide_id", f"duplicate {sid!r} (first on line {seen[sid]})")
         seen[sid] = line
@@ -203,7 +204,7 @@ def read_sample_sheet(
             if check_files and not os.path.exists(path) and not _under(path, pending):
                 raise bad(column, f"file not found: {path}")
             files[column] = path
-        samples.append(Sample(slide_id=sid, mpp=mpp, split=split, **files))  # type: ignore[arg-type]
+        samples.append(Sample(slide_id=sid, mpp=mpp, split=split, line=line, **files))  # type: ignore[arg-type]
     return SampleSheet(path=sheet, samples=tuple(samples))
 
 
