@@ -402,7 +402,7 @@ def test_plan_windows_keeps_tissue_windows_only() -> None:
 
 RSS_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, tracemalloc
     import psutil, torch
     from wsi_lpd.classes import ClassList
     from wsi_lpd.infer.inference import predict_slide
@@ -417,9 +417,12 @@ RSS_SCRIPT = textwrap.dedent(
     classes = ClassList.from_names([f"C{i}" for i in range(15)])
     contract = {"classes": classes.to_dict(), "mpp": 0.5, "patch_px": 64}
     runs = [{"peak": psutil.Process().memory_info().rss / 2**20, "windows": 0}]
+    tracemalloc.start()
     for slide, out in zip(sys.argv[1::2], sys.argv[2::2]):
+        tracemalloc.reset_peak()
         res = predict_slide(open_slide(slide), Constant(), contract, out, progress=False)
-        runs.append({"peak": res.peak_rss_mib, "windows": res.windows})
+        traced = tracemalloc.get_traced_memory()[1] / 2**20
+        runs.append({"peak": res.peak_rss_mib, "windows": res.windows, "traced": traced})
     print(json.dumps(runs))
     """
 )
@@ -427,9 +430,9 @@ RSS_SCRIPT = textwrap.dedent(
 
 def test_peak_rss_bounded_by_bands(tmp_path: Path) -> None:
     """A slide 4× the area (4× taller), run after the small one in the same process, must not
-    raise the peak RSS by 30 %. Nor may the memory inference adds on top of the imports grow
-    much: measured +145 vs +172 MiB (zarr thread arenas plateau); a whole-slide float
-    accumulator would add ≥ 210 MiB more at 8192 rows."""
+    raise the peak RSS by 30 %, nor the peak of the Python/numpy allocations by more than a
+    quarter of what a whole-slide float32 accumulator of the extra rows would take
+    (16 classes × 6144 rows × 512 px × 4 B = 192 MiB)."""
     args = []
     for height in (2048, 8192):
         rgb = np.full((height, 512, 3), 200, np.uint8)
@@ -450,8 +453,13 @@ def test_peak_rss_bounded_by_bands(tmp_path: Path) -> None:
     # that differ between machines are in both runs (the child runs one torch thread)
     assert large["windows"] > 3.5 * small["windows"]
     assert large["peak"] < 1.3 * small["peak"], (imports, small, large)
-    added_small, added_large = small["peak"] - imports["peak"], large["peak"] - imports["peak"]
-    assert added_large < 1.4 * added_small, (imports, small, large)
+    # The RSS growth itself is no good measure of what inference holds: glibc arenas of zarr's
+    # and torch's threads and the codec buffers are retained at a size that depends on the
+    # allocator, thread timing and machine load (measured +64 MiB idle, +96 MiB under load 8).
+    # tracemalloc counts the bytes numpy and Python ask for, the same on any machine: measured
+    # +8 MiB; the band accumulators are numpy, so a whole-slide one would show here in full.
+    accumulator_mib = 16 * (8192 - 2048) * 512 * 4 / 2**20
+    assert large["traced"] - small["traced"] < accumulator_mib / 4, (small, large)
 
 
 def test_jpeg_tiles_decoded_on_the_device_match_the_slide_reader(tmp_path: Path) -> None:
