@@ -2,18 +2,21 @@
 :func:`run_loop`.
 
 AdamW over the trainable parameters, poly learning-rate decay per iteration, AMP on CUDA, seeding,
-validation each epoch (pixel mIoU on patches with masks, else image-label F1 / mAP on held-out
-patches) keeping the best checkpoint, ``train_log.csv`` and ``curves.png``, resume, and
+validation every ``train.val_every`` iterations (:class:`ValCadence`; pixel mIoU on patches with
+masks, else image-label F1 / mAP on held-out patches) keeping the best checkpoint, an optional
+refit on every labelled patch for the iterations validation chose (``train.refit``),
+``train_log.csv`` and ``curves.png``, resume, and
 data-parallel training over several processes (gradients averaged by one all-reduce per step
 after the backward pass, as DistributedDataParallel does, but for any loss graph — the methods'
 graphs change with warm-up and zero stage weights, which DDP's bucket readiness cannot follow;
 rank 0 alone writes).
 
 Outputs. :func:`train` works in a resumable state folder beside the output,
-``OUT/../.OUT.resume/`` (:func:`state_dir`: ``last.pt`` every epoch, the best ``model.pt``, method
-stores), and publishes it with :func:`wsi_lpd.io.atomic_dir` when training ends: ``OUT`` appears
-whole (``model.pt``, ``last.pt``, ``train_log.csv``, ``curves.png``, ``run.json`` via
-``finalise``, method artefacts) or not at all. A killed run leaves only the state folder;
+``OUT/../.OUT.resume/`` (:func:`state_dir`: ``last.pt`` at every validation and round end, or
+every epoch without validation; the best ``model.pt``; method stores), and publishes it with
+:func:`wsi_lpd.io.atomic_dir` when training ends: ``OUT`` appears whole (``model.pt``,
+``last.pt``, ``train_log.csv``, ``curves.png``, ``run.json`` via ``finalise``, method artefacts)
+or not at all. A killed run leaves only the state folder;
 ``resume=True`` continues from its ``last.pt`` (or from ``OUT/last.pt`` of a finished run, to
 train further).
 
@@ -27,10 +30,11 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +55,12 @@ from wsi_lpd.io import atomic_dir, atomic_file
 from wsi_lpd.networks.checkpoint import save_checkpoint
 from wsi_lpd.train import distributed
 from wsi_lpd.train.methods import Method, TrainContext, make_method
-from wsi_lpd.train.training_config import TrainingConfig
+from wsi_lpd.train.training_config import PROTOTYPE_METHODS, TrainingConfig
 
 log = logging.getLogger(__name__)
 
 VAL_KEYS = ("val_mIoU", "val_F1", "val_mAP")
+LOG_KEYS = ("phase", "n_train", "n_val", "elapsed_s", "val_s")  # train_log.csv, after the losses
 STATE_NAME = "last.pt"
 BEST_NAME = "model.pt"
 
@@ -125,9 +130,61 @@ class GlobalBatchSampler:
             epoch, b = epoch + 1, 0
 
 
+class ValCadence:
+    """When to validate within a round of ``round_iters`` iterations (``step``: 1-based).
+
+    Every ``every`` iterations, or ``"auto"``: first after ``log_every`` steps, then as often as
+    keeps the time spent validating (and checkpointing) ≤ ``time_fraction`` of the time spent in
+    training steps, re-measured after every validation (mean step time without the round's first
+    step, mean validation time), in multiples of ``log_every``. Always at the round's last step.
+    ``start``: steps already done (resume).
+    """
+
+    def __init__(
+        self,
+        every: int | str,
+        time_fraction: float,
+        log_every: int,
+        round_iters: int,
+        start: int = 0,
+    ) -> None:
+        self.every, self.fraction, self.unit, self.end = (
+            every,
+            time_fraction,
+            log_every,
+            round_iters,
+        )
+        gap = every if isinstance(every, int) else log_every
+        self.next = (start // gap + 1) * gap
+        self.step_s: list[float] = []
+        self.val_s: list[float] = []
+
+    def add_step(self, seconds: float) -> None:
+        self.step_s.append(seconds)
+
+    def due(self, step: int) -> bool:
+        return step >= self.next or step == self.end
+
+    def add_val(self, step: int, seconds: float) -> None:
+        """Record a validation at ``step`` that took ``seconds``; schedule the next."""
+        self.val_s.append(seconds)
+        if isinstance(self.every, int):
+            self.next = (step // self.every + 1) * self.every
+            return
+        steps = self.step_s[1:] or self.step_s
+        mean_step = sum(steps) / max(len(steps), 1)
+        mean_val = sum(self.val_s) / len(self.val_s)
+        gap = math.ceil(mean_val / max(self.fraction * mean_step, 1e-9) / self.unit) * self.unit
+        self.next = step + max(self.unit, gap)
+
+
 @dataclass
 class TrainResult:
-    """Where the outputs are and how training went (``best_score`` by ``best_metric``)."""
+    """Where the outputs are and how training went (``best_score`` by ``best_metric``).
+
+    ``best_iteration``: the iteration validation chose; ``refit_iterations``: the iterations of
+    the final model retrained on every labelled patch (None: no refit); ``val_time_s``: wall time
+    spent validating (and saving the best checkpoint), ``val_runs`` validations."""
 
     checkpoint: Path
     iterations: int
@@ -137,6 +194,15 @@ class TrainResult:
     images_per_s: float
     untrained_classes: list[str] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
+    best_iteration: int | None = None
+    refit_iterations: int | None = None
+    val_time_s: float = 0.0
+    val_runs: int = 0
+
+    @property
+    def val_time_pct(self) -> float:
+        """Validation time as a percentage of the training wall time."""
+        return 100.0 * self.val_time_s / max(self.wall_time_s, 1e-9)
 
 
 @dataclass
@@ -145,9 +211,13 @@ class LoopState:
 
     iteration: int = 0
     best: float | None = None
+    best_iteration: int | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     saved: dict[str, Any] | None = None  # a loaded last.pt, applied by the round it belongs to
     images: int = 0
+    val_s: float = 0.0  # wall time spent validating and saving the best checkpoint
+    val_runs: int = 0
+    elapsed_s: float = 0.0  # training wall time before this process (resume)
 
 
 @dataclass
@@ -159,6 +229,9 @@ class Run:
     metric: str | None  # "val_mIoU", "val_F1" or None (no validation)
     contract: dict[str, Any]
     progress: Callable[[int, int, dict[str, float]], None] | None
+    started: float = field(default_factory=time.time)  # this process's training start
+    phase: str = "train"  # "train", or "refit" (every labelled patch, no validation)
+    n_val: int = 0
 
 
 def train(
@@ -175,14 +248,16 @@ def train(
     resume: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     finalise: Callable[[Path, TrainResult], None] | None = None,
+    full_set: Dataset | None = None,
 ) -> TrainResult:
     """Train ``config.method`` and publish ``out_dir`` atomically (see the module docstring).
 
     ``train_set`` items hold ``image``, ``labels`` (and ``known``, ``mask`` when present); its
     ``.labels`` (N×C, 1/0/−1) drive class balance and untrained-class detection. ``finalise``
-    (rank 0) may add files (``run.json``) to the folder before it is published. In a process
-    group (:mod:`wsi_lpd.train.distributed`) every rank calls this; gradients are averaged over
-    ranks.
+    (rank 0) may add files (``run.json``) to the folder before it is published. ``full_set``:
+    every labelled patch (training, validation and gap), what ``train.refit`` retrains the final
+    model on. In a process group (:mod:`wsi_lpd.train.distributed`) every rank calls this;
+    gradients are averaged over ranks.
     """
     s = config.train
     out_dir = Path(out_dir)
@@ -229,10 +304,21 @@ def train(
     method.prepare(context)
 
     val_loader, metric = None, None
-    if val_set is not None and len(val_set) > 0 and main:  # type: ignore[arg-type]
-        val_loader = DataLoader(val_set, batch_size=s.batch_size, num_workers=s.workers)
+    n_val = len(val_set) if val_set is not None else 0  # type: ignore[arg-type]
+    if n_val > 0 and main:
+        val_loader = DataLoader(
+            val_set,  # type: ignore[arg-type]
+            batch_size=s.batch_size,
+            num_workers=s.workers,
+            persistent_workers=s.workers > 0,  # no process start-up per validation
+        )
         metric = "val_mIoU" if getattr(val_set, "has_masks", True) else "val_F1"
-        log.info("validation on %d patches, best checkpoint by %s", len(val_set), metric)  # type: ignore[arg-type]
+        log.info(
+            "validation on %d patches every %s iterations, best checkpoint by %s",
+            n_val,
+            s.val_every,
+            metric,
+        )
     contract = {
         "classes": classes,
         "mpp": mpp,
@@ -242,15 +328,18 @@ def train(
         "untrained_classes": untrained,
         "augmentation": Augment.from_dict(s.augment).to_dict(),
     }
-    run = Run(context, val_loader, metric, contract, progress)
+    run = Run(context, val_loader, metric, contract, progress, n_val=n_val)
     state = LoopState()
     if resuming:
         state.saved = _read_state(work / STATE_NAME)
         state.history = list(state.saved.get("history", []))
         state.best = state.saved.get("best_score")
+        state.best_iteration = state.saved.get("best_iteration")
+        state.val_s = float(state.saved.get("val_s", 0.0))
+        state.val_runs = int(state.saved.get("val_runs", 0))
+        state.elapsed_s = float(state.saved.get("elapsed_s", 0.0))
         log.info("resuming from %s at iteration %d", work / STATE_NAME, state.saved["iteration"])
 
-    started = time.time()
     offset = 0
     current: Method | None = method
     final: Method = method
@@ -259,7 +348,12 @@ def train(
         offset += run_loop(current, run, state, offset)
         best = work / BEST_NAME if state.best is not None and (work / BEST_NAME).exists() else None
         current = current.next_round(context, best)
-    wall = time.time() - started
+    selected = offset
+    refit_iters = _refit_iterations(config, final, full_set, state, run)
+    if refit_iters:
+        final = _refit(config, classes, full_set, run, state, offset, refit_iters)  # type: ignore[arg-type]
+        offset += refit_iters
+    wall = state.elapsed_s + time.time() - run.started
 
     result = TrainResult(
         checkpoint=out_dir / BEST_NAME,
@@ -270,11 +364,46 @@ def train(
         images_per_s=state.images / max(wall, 1e-9),
         untrained_classes=untrained,
         history=state.history,
+        best_iteration=state.best_iteration,
+        refit_iterations=refit_iters,
+        val_time_s=state.val_s,
+        val_runs=state.val_runs,
     )
     if main:
-        if state.best is None:
+        if refit_iters:
+            _save_model(
+                work / BEST_NAME,
+                final,
+                run,
+                refit_iters,
+                state.best,
+                refit={"iterations": refit_iters, "patches": len(full_set)},  # type: ignore[arg-type]
+            )
+        elif state.best is None:
             _save_model(work / BEST_NAME, final, run, offset, None)
-        columns = ("round", "iteration", "epoch", "lr", *final.loss_keys, "images_per_s", *VAL_KEYS)
+        if state.best is not None:
+            log.info(
+                "validation chose iteration %s of %d (%s %.4g); %d validation(s) took %.1f s "
+                "(%.1f %% of %.1f s)",
+                state.best_iteration,
+                selected,
+                metric,
+                state.best,
+                state.val_runs,
+                state.val_s,
+                result.val_time_pct,
+                wall,
+            )
+        columns = (
+            "round",
+            "iteration",
+            "epoch",
+            "lr",
+            *final.loss_keys,
+            "images_per_s",
+            *VAL_KEYS,
+            *LOG_KEYS,
+        )
         write_log(work / "train_log.csv", state.history, columns)
         plot_curves(
             work / "curves.png", state.history, config.method, final.loss_keys, final.curve_keys
@@ -289,9 +418,90 @@ def train(
     return result
 
 
-def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
+def _refit_iterations(
+    config: TrainingConfig, final: Method, full_set: Dataset | None, state: LoopState, run: Run
+) -> int | None:
+    """The iterations to retrain the final model for on every labelled patch, or None (no
+    refit: not asked, nothing validated, or a method with several rounds)."""
+    if not config.train.refit:
+        return None
+    chosen = _broadcast_int(state.best_iteration, run.context.device)
+    if full_set is None or chosen is None or (run.val_loader is None and distributed.is_main()):
+        log.info("refit: nothing was held out for validation; the trained model is final")
+        return None
+    if final.rounds != 1 or config.method not in PROTOTYPE_METHODS:
+        log.warning("refit: not supported for %s; the validated model is final", config.method)
+        return None
+    return chosen
+
+
+def _broadcast_int(value: int | None, device: torch.device) -> int | None:
+    """Rank 0's ``value`` on every process (None travels as −1)."""
+    if not distributed.is_distributed():
+        return value
+    t = torch.tensor([-1 if value is None else value], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    got = int(t.item())
+    return None if got < 0 else got
+
+
+def _refit(
+    config: TrainingConfig,
+    classes: ClassList,
+    full_set: Dataset,
+    run: Run,
+    state: LoopState,
+    offset: int,
+    iterations: int,
+) -> Method:
+    """Retrain a fresh model (same seed) on ``full_set`` for ``iterations`` steps of the same
+    learning-rate schedule as the validated run (of ``offset`` iterations), no validation."""
+    s = config.train
+    ctx = run.context
+    labels = _three_state(dataset_labels(full_set), classes)
+    seed_everything(s.seed)
+    method = make_method(config, classes).to(ctx.device)
+    refit_ctx = replace(ctx, train_set=full_set, labels=labels)
+    _apply_class_balance(method, labels, s.class_balance, config.source)
+    method.prepare(refit_ctx)
+    untrained = untrained_classes(
+        labels, classes.foreground_names, single_label=method.needs_single_label()
+    )
+    if ctx.is_main:
+        log.info(
+            "refit: training the final model on all %d labelled patches for the %d iterations "
+            "validation chose",
+            len(full_set),  # type: ignore[arg-type]
+            iterations,
+        )
+    refit_run = replace(
+        run,
+        context=refit_ctx,
+        val_loader=None,
+        metric=None,
+        phase="refit",
+        n_val=0,
+        contract={**run.contract, "untrained_classes": untrained},
+    )
+    run_loop(method, refit_run, state, offset, iterations=iterations, schedule_iters=offset)
+    run.contract["untrained_classes"] = untrained
+    return method
+
+
+def run_loop(
+    method: Method,
+    run: Run,
+    state: LoopState,
+    offset: int,
+    *,
+    iterations: int | None = None,
+    schedule_iters: int | None = None,
+) -> int:
     """Train ``method`` for one round starting at global iteration ``offset``; returns the
-    round's iteration count. Writes ``last.pt`` each epoch and the best ``model.pt`` (rank 0)."""
+    round's iteration count (``iterations``, else ``train.max_iters``, else the epochs'). The
+    poly schedule spans ``schedule_iters`` (default: the round). Validates on the cadence of
+    :class:`ValCadence`, keeping the best ``model.pt``; writes ``last.pt`` at each validation and
+    the round's end (each epoch without validation) (rank 0)."""
     ctx = run.context
     s, dev = ctx.config.train, ctx.device
     world, rank = distributed.world_size(), distributed.rank()
@@ -308,7 +518,8 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
         for k, (name, ds) in enumerate(sets.items())
     }
     iters_per_epoch = max(sp.batches_per_epoch for sp in samplers.values())
-    round_iters = s.max_iters or s.epochs * iters_per_epoch
+    round_iters = iterations or s.max_iters or s.epochs * iters_per_epoch
+    schedule = schedule_iters or round_iters
     end = offset + round_iters
     params = [p for p in method.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
@@ -338,12 +549,16 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     best_after = method.best_after()
+    validating = run.val_loader is not None and run.metric is not None
+    cadence = ValCadence(s.val_every, s.val_time_fraction, s.log_every, round_iters, start - offset)
+    n_train = len(ctx.train_set)  # type: ignore[arg-type]
     method.model.train()
     running: dict[str, float] = {}
     seen, t_window = 0, time.time()
     for it in range(start, end):
+        t_step = time.perf_counter()
         step = it - offset
-        lr = poly_lr(s.lr, step, round_iters, s.poly_power)
+        lr = poly_lr(s.lr, step, schedule, s.poly_power)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batches = {
@@ -359,6 +574,7 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
             _average_gradients(params, world)
         scaler.step(optimizer)
         scaler.update()
+        cadence.add_step(time.perf_counter() - t_step)
         n_images = sum(int(b["image"].shape[0]) for b in batches.values()) * world
         seen += n_images
         state.images += n_images
@@ -368,7 +584,8 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
         done = it + 1
         state.iteration = done
         end_of_epoch = (step + 1) % iters_per_epoch == 0 or done == end
-        if done % s.log_every == 0 or end_of_epoch:
+        validate = validating and cadence.due(step + 1)
+        if done % s.log_every == 0 or done == end or validate:
             row = {
                 "round": method.round,
                 "iteration": done,
@@ -376,6 +593,10 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
                 "lr": lr,
                 **{k: running[k] / running["_n"] for k in method.loss_keys if k in running},
                 "images_per_s": seen / max(time.time() - t_window, 1e-9),
+                "phase": run.phase,
+                "n_train": n_train,
+                "n_val": run.n_val,
+                "elapsed_s": round(state.elapsed_s + time.time() - run.started, 2),
             }
             state.history.append(row)
             running, seen, t_window = {}, 0, time.time()
@@ -385,7 +606,8 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
                     run.progress(
                         done, offset + round_iters * (method.rounds - method.round + 1), row
                     )
-        if end_of_epoch and run.val_loader is not None and run.metric is not None:
+        t_val = time.perf_counter()
+        if validate:
             scores = evaluate(
                 method, run.val_loader, ctx.classes, dev, s.val_label_mode, run.metric
             )
@@ -397,10 +619,16 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
                 and done >= best_after
                 and (state.best is None or score > state.best)
             ):
-                state.best = score
+                state.best, state.best_iteration = score, done
                 _save_model(ctx.work_dir / BEST_NAME, method, run, done, score)
-        if end_of_epoch and ctx.is_main:
-            _save_state(ctx.work_dir / STATE_NAME, method, optimizer, state)
+        if ctx.is_main and (validate or done == end or (not validating and end_of_epoch)):
+            _save_state(ctx.work_dir / STATE_NAME, method, optimizer, state, run)
+        if validate:
+            spent = time.perf_counter() - t_val
+            cadence.add_val(step + 1, spent)
+            state.val_s += spent
+            state.val_runs += 1
+            state.history[-1]["val_s"] = round(spent, 3)
     return round_iters
 
 
@@ -525,7 +753,15 @@ def _prepare_state_dir(work: Path, out_dir: Path, resume: bool) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
 
-def _save_model(path: Path, method: Method, run: Run, iteration: int, score: float | None) -> None:
+def _save_model(
+    path: Path,
+    method: Method,
+    run: Run,
+    iteration: int,
+    score: float | None,
+    refit: dict[str, int] | None = None,
+) -> None:
+    """The model file (``model.pt``); ``refit``: iterations and patches of a refit model."""
     c = run.contract
     save_checkpoint(
         path,
@@ -540,6 +776,7 @@ def _save_model(path: Path, method: Method, run: Run, iteration: int, score: flo
             "iteration": iteration,
             "best_metric": run.metric,
             "best_score": score,
+            "refit": refit,
             "settings": run.context.config.train.model_dump(),
             **method.record(),
         },
@@ -549,9 +786,10 @@ def _save_model(path: Path, method: Method, run: Run, iteration: int, score: flo
 
 
 def _save_state(
-    path: Path, method: Method, optimizer: torch.optim.Optimizer, state: LoopState
+    path: Path, method: Method, optimizer: torch.optim.Optimizer, state: LoopState, run: Run
 ) -> None:
-    """``last.pt``: weights, optimiser, iteration, best score, history (atomic)."""
+    """``last.pt``: weights, optimiser, iteration, best score and iteration, history, time
+    spent (atomic)."""
     with atomic_file(path) as tmp:
         torch.save(
             {
@@ -559,8 +797,13 @@ def _save_state(
                 "optimizer": optimizer.state_dict(),
                 "iteration": state.iteration,
                 "round": method.round,
+                "phase": run.phase,
                 "best_score": state.best,
+                "best_iteration": state.best_iteration,
                 "history": state.history,
+                "val_s": state.val_s,
+                "val_runs": state.val_runs,
+                "elapsed_s": state.elapsed_s + time.time() - run.started,
             },
             tmp,
         )
@@ -670,6 +913,7 @@ def run_job(job: TrainJob) -> TrainResult:
         device=job.device,
         resume=job.resume,
         finalise=job.finalise,
+        full_set=d.full_set,
     )
 
 
