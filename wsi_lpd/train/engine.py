@@ -849,18 +849,30 @@ def plot_curves(
     loss_keys: tuple[str, ...],
     bold: tuple[str, ...] = ("total",),
 ) -> None:
-    """``curves.png`` (atomic): the loss terms that are not all zero, and the validation scores."""
+    """``curves.png`` (atomic): the loss terms that are not all zero (the refit's total dashed),
+    and the validation scores."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    refit = [r for r in history if r.get("phase") == "refit"]
+    history = [r for r in history if r.get("phase") != "refit"]
     its = [r["iteration"] for r in history]
     for key in loss_keys:
         values = [r.get(key, 0.0) for r in history]
         if any(v != 0 for v in values):
             ax_loss.plot(its, values, label=key, lw=2 if key in bold else 1)
+    if refit:  # the final model on every labelled patch, after the validated run
+        ax_loss.axvline(refit[0]["iteration"] - 0.5, color="0.6", lw=0.8)
+        ax_loss.plot(
+            [r["iteration"] for r in refit],
+            [r.get("total", 0.0) for r in refit],
+            "k--",
+            lw=1.5,
+            label="total (refit on all patches)",
+        )
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title(f"{title}: training losses")
