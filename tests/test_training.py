@@ -550,3 +550,36 @@ def test_refit_trains_the_final_model_on_every_patch(store: Path, tmp_path: Path
     _, contract = load_model(tmp_path / "model.pt")
     assert contract["training"]["refit"] == {"iterations": 6, "patches": 24}
     assert contract["training"]["best_score"] == pytest.approx(result.best_score)
+
+
+def test_killed_refit_resumes(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsi_lpd.train.engine import state_dir
+    from wsi_lpd.train.methods.lpd import LPDMethod
+
+    torch.set_num_threads(1)
+    data = PatchDataset(store, LPD_NORMALISATION, indices=np.arange(18))
+    val = PatchDataset(store, LPD_NORMALISATION, indices=np.arange(18, 24))
+    full = PatchDataset(store, LPD_NORMALISATION)
+    original = LPDMethod.losses
+    calls = []
+
+    def killed_in_refit(self, batches, iteration):
+        calls.append(iteration)
+        if len(calls) == 9:  # 6 validated iterations, then the refit's third
+            raise KeyboardInterrupt
+        return original(self, batches, iteration)
+
+    monkeypatch.setattr(LPDMethod, "losses", killed_in_refit)
+    out = tmp_path / "m"
+    kwargs = dict(mpp=1.0, patch_px=PATCH, normalisation=LPD_NORMALISATION, out_dir=out)
+    config = _config(max_iters=6, val_every=3, refit=True, select_best_after_iters=6)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data, val, CLASSES, full_set=full, **kwargs)
+    assert not out.exists() and (state_dir(out) / "last.pt").is_file()
+    monkeypatch.setattr(LPDMethod, "losses", original)
+    result = train(config, data, val, CLASSES, full_set=full, resume=True, **kwargs)
+    assert result.best_iteration == 6 and result.refit_iterations == 6
+    assert [r["iteration"] for r in result.history] == [2, 3, 4, 6, 8, 10, 12]
+    assert [r["phase"] for r in result.history].count("refit") == 3
+    _, contract = load_model(out / "model.pt")
+    assert contract["training"]["refit"] == {"iterations": 6, "patches": 24}
