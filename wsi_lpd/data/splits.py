@@ -172,16 +172,12 @@ def _blocks(slide_index: np.ndarray, coords: np.ndarray, patch: float, side: int
         idx = np.flatnonzero(slide_index == s)
         xy = coords[idx]
         cells = np.floor((xy - xy.min(axis=0)) / (side * patch)).astype(np.int64)
-        _, block_of = np.unique(cells, axis=0, return_inverse=True)
-        block_of = block_of.reshape(-1)
-        tree = cKDTree(xy)
+        _, block_of, sizes = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
+        members = np.split(np.argsort(block_of.reshape(-1), kind="stable"), np.cumsum(sizes)[:-1])
         radius = 2.0 * patch * (1.0 - 1e-9)  # strictly closer than 2 patch sides
-        for b in range(int(block_of.max()) + 1):
-            local = np.flatnonzero(block_of == b)
-            near = tree.query_ball_point(xy[local], radius, p=np.inf)
-            around = np.setdiff1d(
-                np.unique(np.concatenate([np.asarray(x, int) for x in near])), local
-            )
+        near = cKDTree(xy).query_ball_point(xy, radius, p=np.inf)
+        for local in members:
+            around = np.setdiff1d(np.concatenate([np.asarray(near[j], int) for j in local]), local)
             out.append(_Block(int(s), idx[local], idx[around]))
     return out
 
