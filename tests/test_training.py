@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,12 @@ def test_train_stage_cli(store: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (out / "model.pt").is_file() and (out / "run.json").is_file()
     assert "held out for validation" in result.stderr
+    run = json.loads((out / "run.json").read_text())
+    patches = run["patches"]  # 24 patches in a row: blocks at the row's end, ≤ 1.5 × 10 %
+    assert patches["split"] == "blocks" and 0 < patches["n_val"] <= 3
+    assert patches["n_train"] + patches["n_val"] + patches["n_gap"] == 24
+    assert sum(patches["train_per_class"]["A"].values()) == patches["n_train"]
+    assert run["val_runs"] >= 1 and run["val_time_s"] >= 0 and 0 <= run["val_time_pct"] <= 100
 
 
 def test_train_stage_rejects_bad_inputs(store: Path, tmp_path: Path) -> None:
