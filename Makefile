@@ -23,6 +23,7 @@ install: $(STAMP)
 lint: install
 	$(VENV)/bin/ruff format --check wsi_lpd tests bench
 	$(VENV)/bin/ruff check wsi_lpd tests bench
+	$(VENV)/bin/mypy  # strict on wsi_lpd/train, data, networks ([tool.mypy] in pyproject.toml)
 
 test: lint
 	$(PY) -m pytest -q

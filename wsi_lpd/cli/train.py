@@ -17,6 +17,16 @@ from wsi_lpd.run_metadata import write_run_metadata
 log = logging.getLogger("wsi_lpd.train")
 
 
+def method_name(value: str) -> str:
+    """``--method``: a name of :data:`wsi_lpd.train.registry.METHODS` (read when used, so the CLI
+    starts without importing torch)."""
+    from wsi_lpd.train.registry import method_names
+
+    if value not in method_names():
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(method_names())}")
+    return value
+
+
 def _write_run(
     folder: Path, result: Any, *, parameters: dict, inputs: dict, patches: dict, started: float
 ) -> None:
@@ -68,7 +78,11 @@ def command(
         float | None, typer.Option(help="µm/px of the BCSS-style patches (needed with --bcss-dir).")
     ] = None,
     method: Annotated[
-        str | None, typer.Option(help="lpd, cam, pbip or hisynseg (overrides model.method).")
+        str | None,
+        typer.Option(
+            help="A method of wsi_lpd.train.registry (lpd, cam, …); overrides model.method.",
+            parser=method_name,
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
     max_iters: Annotated[int | None, typer.Option(help="Override train.max_iters.")] = None,
@@ -91,7 +105,7 @@ def command(
     from wsi_lpd.data.training_data import build_training_data
     from wsi_lpd.errors import ConfigError
     from wsi_lpd.train.engine import TrainJob, launch_training
-    from wsi_lpd.train.training_config import load_training_config
+    from wsi_lpd.train.registry import load_training_config
 
     started = time.time()
     if config is not None:
@@ -120,12 +134,12 @@ def command(
         dataset_mpp=dataset_mpp,
     )
     setup_logging()
-    n_val = len(data.val_set) if data.val_set is not None else 0  # type: ignore[arg-type]
+    n_val = len(data.val_set) if data.val_set is not None else 0
     log.info(
         "training %s on %d patches (%d held out for validation, %d in the gap; %s), %.2f µm/px, "
         "%d px, %d process(es)",
         cfg.method,
-        len(data.train_set),  # type: ignore[arg-type]
+        len(data.train_set),
         n_val,
         data.record.get("n_gap", 0),
         ", ".join(data.classes.foreground_names),
@@ -146,7 +160,7 @@ def command(
         inputs={
             "patches": [str(p) for p in patches or []],
             "bcss_dir": str(bcss_dir or ""),
-            "n_train": len(data.train_set),  # type: ignore[arg-type]
+            "n_train": len(data.train_set),
             "n_val": n_val,
         },
         patches=data.record,

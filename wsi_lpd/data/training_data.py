@@ -17,11 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.data.augment import Augment
-from wsi_lpd.data.datasets import LPD_NORMALISATION, BcssWsssDataset, PatchDataset
+from wsi_lpd.data.contracts import LabelledPatchSet
+from wsi_lpd.data.datasets import (
+    LPD_NORMALISATION,
+    BcssWsssDataset,
+    ConcatPatchSets,
+    PatchDataset,
+)
 from wsi_lpd.data.splits import Split, split_train_val
 from wsi_lpd.errors import ConfigError, DatasetError
 from wsi_lpd.train.training_config import NormalisationStats, TrainingConfig
@@ -38,22 +43,39 @@ class TrainingData:
     ``full_set``: every labelled patch of the stores, augmented (what ``train.refit`` trains
     on; None for BCSS folders). ``record``: how the patches were split and counted."""
 
-    train_set: Dataset
-    val_set: Dataset | None
+    train_set: LabelledPatchSet
+    val_set: LabelledPatchSet | None
     classes: ClassList
     mpp: float
     patch_px: int
     normalisation: dict[str, Any]
-    full_set: Dataset | None = None
+    full_set: LabelledPatchSet | None = None
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def label_counts(dataset: Dataset | None, classes: ClassList) -> dict[str, dict[str, int]]:
+def normalisation_of(config: TrainingConfig) -> dict[str, Any]:
+    """``data.normalisation`` as {"mean", "std"} (RGB in [0, 1])."""
+    value = config.data.normalisation
+    if isinstance(value, NormalisationStats):
+        return value.model_dump()
+    return {k: list(v) for k, v in (LPD_NORMALISATION if value == "lpd" else IMAGENET).items()}
+
+
+def dataset_labels(dataset: LabelledPatchSet) -> np.ndarray:
+    """(N, C) int8 three-state labels of a training set: 1 positive, 0 negative, −1 unknown."""
+    if dataset.labels is None:
+        raise DatasetError(f"{type(dataset).__name__}: training set has no .labels (N×C) array")
+    labels = np.asarray(dataset.labels).astype(np.int8)
+    if dataset.known is not None:
+        labels = np.where(np.asarray(dataset.known) > 0, labels, -1).astype(np.int8)
+    return labels
+
+
+def label_counts(dataset: LabelledPatchSet | None, classes: ClassList) -> dict[str, dict[str, int]]:
     """Per foreground class: patches where it is ``positive``, ``negative`` or ``unknown``."""
-    if dataset is None or len(dataset) == 0:  # type: ignore[arg-type]
-        return {
-            name: {"positive": 0, "negative": 0, "unknown": 0} for name in classes.foreground_names
-        }
+    names = classes.foreground_names
+    if dataset is None or len(dataset) == 0 or dataset.labels is None:
+        return {name: {"positive": 0, "negative": 0, "unknown": 0} for name in names}
     labels = dataset_labels(dataset)
     return {
         name: {
@@ -61,16 +83,16 @@ def label_counts(dataset: Dataset | None, classes: ClassList) -> dict[str, dict[
             "negative": int((labels[:, c] == 0).sum()),
             "unknown": int((labels[:, c] == -1).sum()),
         }
-        for c, name in enumerate(classes.foreground_names)
+        for c, name in enumerate(names)
     }
 
 
 def split_record(data: TrainingData, split: Split | None, val_fraction: float) -> dict[str, Any]:
     """Counts for ``run.json`` and the report: patches trained / validated (per class), how the
     validation set was chosen, and the share held out."""
-    n_train = len(data.train_set)  # type: ignore[arg-type]
-    n_val = len(data.val_set) if data.val_set is not None else 0  # type: ignore[arg-type]
-    n_all = len(data.full_set) if data.full_set is not None else n_train + n_val  # type: ignore[arg-type]
+    n_train = len(data.train_set)
+    n_val = len(data.val_set) if data.val_set is not None else 0
+    n_all = len(data.full_set) if data.full_set is not None else n_train + n_val
     return {
         "split": "separate" if split is None and n_val else (split.mode if split else "none"),
         "val_fraction": val_fraction,
@@ -83,30 +105,6 @@ def split_record(data: TrainingData, split: Split | None, val_fraction: float) -
         "train_per_class": label_counts(data.train_set, data.classes),
         "val_per_class": label_counts(data.val_set, data.classes),
     }
-
-
-def normalisation_of(config: TrainingConfig) -> dict[str, Any]:
-    """``data.normalisation`` as {"mean", "std"} (RGB in [0, 1])."""
-    value = config.data.normalisation
-    if isinstance(value, NormalisationStats):
-        return value.model_dump()
-    return {k: list(v) for k, v in (LPD_NORMALISATION if value == "lpd" else IMAGENET).items()}
-
-
-def dataset_labels(dataset: Dataset) -> np.ndarray:
-    """(N, C) int8 three-state labels of a training set: 1 positive, 0 negative, −1 unknown."""
-    if isinstance(dataset, ConcatDataset):
-        return np.concatenate([dataset_labels(d) for d in dataset.datasets])
-    if isinstance(dataset, Subset):
-        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
-    labels = getattr(dataset, "labels", None)
-    if labels is None:
-        raise DatasetError(f"{type(dataset).__name__}: training set has no .labels (N×C) array")
-    labels = np.asarray(labels).astype(np.int8)
-    known = getattr(dataset, "known", None)
-    if known is not None:
-        labels = np.where(np.asarray(known) > 0, labels, -1).astype(np.int8)
-    return labels
 
 
 def build_training_data(
@@ -129,24 +127,25 @@ def build_training_data(
             raise ConfigError(
                 "train: --dataset-mpp is needed with --bcss-dir (µm/px of the patches)"
             )
-        train_set = BcssWsssDataset(
+        folder = BcssWsssDataset(
             bcss_dir, "train", layout=layout, normalisation=norm, augment=augment
         )
-        val_set = BcssWsssDataset(bcss_dir, "valid", layout=layout, normalisation=norm)
-        patch_px = int(train_set[0]["image"].shape[-1])
-        data = TrainingData(train_set, val_set, train_set.classes, dataset_mpp, patch_px, norm)
+        valid = BcssWsssDataset(bcss_dir, "valid", layout=layout, normalisation=norm)
+        patch_px = int(folder[0]["image"].shape[-1])
+        data = TrainingData(folder, valid, folder.classes, dataset_mpp, patch_px, norm)
         data.record = split_record(data, None, s.val_fraction)
         return data
     assert patches
     whole = _open_stores(patches, norm)
     ref = whole[0]
-    val_set: Dataset | None = None
+    val_set: LabelledPatchSet | None = None
     train_idx = [np.arange(len(d)) for d in whole]
     split: Split | None = None
     if val_patches is not None:
-        val_set = PatchDataset(val_patches, norm)
-        if val_set.classes != ref.classes:
+        val_store = PatchDataset(val_patches, norm)
+        if val_store.classes != ref.classes:
             raise ConfigError(f"{val_patches}: classes differ from {patches[0]}")
+        val_set = val_store
     elif s.val_fraction > 0:
         split, train_idx, val_parts = _split(whole, s.val_fraction, s.seed)
         n_val = sum(len(v) for v in val_parts)
@@ -173,11 +172,8 @@ def build_training_data(
             for p, d in zip(patches, whole, strict=True)
         ]
         if val_patches is not None:
-            parts.append(
-                PatchDataset(
-                    val_patches, norm, augment, slide_offset=sum(len(d.slides) for d in whole)
-                )
-            )
+            offset = sum(len(d.slides) for d in whole)
+            parts.append(PatchDataset(val_patches, norm, augment, slide_offset=offset))
         full_set = _concat(parts)
     data = TrainingData(train_set, val_set, ref.classes, ref.mpp, ref.patch_px, norm, full_set)
     data.record = split_record(data, split, s.val_fraction)
@@ -221,11 +217,7 @@ def _split(
     return split, out_t, out_v
 
 
-def _concat(sets: list[PatchDataset]) -> Dataset:
+def _concat(sets: list[PatchDataset]) -> LabelledPatchSet:
     if not sets:
         raise DatasetError("train: no training patch is left after the validation split")
-    if len(sets) == 1:
-        return sets[0]
-    out = ConcatDataset(sets)
-    out.has_masks = all(d.has_masks for d in sets)  # type: ignore[attr-defined]
-    return out
+    return sets[0] if len(sets) == 1 else ConcatPatchSets(sets)

@@ -37,16 +37,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.data.augment import Augment
+from wsi_lpd.data.contracts import Batch, LabelledPatchSet
 from wsi_lpd.data.sampling import class_balanced_weights, pos_weight_from_labels, untrained_classes
 from wsi_lpd.data.training_data import TrainingData, dataset_labels
 from wsi_lpd.device import resolve_device
@@ -55,8 +56,13 @@ from wsi_lpd.io import atomic_dir, atomic_file
 from wsi_lpd.networks.checkpoint import save_checkpoint
 from wsi_lpd.scores import confusion_matrix, label_scores, segmentation_scores
 from wsi_lpd.train import distributed
-from wsi_lpd.train.methods import Method, TrainContext, make_method
-from wsi_lpd.train.training_config import PROTOTYPE_METHODS, TrainingConfig
+from wsi_lpd.train.methods import Method, TrainContext
+from wsi_lpd.train.registry import make_method
+from wsi_lpd.train.training_config import (
+    PrototypeTrainingConfig,
+    TrainingConfig,
+    TrainSection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +89,10 @@ def seed_everything(seed: int) -> None:
 
 def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
     """Poly decay ``lr0·(1 − t/T)^power``."""
-    return base_lr * (1.0 - min(iteration, total) / total) ** power
+    return float(base_lr * (1.0 - min(iteration, total) / total) ** power)
 
 
-class GlobalBatchSampler:
+class GlobalBatchSampler(Sampler[list[int]]):
     """Endless batches of indices: global batches of ``batch_size × world`` from a seeded order
     per epoch, this process's slice of each (see the module docstring).
 
@@ -194,7 +200,7 @@ class TrainResult:
     wall_time_s: float
     images_per_s: float
     untrained_classes: list[str] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     best_iteration: int | None = None
     refit_iterations: int | None = None
     val_time_s: float = 0.0
@@ -213,7 +219,7 @@ class LoopState:
     iteration: int = 0
     best: float | None = None
     best_iteration: int | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     saved: dict[str, Any] | None = None  # a loaded last.pt, applied by the round it belongs to
     images: int = 0
     val_s: float = 0.0  # wall time spent validating and saving the best checkpoint
@@ -226,7 +232,7 @@ class Run:
     """Fixed facts of one training run shared by its rounds."""
 
     context: TrainContext
-    val_loader: DataLoader | None
+    val_loader: DataLoader[Batch] | None
     metric: str | None  # "val_mIoU", "val_F1" or None (no validation)
     contract: dict[str, Any]
     progress: Callable[[int, int, dict[str, float]], None] | None
@@ -235,10 +241,93 @@ class Run:
     n_val: int = 0
 
 
+@dataclass
+class Optimisation:
+    """What one training step needs besides the method and its batches: AdamW over the trainable
+    parameters, AMP on CUDA (bf16 where supported, else fp16 with a gradient scaler), the
+    device, the memory format of images and the number of data-parallel processes."""
+
+    optimizer: torch.optim.Optimizer
+    params: list[nn.Parameter]
+    device: torch.device
+    use_amp: bool
+    amp_dtype: torch.dtype
+    scaler: torch.amp.GradScaler
+    channels_last: bool = False
+    world: int = 1
+
+    @classmethod
+    def create(
+        cls, model: nn.Module, s: TrainSection, device: torch.device, world: int = 1
+    ) -> Optimisation:
+        """AdamW with ``train.lr``, ``betas``, ``weight_decay``; AMP when ``train.amp`` on CUDA;
+        with ``train.channels_last`` on CUDA, ``model`` is converted to channels-last here and
+        batches follow in :meth:`to_device`."""
+        if s.channels_last and device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+        cuda = device.type == "cuda"
+        use_amp = s.amp and cuda
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        return cls(
+            optimizer, params, device, use_amp, amp_dtype, scaler, s.channels_last and cuda, world
+        )
+
+    def to_device(self, batch: Batch) -> Batch:
+        """``batch`` on the device (images channels-last when configured)."""
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(self.device, non_blocking=True)
+
+        image = move(batch["image"])
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        moved: Batch = {
+            "image": image,
+            "labels": move(batch["labels"]),
+            "known": move(batch["known"]),
+            "slide": move(batch["slide"]),
+        }
+        if "mask" in batch:
+            moved["mask"] = move(batch["mask"])
+        return moved
+
+
+def train_step(
+    method: Method[Any],
+    batches: Mapping[str, Batch],
+    step: int,
+    opt: Optimisation,
+    iteration: int,
+) -> dict[str, Tensor]:
+    """One optimiser step of ``method``: its losses under autocast, a finite-loss check (naming
+    ``iteration``), the scaled backward pass, the gradient all-reduce over processes, the step.
+    ``step``: the iteration within the round (warm-ups count from it). Returns the loss terms."""
+    with torch.autocast(opt.device.type, dtype=opt.amp_dtype, enabled=opt.use_amp):
+        losses = method.losses(batches, step)
+    lr = float(opt.optimizer.param_groups[0]["lr"])
+    _check_finite(losses["total"], iteration, method.name, lr)
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(losses["total"]).backward()
+    if opt.world > 1:
+        _average_gradients(opt.params, opt.world)
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    return losses
+
+
+def _as_dataset(patches: LabelledPatchSet) -> Dataset[Batch]:
+    """A labelled patch set as the map-style dataset it is (a DataLoader needs only
+    ``__len__`` and ``__getitem__``)."""
+    return cast("Dataset[Batch]", patches)
+
+
 def train(
     config: TrainingConfig,
-    train_set: Dataset,
-    val_set: Dataset | None,
+    train_set: LabelledPatchSet,
+    val_set: LabelledPatchSet | None,
     classes: ClassList,
     *,
     mpp: float,
@@ -249,7 +338,7 @@ def train(
     resume: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     finalise: Callable[[Path, TrainResult], None] | None = None,
-    full_set: Dataset | None = None,
+    full_set: LabelledPatchSet | None = None,
 ) -> TrainResult:
     """Train ``config.method`` and publish ``out_dir`` atomically (see the module docstring).
 
@@ -265,7 +354,7 @@ def train(
     work = state_dir(out_dir)
     main = distributed.is_main()
     dev = resolve_device(distributed.process_device(device))
-    if len(train_set) == 0:  # type: ignore[arg-type]
+    if len(train_set) == 0:
         raise DatasetError("train: the training set is empty")
     labels = _three_state(dataset_labels(train_set), classes)
     if main:
@@ -305,15 +394,15 @@ def train(
     method.prepare(context)
 
     val_loader, metric = None, None
-    n_val = len(val_set) if val_set is not None else 0  # type: ignore[arg-type]
-    if n_val > 0 and main:
+    n_val = len(val_set) if val_set is not None else 0
+    if val_set is not None and n_val > 0 and main:
         val_loader = DataLoader(
-            val_set,  # type: ignore[arg-type]
+            _as_dataset(val_set),
             batch_size=s.batch_size,
             num_workers=s.workers,
             persistent_workers=s.workers > 0,  # no process start-up per validation
         )
-        metric = "val_mIoU" if getattr(val_set, "has_masks", True) else "val_F1"
+        metric = "val_mIoU" if val_set.has_masks else "val_F1"
         log.info(
             "validation on %d patches every %s iterations, best checkpoint by %s",
             n_val,
@@ -325,7 +414,7 @@ def train(
         "mpp": mpp,
         "patch_px": patch_px,
         "normalisation": dict(normalisation),
-        "model_config": config.model_config,
+        "model_config": config.model_mapping,
         "untrained_classes": untrained,
         "augmentation": Augment.from_dict(s.augment).to_dict(),
     }
@@ -342,8 +431,8 @@ def train(
         log.info("resuming from %s at iteration %d", work / STATE_NAME, state.saved["iteration"])
 
     offset = 0
-    current: Method | None = method
-    final: Method = method
+    current: Method[Any] | None = method
+    final: Method[Any] = method
     while current is not None:
         final = current
         offset += run_loop(current, run, state, offset)
@@ -352,7 +441,8 @@ def train(
     selected = offset
     refit_iters = _refit_iterations(config, final, full_set, state, run)
     if refit_iters:
-        final = _refit(config, classes, full_set, run, state, offset, refit_iters)  # type: ignore[arg-type]
+        assert full_set is not None
+        final = _refit(config, classes, full_set, run, state, offset, refit_iters)
         offset += refit_iters
     wall = state.elapsed_s + time.time() - run.started
 
@@ -378,7 +468,7 @@ def train(
                 run,
                 refit_iters,
                 state.best,
-                refit={"iterations": refit_iters, "patches": len(full_set)},  # type: ignore[arg-type]
+                refit={"iterations": refit_iters, "patches": len(full_set or ())},
             )
         elif state.best is None:
             _save_model(work / BEST_NAME, final, run, offset, None)
@@ -420,7 +510,11 @@ def train(
 
 
 def _refit_iterations(
-    config: TrainingConfig, final: Method, full_set: Dataset | None, state: LoopState, run: Run
+    config: TrainingConfig,
+    final: Method[Any],
+    full_set: LabelledPatchSet | None,
+    state: LoopState,
+    run: Run,
 ) -> int | None:
     """The iterations to retrain the final model for on every labelled patch, or None (no
     refit: not asked, nothing validated, or a method with several rounds)."""
@@ -430,7 +524,7 @@ def _refit_iterations(
     if full_set is None or chosen is None or (run.val_loader is None and distributed.is_main()):
         log.info("refit: nothing was held out for validation; the trained model is final")
         return None
-    if final.rounds != 1 or config.method not in PROTOTYPE_METHODS:
+    if final.rounds != 1 or not isinstance(config, PrototypeTrainingConfig):
         log.warning("refit: not supported for %s; the validated model is final", config.method)
         return None
     return chosen
@@ -449,12 +543,12 @@ def _broadcast_int(value: int | None, device: torch.device) -> int | None:
 def _refit(
     config: TrainingConfig,
     classes: ClassList,
-    full_set: Dataset,
+    full_set: LabelledPatchSet,
     run: Run,
     state: LoopState,
     offset: int,
     iterations: int,
-) -> Method:
+) -> Method[Any]:
     """Retrain a fresh model (same seed) on ``full_set`` for ``iterations`` steps of the same
     learning-rate schedule as the validated run (of ``offset`` iterations), no validation."""
     s = config.train
@@ -472,7 +566,7 @@ def _refit(
         log.info(
             "refit: training the final model on all %d labelled patches for the %d iterations "
             "validation chose",
-            len(full_set),  # type: ignore[arg-type]
+            len(full_set),
             iterations,
         )
     refit_run = replace(
@@ -490,7 +584,7 @@ def _refit(
 
 
 def run_loop(
-    method: Method,
+    method: Method[Any],
     run: Run,
     state: LoopState,
     offset: int,
@@ -509,10 +603,10 @@ def run_loop(
     sets = method.datasets(ctx)
     samplers = {
         name: GlobalBatchSampler(
-            len(ds),  # type: ignore[arg-type]
+            len(ds),
             s.batch_size,
             seed=s.seed + k,
-            weights=getattr(method, "sample_weights", None) if ds is ctx.train_set else None,
+            weights=method.sample_weights if ds is ctx.train_set else None,
             rank=rank,
             world=world,
         )
@@ -522,11 +616,10 @@ def run_loop(
     round_iters = iterations or s.max_iters or s.epochs * iters_per_epoch
     schedule = schedule_iters or round_iters
     end = offset + round_iters
-    params = [p for p in method.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    opt = Optimisation.create(method.model, s, dev, world)
     start = offset
     if state.saved is not None and offset <= state.saved["iteration"] <= end:
-        start = _restore(method, optimizer, state.saved, dev)
+        start = _restore(method, opt.optimizer, state.saved, dev)
         state.saved = None
     elif state.saved is not None and state.saved["iteration"] > end:
         state.iteration = end  # this round finished before the interruption
@@ -536,8 +629,8 @@ def run_loop(
     loaders = {
         name: iter(
             DataLoader(
-                ds,
-                batch_sampler=samplers[name],  # type: ignore[arg-type]
+                _as_dataset(ds),
+                batch_sampler=samplers[name],
                 num_workers=s.workers,
                 pin_memory=dev.type == "cuda",
             )
@@ -546,13 +639,10 @@ def run_loop(
     }
     if world > 1:
         _broadcast_from_main(method.model)
-    use_amp = bool(s.amp) and dev.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     best_after = method.best_after()
     validating = run.val_loader is not None and run.metric is not None
     cadence = ValCadence(s.val_every, s.val_time_fraction, s.log_every, round_iters, start - offset)
-    n_train = len(ctx.train_set)  # type: ignore[arg-type]
+    n_train = len(ctx.train_set)
     method.model.train()
     running: dict[str, float] = {}
     seen, t_window = 0, time.time()
@@ -560,21 +650,10 @@ def run_loop(
         t_step = time.perf_counter()
         step = it - offset
         lr = poly_lr(s.lr, step, schedule, s.poly_power)
-        for group in optimizer.param_groups:
+        for group in opt.optimizer.param_groups:
             group["lr"] = lr
-        batches = {
-            name: {k: v.to(dev, non_blocking=True) for k, v in next(loader).items()}
-            for name, loader in loaders.items()
-        }
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-            losses = method.losses(batches, step)
-        _check_finite(losses["total"], it + 1, method.name, lr)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["total"]).backward()
-        if world > 1:
-            _average_gradients(params, world)
-        scaler.step(optimizer)
-        scaler.update()
+        batches = {name: opt.to_device(next(loader)) for name, loader in loaders.items()}
+        losses = train_step(method, batches, step, opt, it + 1)
         cadence.add_step(time.perf_counter() - t_step)
         n_images = sum(int(b["image"].shape[0]) for b in batches.values()) * world
         seen += n_images
@@ -587,7 +666,7 @@ def run_loop(
         end_of_epoch = (step + 1) % iters_per_epoch == 0 or done == end
         validate = validating and cadence.due(step + 1)
         if done % s.log_every == 0 or done == end or validate:
-            row = {
+            row: dict[str, Any] = {
                 "round": method.round,
                 "iteration": done,
                 "epoch": (step + 1) / iters_per_epoch,
@@ -608,7 +687,8 @@ def run_loop(
                         done, offset + round_iters * (method.rounds - method.round + 1), row
                     )
         t_val = time.perf_counter()
-        if validate:
+        scores: dict[str, float] = {}
+        if validate and run.val_loader is not None and run.metric is not None:
             scores = evaluate(
                 method, run.val_loader, ctx.classes, dev, s.val_label_mode, run.metric
             )
@@ -623,7 +703,7 @@ def run_loop(
                 state.best, state.best_iteration = score, done
                 _save_model(ctx.work_dir / BEST_NAME, method, run, done, score)
         if ctx.is_main and (validate or done == end or (not validating and end_of_epoch)):
-            _save_state(ctx.work_dir / STATE_NAME, method, optimizer, state, run)
+            _save_state(ctx.work_dir / STATE_NAME, method, opt.optimizer, state, run)
         if validate:
             spent = time.perf_counter() - t_val
             cadence.add_val(step + 1, spent)
@@ -688,27 +768,28 @@ def _three_state(labels: np.ndarray, classes: ClassList) -> np.ndarray:
     return arr.astype(np.int8)
 
 
-def _apply_class_balance(method: Method, labels: np.ndarray, mode: str, source: str | None) -> None:
+def _apply_class_balance(
+    method: Method[Any], labels: np.ndarray, mode: str, source: str | None
+) -> None:
     """``sampler``: class-balanced draw weights; ``pos_weight``: BCE positive weights (L_cls)."""
     if mode == "sampler":
-        method.sample_weights = class_balanced_weights(labels)  # type: ignore[attr-defined]
+        method.sample_weights = class_balanced_weights(labels)
         log.info("class balance: weighted sampling of the training patches")
     elif mode == "pos_weight":
-        criterion = getattr(method, "criterion", None)
-        if criterion is None:
+        weights = torch.as_tensor(pos_weight_from_labels(labels))
+        if not method.set_pos_weight(weights):
             where = f"{source}: " if source else ""
             raise ConfigError(
                 f"{where}train.class_balance: pos_weight weighs L_cls; {method.name} has none "
                 "(use sampler)"
             )
-        criterion.pos_weight = torch.as_tensor(pos_weight_from_labels(labels))
-        log.info("class balance: L_cls pos_weight %s", criterion.pos_weight.tolist())
+        log.info("class balance: L_cls pos_weight %s", weights.tolist())
 
 
 @torch.no_grad()
 def evaluate(
-    method: Method,
-    loader: DataLoader,
+    method: Method[Any],
+    loader: DataLoader[Batch],
     classes: ClassList,
     device: torch.device,
     label_mode: str,
@@ -734,12 +815,14 @@ def evaluate(
                 cm += confusion_matrix(batch["mask"].numpy(), probs.argmax(dim=1).cpu().numpy(), n)
             miou = segmentation_scores(cm, "lpd", classes.names)["miou"]
             return {"val_mIoU": float("nan") if miou is None else float(miou)}
-        probs, truth = [], []
+        label_probs: list[Tensor] = []
+        truth: list[Tensor] = []
         for batch in loader:
-            probs.append(torch.sigmoid(method.label_logits(batch["image"].to(device))).cpu())
-            known = batch.get("known", torch.ones_like(batch["labels"]))
-            truth.append(torch.where(known > 0.5, batch["labels"], -1.0))
-        scores = label_scores(torch.cat(probs).numpy(), torch.cat(truth).numpy().astype(np.int8))
+            label_probs.append(torch.sigmoid(method.label_logits(batch["image"].to(device))).cpu())
+            truth.append(torch.where(batch["known"] > 0.5, batch["labels"], -1.0))
+        scores = label_scores(
+            torch.cat(label_probs).numpy(), torch.cat(truth).numpy().astype(np.int8)
+        )
         return {"val_F1": float(scores["f1"]), "val_mAP": float(scores["map"])}
     finally:
         model.train(was_training)
@@ -758,7 +841,7 @@ def _prepare_state_dir(work: Path, out_dir: Path, resume: bool) -> None:
 
 def _save_model(
     path: Path,
-    method: Method,
+    method: Method[Any],
     run: Run,
     iteration: int,
     score: float | None,
@@ -789,7 +872,11 @@ def _save_model(
 
 
 def _save_state(
-    path: Path, method: Method, optimizer: torch.optim.Optimizer, state: LoopState, run: Run
+    path: Path,
+    method: Method[Any],
+    optimizer: torch.optim.Optimizer,
+    state: LoopState,
+    run: Run,
 ) -> None:
     """``last.pt``: weights, optimiser, iteration, best score and iteration, history, time
     spent (atomic)."""
@@ -814,7 +901,7 @@ def _save_state(
 
 def _read_state(path: Path) -> dict[str, Any]:
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
         int(saved["iteration"])
     except Exception as exc:  # truncated zip, pickle refusals, missing keys
         raise CheckpointError(f"{path}: cannot resume from it ({type(exc).__name__})") from exc
@@ -822,7 +909,10 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _restore(
-    method: Method, optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], device: torch.device
+    method: Method[Any],
+    optimizer: torch.optim.Optimizer,
+    saved: Mapping[str, Any],
+    device: torch.device,
 ) -> int:
     try:
         method.model.load_state_dict(saved["state_dict"])
@@ -836,7 +926,7 @@ def _restore(
     return int(saved["iteration"])
 
 
-def write_log(path: Path, history: list[dict[str, float]], columns: tuple[str, ...]) -> None:
+def write_log(path: Path, history: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
     """``train_log.csv`` (atomic): one row per logging interval, the given columns."""
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
@@ -847,7 +937,7 @@ def write_log(path: Path, history: list[dict[str, float]], columns: tuple[str, .
 
 def plot_curves(
     path: Path,
-    history: list[dict[str, float]],
+    history: list[dict[str, Any]],
     title: str,
     loss_keys: tuple[str, ...],
     bold: tuple[str, ...] = ("total",),
