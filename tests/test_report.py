@@ -90,7 +90,24 @@ def results(tmp_path: Path) -> Path:
     (model / "model.pt").write_bytes(b"\0" * 2048)
     _png(model / "curves.png", (255, 255, 255), (100, 40))
     (model / "train_log.csv").write_text("iteration,total,cls\n2,1.5,1.0\n4,0.9,0.7\n")
-    (model / "run.json").write_text(json.dumps({"iterations": 4, "best_val_mIoU": 0.55}))
+    counts = {"positive": 3, "negative": 38, "unknown": 0}
+    record = {
+        "iterations": 4,
+        "best_val_mIoU": 0.55,
+        "best_iteration": 2,
+        "refit_iterations": 2,
+        "train_time_s": 200.0,
+        "val_time_s": 8.25,
+        "val_time_pct": 4.1,
+        "val_runs": 9,
+        "patches": {
+            "split": "blocks", "block_patches": 2, "n_patches": 62, "n_train": 51, "n_val": 6,
+            "n_gap": 5, "val_share": 0.0968,
+            "train_per_class": {"TUM": {**counts, "positive": 17}, "STR": counts},
+            "val_per_class": {"TUM": {"positive": 2, "negative": 4, "unknown": 0}, "STR": counts},
+        },
+    }  # fmt: skip
+    (model / "run.json").write_text(json.dumps(record))
     return res
 
 
@@ -145,6 +162,13 @@ def test_report_page(results: Path, sheet: Path, config: Path) -> None:
     assert "Training trouble" not in page
     # training record
     assert "best_val_mIoU" in page and "final loss" in page
+    # patches trained and validated, per class, and the time spent validating
+    assert "51 / 6 of 62" in page and "5 patches in the one-patch gap" in page
+    assert "validation 9.7 %" in page
+    assert "retrained on all 62 labelled patches for 2 iterations" in page
+    assert "8.2 s (4.1 % of 200 s of training), 9 validation(s)" in page
+    table = page[page.index('id="class-counts"') :]
+    assert re.search(r"TUM</td><td>17</td><td>38</td><td>0</td><td>2</td><td>4</td><td>0<", table)
     # self-contained: every image embedded, nothing fetched from elsewhere
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) == 3  # overlay, tissue QC, training curves

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,12 @@ def test_train_stage_cli(store: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (out / "model.pt").is_file() and (out / "run.json").is_file()
     assert "held out for validation" in result.stderr
+    run = json.loads((out / "run.json").read_text())
+    patches = run["patches"]  # 24 patches in a row: blocks at the row's end, ≤ 1.5 × 10 %
+    assert patches["split"] == "blocks" and 0 < patches["n_val"] <= 3
+    assert patches["n_train"] + patches["n_val"] + patches["n_gap"] == 24
+    assert sum(patches["train_per_class"]["A"].values()) == patches["n_train"]
+    assert run["val_runs"] >= 1 and run["val_time_s"] >= 0 and 0 <= run["val_time_pct"] <= 100
 
 
 def test_train_stage_rejects_bad_inputs(store: Path, tmp_path: Path) -> None:
@@ -405,6 +412,155 @@ def test_paper_config_warns_loudly_without_mit_weights(caplog: pytest.LogCapture
     with caplog.at_level("WARNING"):
         load_training_config(TINY)  # mit_tiny is meant to start from random weights
     assert not caplog.records
+
+
+def _three_slide_store(path: Path) -> Path:
+    """Three slides of 6×5 patches (30 each): one slide would be a third of all labels."""
+    rng = np.random.default_rng(1)
+    from conftest import two_class_patch
+
+    from wsi_lpd.formats.patch_store import PatchStoreWriter
+
+    with PatchStoreWriter(path, CLASSES, mpp=1.0, patch_px=PATCH, with_masks=True) as writer:
+        for s in range(3):
+            slide = writer.add_slide(f"s{s}")
+            for i in range(30):
+                kind = (i + s) % 2
+                image = two_class_patch(rng, kind)
+                mask = np.full((PATCH, PATCH), kind, np.uint8)
+                xy = ((i % 6) * PATCH, (i // 6) * PATCH)
+                writer.append(image, np.eye(2, dtype=np.uint8)[kind], xy, slide, mask)
+    return path
+
+
+def test_split_of_a_demo_like_store_is_recorded(tmp_path: Path) -> None:
+    from wsi_lpd.data.training_data import build_training_data
+
+    store3 = _three_slide_store(tmp_path / "three.zarr")
+    data = build_training_data(_config(val_fraction=0.1), patches=[store3])
+    r = data.record
+    assert r["split"] == "blocks" and r["n_patches"] == 90 == len(data.full_set)
+    assert 0 < r["n_val"] <= 1.5 * 0.1 * 90 and r["val_share"] <= 0.15
+    assert r["n_train"] + r["n_val"] + r["n_gap"] == 90
+    assert set(data.train_set.slide_index.tolist()) == {0, 1, 2}  # every slide trains
+    for part, n in (("train_per_class", r["n_train"]), ("val_per_class", r["n_val"])):
+        counts = r[part]
+        assert set(counts) == {"A", "B"}
+        assert all(sum(c.values()) == n for c in counts.values())
+        assert counts["A"]["positive"] == counts["B"]["negative"]  # single-label patches
+
+
+def test_val_every_sets_the_cadence_and_selection_still_works(store: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    data = PatchDataset(store, LPD_NORMALISATION, indices=np.arange(18))
+    val = PatchDataset(store, LPD_NORMALISATION, indices=np.arange(18, 24))
+    kwargs = dict(mpp=1.0, patch_px=PATCH, normalisation=LPD_NORMALISATION, out_dir=tmp_path)
+    result = train(_config(max_iters=7, val_every=3), data, val, CLASSES, **kwargs)
+    validated = [r["iteration"] for r in result.history if "val_mIoU" in r]
+    assert validated == [3, 6, 7]  # every 3 iterations and at the end
+    assert result.val_runs == 3 and result.val_time_s > 0
+    assert result.best_iteration in validated
+    with open(tmp_path / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["iteration"]) for r in rows if r["val_s"]] == validated
+    assert all(int(r["n_train"]) == 18 and int(r["n_val"]) == 6 for r in rows)
+    _, contract = load_model(tmp_path / "model.pt")
+    assert contract["training"]["iteration"] == result.best_iteration
+    assert contract["training"]["best_score"] == pytest.approx(result.best_score)
+
+
+def test_auto_cadence_keeps_validation_within_its_time_share() -> None:
+    from wsi_lpd.train.engine import ValCadence
+
+    def simulate(step_s: float, val_s: float) -> tuple[list[int], float, float]:
+        cadence = ValCadence("auto", 0.1, log_every=5, round_iters=1000)
+        done, spent = [], 0.0
+        for step in range(1, 1001):
+            cadence.add_step(step_s)
+            if cadence.due(step):
+                cadence.add_val(step, val_s)
+                done.append(step)
+                spent += val_s
+        return done, spent, 1000 * step_s
+
+    done, spent, steps = simulate(1.0, 3.0)
+    assert done[:3] == [5, 35, 65] and done[-1] == 1000  # 3 s / (10 % of 1 s) = 30 steps
+    # within the share, but for the first (calibrating) and the last validation
+    assert spent <= 0.1 * steps + 2 * 3.0
+    done, _, _ = simulate(1.0, 0.01)  # cheap validation: every log_every steps
+    assert done[:3] == [5, 10, 15]
+    fixed, validated = ValCadence(4, 0.1, log_every=5, round_iters=10), []
+    for step in range(1, 11):
+        if fixed.due(step):
+            fixed.add_val(step, 100.0)  # a fixed cadence ignores the time
+            validated.append(step)
+    assert validated == [4, 8, 10]
+
+
+def test_refit_trains_the_final_model_on_every_patch(store: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    data = PatchDataset(store, LPD_NORMALISATION, indices=np.arange(18))
+    val = PatchDataset(store, LPD_NORMALISATION, indices=np.arange(18, 24))
+    full = PatchDataset(store, LPD_NORMALISATION)
+    drawn: list[int] = []
+    original = PatchDataset.__getitem__
+
+    def recording(self, i):
+        if self is full:
+            drawn.append(int(i))
+        return original(self, i)
+
+    kwargs = dict(mpp=1.0, patch_px=PATCH, normalisation=LPD_NORMALISATION, out_dir=tmp_path)
+    # selection only at iteration 6: the refit runs 6 iterations = one epoch of all 24 patches
+    config = _config(max_iters=6, val_every=2, refit=True, select_best_after_iters=6)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PatchDataset, "__getitem__", recording)
+        result = train(config, data, val, CLASSES, full_set=full, **kwargs)
+    assert result.best_iteration == 6 and result.refit_iterations == 6
+    assert result.iterations == 12
+    assert sorted(drawn) == list(range(24))  # validation patches trained too
+    chosen = [r for r in result.history if r["phase"] == "train"]
+    refit = [r for r in result.history if r["phase"] == "refit"]
+    assert [r["iteration"] for r in refit] == [8, 10, 12]
+    assert all(r["n_train"] == 24 and r["n_val"] == 0 and "val_mIoU" not in r for r in refit)
+    # the same learning-rate schedule as the validated run, step for step
+    assert [r["lr"] for r in refit] == pytest.approx([r["lr"] for r in chosen])
+    _, contract = load_model(tmp_path / "model.pt")
+    assert contract["training"]["refit"] == {"iterations": 6, "patches": 24}
+    assert contract["training"]["best_score"] == pytest.approx(result.best_score)
+
+
+def test_killed_refit_resumes(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsi_lpd.train.engine import state_dir
+    from wsi_lpd.train.methods.lpd import LPDMethod
+
+    torch.set_num_threads(1)
+    data = PatchDataset(store, LPD_NORMALISATION, indices=np.arange(18))
+    val = PatchDataset(store, LPD_NORMALISATION, indices=np.arange(18, 24))
+    full = PatchDataset(store, LPD_NORMALISATION)
+    original = LPDMethod.losses
+    calls = []
+
+    def killed_in_refit(self, batches, iteration):
+        calls.append(iteration)
+        if len(calls) == 9:  # 6 validated iterations, then the refit's third
+            raise KeyboardInterrupt
+        return original(self, batches, iteration)
+
+    monkeypatch.setattr(LPDMethod, "losses", killed_in_refit)
+    out = tmp_path / "m"
+    kwargs = dict(mpp=1.0, patch_px=PATCH, normalisation=LPD_NORMALISATION, out_dir=out)
+    config = _config(max_iters=6, val_every=3, refit=True, select_best_after_iters=6)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data, val, CLASSES, full_set=full, **kwargs)
+    assert not out.exists() and (state_dir(out) / "last.pt").is_file()
+    monkeypatch.setattr(LPDMethod, "losses", original)
+    result = train(config, data, val, CLASSES, full_set=full, resume=True, **kwargs)
+    assert result.best_iteration == 6 and result.refit_iterations == 6
+    assert [r["iteration"] for r in result.history] == [2, 3, 4, 6, 8, 10, 12]
+    assert [r["phase"] for r in result.history].count("refit") == 3
+    _, contract = load_model(out / "model.pt")
+    assert contract["training"]["refit"] == {"iterations": 6, "patches": 24}
 
 
 def test_channels_last_is_a_typed_option_off_on_the_cpu() -> None:

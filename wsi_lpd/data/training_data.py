@@ -1,17 +1,18 @@
 """Training data for :func:`wsi_lpd.train.engine.train`: patch stores or a BCSS-style folder, the
 normalisation, the augmentation, and a validation split that does not leak.
 
-Without a separate validation store, ``train.val_fraction`` of the patches is held out with
-:func:`wsi_lpd.data.splits.split_train_val`: whole slides when the stores hold two or more, else
-spatial blocks at least one patch apart. Validation then scores pixel mIoU when the stores have
-masks and image-label F1 / mAP otherwise.
+Without a separate validation store, ``train.val_fraction`` of the patches (at most 1.5× that)
+is held out with :func:`wsi_lpd.data.splits.split_train_val`: whole slides when that bound
+allows, else spatial blocks inside every slide at least one patch from its training patches.
+Validation then scores pixel mIoU when the stores have masks and image-label F1 / mAP otherwise.
+:attr:`TrainingData.record` holds the counts (patches per set and per class) for ``run.json``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from wsi_lpd.data.datasets import (
     ConcatPatchSets,
     PatchDataset,
 )
-from wsi_lpd.data.splits import split_train_val
+from wsi_lpd.data.splits import Split, split_train_val
 from wsi_lpd.errors import ConfigError, DatasetError
 from wsi_lpd.train.training_config import NormalisationStats, TrainingConfig
 
@@ -37,7 +38,10 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 @dataclass
 class TrainingData:
-    """Datasets and the geometry a checkpoint records (µm/px, patch side in px)."""
+    """Datasets and the geometry a checkpoint records (µm/px, patch side in px).
+
+    ``full_set``: every labelled patch of the stores, augmented (what ``train.refit`` trains
+    on; None for BCSS folders). ``record``: how the patches were split and counted."""
 
     train_set: LabelledPatchSet
     val_set: LabelledPatchSet | None
@@ -45,6 +49,8 @@ class TrainingData:
     mpp: float
     patch_px: int
     normalisation: dict[str, Any]
+    full_set: LabelledPatchSet | None = None
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 def normalisation_of(config: TrainingConfig) -> dict[str, Any]:
@@ -63,6 +69,42 @@ def dataset_labels(dataset: LabelledPatchSet) -> np.ndarray:
     if dataset.known is not None:
         labels = np.where(np.asarray(dataset.known) > 0, labels, -1).astype(np.int8)
     return labels
+
+
+def label_counts(dataset: LabelledPatchSet | None, classes: ClassList) -> dict[str, dict[str, int]]:
+    """Per foreground class: patches where it is ``positive``, ``negative`` or ``unknown``."""
+    names = classes.foreground_names
+    if dataset is None or len(dataset) == 0 or dataset.labels is None:
+        return {name: {"positive": 0, "negative": 0, "unknown": 0} for name in names}
+    labels = dataset_labels(dataset)
+    return {
+        name: {
+            "positive": int((labels[:, c] == 1).sum()),
+            "negative": int((labels[:, c] == 0).sum()),
+            "unknown": int((labels[:, c] == -1).sum()),
+        }
+        for c, name in enumerate(names)
+    }
+
+
+def split_record(data: TrainingData, split: Split | None, val_fraction: float) -> dict[str, Any]:
+    """Counts for ``run.json`` and the report: patches trained / validated (per class), how the
+    validation set was chosen, and the share held out."""
+    n_train = len(data.train_set)
+    n_val = len(data.val_set) if data.val_set is not None else 0
+    n_all = len(data.full_set) if data.full_set is not None else n_train + n_val
+    return {
+        "split": "separate" if split is None and n_val else (split.mode if split else "none"),
+        "val_fraction": val_fraction,
+        "block_patches": split.block_patches if split else 0,
+        "n_patches": n_all,
+        "n_train": n_train,
+        "n_val": n_val,
+        "n_gap": split.n_gap if split else 0,
+        "val_share": round(n_val / max(n_all, 1), 4),
+        "train_per_class": label_counts(data.train_set, data.classes),
+        "val_per_class": label_counts(data.val_set, data.classes),
+    }
 
 
 def build_training_data(
@@ -90,19 +132,22 @@ def build_training_data(
         )
         valid = BcssWsssDataset(bcss_dir, "valid", layout=layout, normalisation=norm)
         patch_px = int(folder[0]["image"].shape[-1])
-        return TrainingData(folder, valid, folder.classes, dataset_mpp, patch_px, norm)
+        data = TrainingData(folder, valid, folder.classes, dataset_mpp, patch_px, norm)
+        data.record = split_record(data, None, s.val_fraction)
+        return data
     assert patches
     whole = _open_stores(patches, norm)
     ref = whole[0]
     val_set: LabelledPatchSet | None = None
     train_idx = [np.arange(len(d)) for d in whole]
+    split: Split | None = None
     if val_patches is not None:
         val_store = PatchDataset(val_patches, norm)
         if val_store.classes != ref.classes:
             raise ConfigError(f"{val_patches}: classes differ from {patches[0]}")
         val_set = val_store
     elif s.val_fraction > 0:
-        train_idx, val_parts = _split(whole, s.val_fraction, s.seed)
+        split, train_idx, val_parts = _split(whole, s.val_fraction, s.seed)
         n_val = sum(len(v) for v in val_parts)
         if n_val:
             val_set = _concat(
@@ -120,7 +165,19 @@ def build_training_data(
             if len(t)
         ]
     )
-    return TrainingData(train_set, val_set, ref.classes, ref.mpp, ref.patch_px, norm)
+    full_set = train_set
+    if val_set is not None:
+        parts = [
+            PatchDataset(p, norm, augment, slide_offset=d.slide_offset)
+            for p, d in zip(patches, whole, strict=True)
+        ]
+        if val_patches is not None:
+            offset = sum(len(d.slides) for d in whole)
+            parts.append(PatchDataset(val_patches, norm, augment, slide_offset=offset))
+        full_set = _concat(parts)
+    data = TrainingData(train_set, val_set, ref.classes, ref.mpp, ref.patch_px, norm, full_set)
+    data.record = split_record(data, split, s.val_fraction)
+    return data
 
 
 def _open_stores(patches: Sequence[Path], norm: Mapping[str, Any]) -> list[PatchDataset]:
@@ -143,20 +200,21 @@ def _open_stores(patches: Sequence[Path], norm: Mapping[str, Any]) -> list[Patch
 
 def _split(
     sets: Sequence[PatchDataset], val_fraction: float, seed: int
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per-store (train, validation) local indices of one split over all stores."""
+) -> tuple[Split, list[np.ndarray], list[np.ndarray]]:
+    """One split over all stores and its per-store (train, validation) local indices."""
     slide_index = np.concatenate([d.slide_index for d in sets])
     coords = np.concatenate([d.coords for d in sets])
     sides = np.concatenate([d.patch_level0_px for d in sets])
     side = float(np.nanmax(sides)) if np.isfinite(sides).any() else float(sets[0].patch_px)
-    train, val = split_train_val(slide_index, coords, max(1, round(side)), val_fraction, seed)
+    split = split_train_val(slide_index, coords, max(1, round(side)), val_fraction, seed)
+    train, val = split.train, split.val
     starts = np.cumsum([0] + [len(d) for d in sets])
     out_t, out_v = [], []
     for k in range(len(sets)):
         lo, hi = starts[k], starts[k + 1]
         out_t.append(train[(train >= lo) & (train < hi)] - lo)
         out_v.append(val[(val >= lo) & (val < hi)] - lo)
-    return out_t, out_v
+    return split, out_t, out_v
 
 
 def _concat(sets: list[PatchDataset]) -> LabelledPatchSet:

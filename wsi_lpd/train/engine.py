@@ -2,18 +2,21 @@
 :func:`run_loop`.
 
 AdamW over the trainable parameters, poly learning-rate decay per iteration, AMP on CUDA, seeding,
-validation each epoch (pixel mIoU on patches with masks, else image-label F1 / mAP on held-out
-patches) keeping the best checkpoint, ``train_log.csv`` and ``curves.png``, resume, and
+validation every ``train.val_every`` iterations (:class:`ValCadence`; pixel mIoU on patches with
+masks, else image-label F1 / mAP on held-out patches) keeping the best checkpoint, an optional
+refit on every labelled patch for the iterations validation chose (``train.refit``),
+``train_log.csv`` and ``curves.png``, resume, and
 data-parallel training over several processes (gradients averaged by one all-reduce per step
 after the backward pass, as DistributedDataParallel does, but for any loss graph — the methods'
 graphs change with warm-up and zero stage weights, which DDP's bucket readiness cannot follow;
 rank 0 alone writes).
 
 Outputs. :func:`train` works in a resumable state folder beside the output,
-``OUT/../.OUT.resume/`` (:func:`state_dir`: ``last.pt`` every epoch, the best ``model.pt``, method
-stores), and publishes it with :func:`wsi_lpd.io.atomic_dir` when training ends: ``OUT`` appears
-whole (``model.pt``, ``last.pt``, ``train_log.csv``, ``curves.png``, ``run.json`` via
-``finalise``, method artefacts) or not at all. A killed run leaves only the state folder;
+``OUT/../.OUT.resume/`` (:func:`state_dir`: ``last.pt`` at every validation and round end, or
+every epoch without validation; the best ``model.pt``; method stores), and publishes it with
+:func:`wsi_lpd.io.atomic_dir` when training ends: ``OUT`` appears whole (``model.pt``,
+``last.pt``, ``train_log.csv``, ``curves.png``, ``run.json`` via ``finalise``, method artefacts)
+or not at all. A killed run leaves only the state folder;
 ``resume=True`` continues from its ``last.pt`` (or from ``OUT/last.pt`` of a finished run, to
 train further).
 
@@ -28,10 +31,11 @@ from __future__ import annotations
 import csv
 import functools
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -54,11 +58,16 @@ from wsi_lpd.scores import confusion_matrix, label_scores, segmentation_scores
 from wsi_lpd.train import distributed
 from wsi_lpd.train.methods import Method, TrainContext
 from wsi_lpd.train.registry import make_method
-from wsi_lpd.train.training_config import TrainingConfig, TrainSection
+from wsi_lpd.train.training_config import (
+    PrototypeTrainingConfig,
+    TrainingConfig,
+    TrainSection,
+)
 
 log = logging.getLogger(__name__)
 
 VAL_KEYS = ("val_mIoU", "val_F1", "val_mAP")
+LOG_KEYS = ("phase", "n_train", "n_val", "elapsed_s", "val_s")  # train_log.csv, after the losses
 STATE_NAME = "last.pt"
 BEST_NAME = "model.pt"
 
@@ -128,9 +137,61 @@ class GlobalBatchSampler(Sampler[list[int]]):
             epoch, b = epoch + 1, 0
 
 
+class ValCadence:
+    """When to validate within a round of ``round_iters`` iterations (``step``: 1-based).
+
+    Every ``every`` iterations, or ``"auto"``: first after ``log_every`` steps, then as often as
+    keeps the time spent validating (and checkpointing) ≤ ``time_fraction`` of the time spent in
+    training steps, re-measured after every validation (mean step time without the round's first
+    step, mean validation time), in multiples of ``log_every``. Always at the round's last step.
+    ``start``: steps already done (resume).
+    """
+
+    def __init__(
+        self,
+        every: int | str,
+        time_fraction: float,
+        log_every: int,
+        round_iters: int,
+        start: int = 0,
+    ) -> None:
+        self.every, self.fraction, self.unit, self.end = (
+            every,
+            time_fraction,
+            log_every,
+            round_iters,
+        )
+        gap = every if isinstance(every, int) else log_every
+        self.next = (start // gap + 1) * gap
+        self.step_s: list[float] = []
+        self.val_s: list[float] = []
+
+    def add_step(self, seconds: float) -> None:
+        self.step_s.append(seconds)
+
+    def due(self, step: int) -> bool:
+        return step >= self.next or step == self.end
+
+    def add_val(self, step: int, seconds: float) -> None:
+        """Record a validation at ``step`` that took ``seconds``; schedule the next."""
+        self.val_s.append(seconds)
+        if isinstance(self.every, int):
+            self.next = (step // self.every + 1) * self.every
+            return
+        steps = self.step_s[1:] or self.step_s
+        mean_step = sum(steps) / max(len(steps), 1)
+        mean_val = sum(self.val_s) / len(self.val_s)
+        gap = math.ceil(mean_val / max(self.fraction * mean_step, 1e-9) / self.unit) * self.unit
+        self.next = step + max(self.unit, gap)
+
+
 @dataclass
 class TrainResult:
-    """Where the outputs are and how training went (``best_score`` by ``best_metric``)."""
+    """Where the outputs are and how training went (``best_score`` by ``best_metric``).
+
+    ``best_iteration``: the iteration validation chose; ``refit_iterations``: the iterations of
+    the final model retrained on every labelled patch (None: no refit); ``val_time_s``: wall time
+    spent validating (and saving the best checkpoint), ``val_runs`` validations."""
 
     checkpoint: Path
     iterations: int
@@ -139,7 +200,16 @@ class TrainResult:
     wall_time_s: float
     images_per_s: float
     untrained_classes: list[str] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_iteration: int | None = None
+    refit_iterations: int | None = None
+    val_time_s: float = 0.0
+    val_runs: int = 0
+
+    @property
+    def val_time_pct(self) -> float:
+        """Validation time as a percentage of the training wall time."""
+        return 100.0 * self.val_time_s / max(self.wall_time_s, 1e-9)
 
 
 @dataclass
@@ -148,9 +218,13 @@ class LoopState:
 
     iteration: int = 0
     best: float | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
+    best_iteration: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
     saved: dict[str, Any] | None = None  # a loaded last.pt, applied by the round it belongs to
     images: int = 0
+    val_s: float = 0.0  # wall time spent validating and saving the best checkpoint
+    val_runs: int = 0
+    elapsed_s: float = 0.0  # training wall time before this process (resume)
 
 
 @dataclass
@@ -162,6 +236,9 @@ class Run:
     metric: str | None  # "val_mIoU", "val_F1" or None (no validation)
     contract: dict[str, Any]
     progress: Callable[[int, int, dict[str, float]], None] | None
+    started: float = field(default_factory=time.time)  # this process's training start
+    phase: str = "train"  # "train", or "refit" (every labelled patch, no validation)
+    n_val: int = 0
 
 
 @dataclass
@@ -261,14 +338,16 @@ def train(
     resume: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     finalise: Callable[[Path, TrainResult], None] | None = None,
+    full_set: LabelledPatchSet | None = None,
 ) -> TrainResult:
     """Train ``config.method`` and publish ``out_dir`` atomically (see the module docstring).
 
     ``train_set`` items hold ``image``, ``labels`` (and ``known``, ``mask`` when present); its
     ``.labels`` (N×C, 1/0/−1) drive class balance and untrained-class detection. ``finalise``
-    (rank 0) may add files (``run.json``) to the folder before it is published. In a process
-    group (:mod:`wsi_lpd.train.distributed`) every rank calls this; gradients are averaged over
-    ranks.
+    (rank 0) may add files (``run.json``) to the folder before it is published. ``full_set``:
+    every labelled patch (training, validation and gap), what ``train.refit`` retrains the final
+    model on. In a process group (:mod:`wsi_lpd.train.distributed`) every rank calls this;
+    gradients are averaged over ranks.
     """
     s = config.train
     out_dir = Path(out_dir)
@@ -315,12 +394,21 @@ def train(
     method.prepare(context)
 
     val_loader, metric = None, None
-    if val_set is not None and len(val_set) > 0 and main:
+    n_val = len(val_set) if val_set is not None else 0
+    if val_set is not None and n_val > 0 and main:
         val_loader = DataLoader(
-            _as_dataset(val_set), batch_size=s.batch_size, num_workers=s.workers
+            _as_dataset(val_set),
+            batch_size=s.batch_size,
+            num_workers=s.workers,
+            persistent_workers=s.workers > 0,  # no process start-up per validation
         )
         metric = "val_mIoU" if val_set.has_masks else "val_F1"
-        log.info("validation on %d patches, best checkpoint by %s", len(val_set), metric)
+        log.info(
+            "validation on %d patches every %s iterations, best checkpoint by %s",
+            n_val,
+            s.val_every,
+            metric,
+        )
     contract = {
         "classes": classes,
         "mpp": mpp,
@@ -330,15 +418,18 @@ def train(
         "untrained_classes": untrained,
         "augmentation": Augment.from_dict(s.augment).to_dict(),
     }
-    run = Run(context, val_loader, metric, contract, progress)
+    run = Run(context, val_loader, metric, contract, progress, n_val=n_val)
     state = LoopState()
     if resuming:
         state.saved = _read_state(work / STATE_NAME)
         state.history = list(state.saved.get("history", []))
         state.best = state.saved.get("best_score")
+        state.best_iteration = state.saved.get("best_iteration")
+        state.val_s = float(state.saved.get("val_s", 0.0))
+        state.val_runs = int(state.saved.get("val_runs", 0))
+        state.elapsed_s = float(state.saved.get("elapsed_s", 0.0))
         log.info("resuming from %s at iteration %d", work / STATE_NAME, state.saved["iteration"])
 
-    started = time.time()
     offset = 0
     current: Method[Any] | None = method
     final: Method[Any] = method
@@ -347,7 +438,13 @@ def train(
         offset += run_loop(current, run, state, offset)
         best = work / BEST_NAME if state.best is not None and (work / BEST_NAME).exists() else None
         current = current.next_round(context, best)
-    wall = time.time() - started
+    selected = offset
+    refit_iters = _refit_iterations(config, final, full_set, state, run)
+    if refit_iters:
+        assert full_set is not None
+        final = _refit(config, classes, full_set, run, state, offset, refit_iters)
+        offset += refit_iters
+    wall = state.elapsed_s + time.time() - run.started
 
     result = TrainResult(
         checkpoint=out_dir / BEST_NAME,
@@ -358,11 +455,46 @@ def train(
         images_per_s=state.images / max(wall, 1e-9),
         untrained_classes=untrained,
         history=state.history,
+        best_iteration=state.best_iteration,
+        refit_iterations=refit_iters,
+        val_time_s=state.val_s,
+        val_runs=state.val_runs,
     )
     if main:
-        if state.best is None:
+        if refit_iters:
+            _save_model(
+                work / BEST_NAME,
+                final,
+                run,
+                refit_iters,
+                state.best,
+                refit={"iterations": refit_iters, "patches": len(full_set or ())},
+            )
+        elif state.best is None:
             _save_model(work / BEST_NAME, final, run, offset, None)
-        columns = ("round", "iteration", "epoch", "lr", *final.loss_keys, "images_per_s", *VAL_KEYS)
+        if state.best is not None:
+            log.info(
+                "validation chose iteration %s of %d (%s %.4g); %d validation(s) took %.1f s "
+                "(%.1f %% of %.1f s)",
+                state.best_iteration,
+                selected,
+                metric,
+                state.best,
+                state.val_runs,
+                state.val_s,
+                result.val_time_pct,
+                wall,
+            )
+        columns = (
+            "round",
+            "iteration",
+            "epoch",
+            "lr",
+            *final.loss_keys,
+            "images_per_s",
+            *VAL_KEYS,
+            *LOG_KEYS,
+        )
         write_log(work / "train_log.csv", state.history, columns)
         plot_curves(
             work / "curves.png", state.history, config.method, final.loss_keys, final.curve_keys
@@ -377,9 +509,94 @@ def train(
     return result
 
 
-def run_loop(method: Method[Any], run: Run, state: LoopState, offset: int) -> int:
+def _refit_iterations(
+    config: TrainingConfig,
+    final: Method[Any],
+    full_set: LabelledPatchSet | None,
+    state: LoopState,
+    run: Run,
+) -> int | None:
+    """The iterations to retrain the final model for on every labelled patch, or None (no
+    refit: not asked, nothing validated, or a method with several rounds)."""
+    if not config.train.refit:
+        return None
+    chosen = _broadcast_int(state.best_iteration, run.context.device)
+    if full_set is None or chosen is None or (run.val_loader is None and distributed.is_main()):
+        log.info("refit: nothing was held out for validation; the trained model is final")
+        return None
+    if final.rounds != 1 or not isinstance(config, PrototypeTrainingConfig):
+        log.warning("refit: not supported for %s; the validated model is final", config.method)
+        return None
+    return chosen
+
+
+def _broadcast_int(value: int | None, device: torch.device) -> int | None:
+    """Rank 0's ``value`` on every process (None travels as −1)."""
+    if not distributed.is_distributed():
+        return value
+    t = torch.tensor([-1 if value is None else value], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    got = int(t.item())
+    return None if got < 0 else got
+
+
+def _refit(
+    config: TrainingConfig,
+    classes: ClassList,
+    full_set: LabelledPatchSet,
+    run: Run,
+    state: LoopState,
+    offset: int,
+    iterations: int,
+) -> Method[Any]:
+    """Retrain a fresh model (same seed) on ``full_set`` for ``iterations`` steps of the same
+    learning-rate schedule as the validated run (of ``offset`` iterations), no validation."""
+    s = config.train
+    ctx = run.context
+    labels = _three_state(dataset_labels(full_set), classes)
+    seed_everything(s.seed)
+    method = make_method(config, classes).to(ctx.device)
+    refit_ctx = replace(ctx, train_set=full_set, labels=labels)
+    _apply_class_balance(method, labels, s.class_balance, config.source)
+    method.prepare(refit_ctx)
+    untrained = untrained_classes(
+        labels, classes.foreground_names, single_label=method.needs_single_label()
+    )
+    if ctx.is_main:
+        log.info(
+            "refit: training the final model on all %d labelled patches for the %d iterations "
+            "validation chose",
+            len(full_set),
+            iterations,
+        )
+    refit_run = replace(
+        run,
+        context=refit_ctx,
+        val_loader=None,
+        metric=None,
+        phase="refit",
+        n_val=0,
+        contract={**run.contract, "untrained_classes": untrained},
+    )
+    run_loop(method, refit_run, state, offset, iterations=iterations, schedule_iters=offset)
+    run.contract["untrained_classes"] = untrained
+    return method
+
+
+def run_loop(
+    method: Method[Any],
+    run: Run,
+    state: LoopState,
+    offset: int,
+    *,
+    iterations: int | None = None,
+    schedule_iters: int | None = None,
+) -> int:
     """Train ``method`` for one round starting at global iteration ``offset``; returns the
-    round's iteration count. Writes ``last.pt`` each epoch and the best ``model.pt`` (rank 0)."""
+    round's iteration count (``iterations``, else ``train.max_iters``, else the epochs'). The
+    poly schedule spans ``schedule_iters`` (default: the round). Validates on the cadence of
+    :class:`ValCadence`, keeping the best ``model.pt``; writes ``last.pt`` at each validation and
+    the round's end (each epoch without validation) (rank 0)."""
     ctx = run.context
     s, dev = ctx.config.train, ctx.device
     world, rank = distributed.world_size(), distributed.rank()
@@ -396,7 +613,8 @@ def run_loop(method: Method[Any], run: Run, state: LoopState, offset: int) -> in
         for k, (name, ds) in enumerate(sets.items())
     }
     iters_per_epoch = max(sp.batches_per_epoch for sp in samplers.values())
-    round_iters = s.max_iters or s.epochs * iters_per_epoch
+    round_iters = iterations or s.max_iters or s.epochs * iters_per_epoch
+    schedule = schedule_iters or round_iters
     end = offset + round_iters
     opt = Optimisation.create(method.model, s, dev, world)
     start = offset
@@ -422,16 +640,21 @@ def run_loop(method: Method[Any], run: Run, state: LoopState, offset: int) -> in
     if world > 1:
         _broadcast_from_main(method.model)
     best_after = method.best_after()
+    validating = run.val_loader is not None and run.metric is not None
+    cadence = ValCadence(s.val_every, s.val_time_fraction, s.log_every, round_iters, start - offset)
+    n_train = len(ctx.train_set)
     method.model.train()
     running: dict[str, float] = {}
     seen, t_window = 0, time.time()
     for it in range(start, end):
+        t_step = time.perf_counter()
         step = it - offset
-        lr = poly_lr(s.lr, step, round_iters, s.poly_power)
+        lr = poly_lr(s.lr, step, schedule, s.poly_power)
         for group in opt.optimizer.param_groups:
             group["lr"] = lr
         batches = {name: opt.to_device(next(loader)) for name, loader in loaders.items()}
         losses = train_step(method, batches, step, opt, it + 1)
+        cadence.add_step(time.perf_counter() - t_step)
         n_images = sum(int(b["image"].shape[0]) for b in batches.values()) * world
         seen += n_images
         state.images += n_images
@@ -441,14 +664,19 @@ def run_loop(method: Method[Any], run: Run, state: LoopState, offset: int) -> in
         done = it + 1
         state.iteration = done
         end_of_epoch = (step + 1) % iters_per_epoch == 0 or done == end
-        if done % s.log_every == 0 or end_of_epoch:
-            row = {
+        validate = validating and cadence.due(step + 1)
+        if done % s.log_every == 0 or done == end or validate:
+            row: dict[str, Any] = {
                 "round": method.round,
                 "iteration": done,
                 "epoch": (step + 1) / iters_per_epoch,
                 "lr": lr,
                 **{k: running[k] / running["_n"] for k in method.loss_keys if k in running},
                 "images_per_s": seen / max(time.time() - t_window, 1e-9),
+                "phase": run.phase,
+                "n_train": n_train,
+                "n_val": run.n_val,
+                "elapsed_s": round(state.elapsed_s + time.time() - run.started, 2),
             }
             state.history.append(row)
             running, seen, t_window = {}, 0, time.time()
@@ -458,7 +686,9 @@ def run_loop(method: Method[Any], run: Run, state: LoopState, offset: int) -> in
                     run.progress(
                         done, offset + round_iters * (method.rounds - method.round + 1), row
                     )
-        if end_of_epoch and run.val_loader is not None and run.metric is not None:
+        t_val = time.perf_counter()
+        scores: dict[str, float] = {}
+        if validate and run.val_loader is not None and run.metric is not None:
             scores = evaluate(
                 method, run.val_loader, ctx.classes, dev, s.val_label_mode, run.metric
             )
@@ -470,10 +700,16 @@ def run_loop(method: Method[Any], run: Run, state: LoopState, offset: int) -> in
                 and done >= best_after
                 and (state.best is None or score > state.best)
             ):
-                state.best = score
+                state.best, state.best_iteration = score, done
                 _save_model(ctx.work_dir / BEST_NAME, method, run, done, score)
-        if end_of_epoch and ctx.is_main:
-            _save_state(ctx.work_dir / STATE_NAME, method, opt.optimizer, state)
+        if ctx.is_main and (validate or done == end or (not validating and end_of_epoch)):
+            _save_state(ctx.work_dir / STATE_NAME, method, opt.optimizer, state, run)
+        if validate:
+            spent = time.perf_counter() - t_val
+            cadence.add_val(step + 1, spent)
+            state.val_s += spent
+            state.val_runs += 1
+            state.history[-1]["val_s"] = round(spent, 3)
     return round_iters
 
 
@@ -604,8 +840,14 @@ def _prepare_state_dir(work: Path, out_dir: Path, resume: bool) -> None:
 
 
 def _save_model(
-    path: Path, method: Method[Any], run: Run, iteration: int, score: float | None
+    path: Path,
+    method: Method[Any],
+    run: Run,
+    iteration: int,
+    score: float | None,
+    refit: dict[str, int] | None = None,
 ) -> None:
+    """The model file (``model.pt``); ``refit``: iterations and patches of a refit model."""
     c = run.contract
     save_checkpoint(
         path,
@@ -620,6 +862,7 @@ def _save_model(
             "iteration": iteration,
             "best_metric": run.metric,
             "best_score": score,
+            "refit": refit,
             "settings": run.context.config.train.model_dump(),
             **method.record(),
         },
@@ -629,9 +872,14 @@ def _save_model(
 
 
 def _save_state(
-    path: Path, method: Method[Any], optimizer: torch.optim.Optimizer, state: LoopState
+    path: Path,
+    method: Method[Any],
+    optimizer: torch.optim.Optimizer,
+    state: LoopState,
+    run: Run,
 ) -> None:
-    """``last.pt``: weights, optimiser, iteration, best score, history (atomic)."""
+    """``last.pt``: weights, optimiser, iteration, best score and iteration, history, time
+    spent (atomic)."""
     with atomic_file(path) as tmp:
         torch.save(
             {
@@ -639,8 +887,13 @@ def _save_state(
                 "optimizer": optimizer.state_dict(),
                 "iteration": state.iteration,
                 "round": method.round,
+                "phase": run.phase,
                 "best_score": state.best,
+                "best_iteration": state.best_iteration,
                 "history": state.history,
+                "val_s": state.val_s,
+                "val_runs": state.val_runs,
+                "elapsed_s": state.elapsed_s + time.time() - run.started,
             },
             tmp,
         )
@@ -673,7 +926,7 @@ def _restore(
     return int(saved["iteration"])
 
 
-def write_log(path: Path, history: list[dict[str, float]], columns: tuple[str, ...]) -> None:
+def write_log(path: Path, history: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
     """``train_log.csv`` (atomic): one row per logging interval, the given columns."""
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
@@ -684,23 +937,35 @@ def write_log(path: Path, history: list[dict[str, float]], columns: tuple[str, .
 
 def plot_curves(
     path: Path,
-    history: list[dict[str, float]],
+    history: list[dict[str, Any]],
     title: str,
     loss_keys: tuple[str, ...],
     bold: tuple[str, ...] = ("total",),
 ) -> None:
-    """``curves.png`` (atomic): the loss terms that are not all zero, and the validation scores."""
+    """``curves.png`` (atomic): the loss terms that are not all zero (the refit's total dashed),
+    and the validation scores."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    refit = [r for r in history if r.get("phase") == "refit"]
+    history = [r for r in history if r.get("phase") != "refit"]
     its = [r["iteration"] for r in history]
     for key in loss_keys:
         values = [r.get(key, 0.0) for r in history]
         if any(v != 0 for v in values):
             ax_loss.plot(its, values, label=key, lw=2 if key in bold else 1)
+    if refit:  # the final model on every labelled patch, after the validated run
+        ax_loss.axvline(refit[0]["iteration"] - 0.5, color="0.6", lw=0.8)
+        ax_loss.plot(
+            [r["iteration"] for r in refit],
+            [r.get("total", 0.0) for r in refit],
+            "k--",
+            lw=1.5,
+            label="total (refit on all patches)",
+        )
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title(f"{title}: training losses")
@@ -753,6 +1018,7 @@ def run_job(job: TrainJob) -> TrainResult:
         device=job.device,
         resume=job.resume,
         finalise=job.finalise,
+        full_set=d.full_set,
     )
 
 

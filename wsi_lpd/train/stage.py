@@ -29,21 +29,31 @@ def _write_run(
     *,
     parameters: dict[str, Any],
     inputs: dict[str, Any],
+    patches: dict[str, Any],
     started: float,
 ) -> None:
-    """``run.json`` inside the folder about to be published."""
+    """``run.json`` inside the folder about to be published: ``patches`` holds the split and the
+    per-class counts of the patches trained and validated; ``val_time_s`` / ``val_time_pct`` the
+    time spent validating."""
     write_run_metadata(
         folder,
         "train",
         parameters=parameters,
         inputs=inputs,
         started=started,
+        patches=patches,
         iterations=result.iterations,
         best_metric=result.best_metric,
         best_score=result.best_score,
         best_val_mIoU=result.best_score if result.best_metric == "val_mIoU" else None,
         untrained_classes=result.untrained_classes,
         images_per_s=round(result.images_per_s, 2),
+        best_iteration=result.best_iteration,
+        refit_iterations=result.refit_iterations,
+        train_time_s=round(result.wall_time_s, 2),
+        val_time_s=round(result.val_time_s, 2),
+        val_time_pct=round(result.val_time_pct, 2),
+        val_runs=result.val_runs,
     )
 
 
@@ -81,11 +91,12 @@ def train_model(
         on_valid()
     n_val = len(data.val_set) if data.val_set is not None else 0
     log.info(
-        "training %s on %d patches (%d held out for validation; %s), %.2f µm/px, %d px, "
-        "%d process(es)",
+        "training %s on %d patches (%d held out for validation, %d in the gap; %s), %.2f µm/px, "
+        "%d px, %d process(es)",
         cfg.method,
         len(data.train_set),
         n_val,
+        data.record.get("n_gap", 0),
         ", ".join(data.classes.foreground_names),
         data.mpp,
         data.patch_px,
@@ -108,6 +119,7 @@ def train_model(
             "loss": cfg.loss_record(),
         },
         inputs=inputs,
+        patches=data.record,
         started=started,
     )
     job = TrainJob(cfg, data, out, device=device, resume=resume, finalise=finalise)

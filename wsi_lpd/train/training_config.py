@@ -143,6 +143,19 @@ class TrainSection(Section):
     )
     workers: int = Field(2, ge=0)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # held out when no validation set is given
+    val_every: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Iterations between validations (always also at the end); auto: as often "
+        "as keeps validation ≤ val_time_fraction of the training time, measured as it runs",
+    )
+    val_time_fraction: float = Field(
+        0.05, gt=0.0, le=1.0, description="Share of training time validation may take (auto)"
+    )
+    refit: StrictBool = Field(
+        False,
+        description="Retrain the final model on every labelled patch (training, validation "
+        "and gap) for the iterations validation chose",
+    )
     val_label_mode: Literal["predicted", "given"] = "predicted"
     select_best_after_iters: int | None = Field(None, ge=0)  # None = the loss warm-up
     log_every: int = Field(10, ge=1)

@@ -86,6 +86,8 @@ class ModelInfo:
     curve_svg: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     untrained_classes: list[str] = field(default_factory=list)
+    #: per class: {"train": {positive, negative, unknown}, "val": {...}} (from run.json)
+    class_counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -369,9 +371,46 @@ def _model_info(layout: ResultsLayout, model: str) -> ModelInfo:
     method = (run.get("parameters") or {}).get("method")
     if method:
         info.summary["method"] = method
+    _training_record(info, run)
     if os.path.isfile(layout.curves):
         info.curves_uri = image_data_uri(layout.curves, 1000, fmt="png")
     return info
+
+
+def _training_record(info: ModelInfo, run: Mapping[str, Any]) -> None:
+    """Patches trained and validated (per class), the iteration validation chose, the refit and
+    the time spent validating, from the training ``run.json``."""
+    patches = run.get("patches")
+    if isinstance(patches, Mapping) and "n_train" in patches:
+        how = {
+            "slides": "whole slides held out",
+            "blocks": f"blocks of {patches.get('block_patches')}×{patches.get('block_patches')} "
+            f"patches held out in the slides, {patches.get('n_gap', 0)} patches in the one-patch "
+            "gap",
+            "separate": "a separate validation store",
+        }.get(str(patches.get("split")), "no validation")
+        info.summary["patches trained / validated"] = (
+            f"{patches['n_train']} / {patches.get('n_val', 0)} of {patches.get('n_patches')} "
+            f"({how}; validation {100 * float(patches.get('val_share', 0)):.1f} %)"
+        )
+        train = patches.get("train_per_class") or {}
+        val = patches.get("val_per_class") or {}
+        info.class_counts = {
+            c: {"train": train.get(c) or {}, "val": val.get(c) or {}} for c in (*train, *val)
+        }
+    if run.get("best_iteration") is not None:
+        info.summary["iteration chosen by validation"] = run["best_iteration"]
+    if run.get("refit_iterations"):
+        n_all = patches.get("n_patches") if isinstance(patches, Mapping) else None
+        info.summary["final model"] = (
+            f"retrained on all {n_all} labelled patches for {run['refit_iterations']} iterations"
+        )
+    if run.get("val_time_s") is not None:
+        info.summary["time in validation"] = (
+            f"{float(run['val_time_s']):.1f} s ({float(run.get('val_time_pct') or 0):.1f} % of "
+            f"{float(run.get('train_time_s') or 0):.0f} s of training), "
+            f"{run.get('val_runs', 0)} validation(s)"
+        )
 
 
 def collect_report(
