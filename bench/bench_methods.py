@@ -45,7 +45,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # HisynSeg's synthesis and realism filter scaled down to the bench budget.
 HISYNSEG_BENCH = {"n_mosaic": 150, "n_bezier": 150, "filter": {"n_train": 120}}
 WARMUP_SHARE = 0.3  # loss.warmup_iters / iterations, as in lpd_cpu_small.yaml (60 / 200)
-EVAL_SETS = {"synth": ("test",), "real": ("test", "test_shifted")}
+EVAL_SETS = {
+    "synth": ("test",),
+    "real": ("test", "test_shifted"),
+    "real4x": ("test", "test_shifted"),
+    "hetero": ("test",),
+}
 ROLES = ("test", "test_shifted", "test_extreme")
 ROLES += tuple(f"{r}_norm" for r in ROLES)
 EXTREME_SCALES = (0.5, 1.5)  # test_extreme: H and E both × 0.5 (pale) and both × 1.5 (dark)
@@ -98,11 +103,17 @@ def make_cohort(kind: str, work: Path, n_train: int, n_test: int, size_px: int) 
     out = work / kind / "slides"
     out.mkdir(parents=True, exist_ok=True)
     slides = []
-    if kind == "real":
+    if kind in ("real", "real4x"):
         from wsi_lpd.synthetic.slides import write_real_texture_cohort
 
-        for c in write_real_texture_cohort(out, n_train=n_train, n_test=n_test, size_px=size_px):
+        side = size_px * (2 if kind == "real4x" else 1)  # 4x the area: 4x the labelled patches
+        for c in write_real_texture_cohort(out, n_train=n_train, n_test=n_test, size_px=side):
             slides.append((c.slide, c.split, c.stain_scale))
+    elif kind == "hetero":
+        from wsi_lpd.synthetic.slides import write_heterogeneous_cohort
+
+        for c in write_heterogeneous_cohort(out, n_train=n_train, n_test=n_test, size_px=size_px):
+            slides.append((c.slide, c.split, None))
     else:
         from wsi_lpd.synthetic.slides import SynthSlide, write_synthetic_slide
 
@@ -233,7 +244,20 @@ def run_one(
     tag = args.tag
     run = run_dir(args.work, cohort, tag, name, seed)
     model = run / "model" / "model.pt"
-    if previous is not None and model.exists():
+    if args.models_from:  # rescoring: the model of the same run under another tag
+        model = run_dir(args.work, cohort, args.models_from, name, seed) / "model" / "model.pt"
+        trained = next(
+            (r for r in load_records(args.work / "results.jsonl")
+             if (r["cohort"], r["method"], r["seed"], r["tag"])
+             == (cohort, name, seed, args.models_from)), None
+        )  # fmt: skip
+        if trained is None or "error" in trained or not model.exists():
+            return {"cohort": cohort, "method": name, "seed": seed, "tag": tag,
+                    "error": f"no trained model under tag {args.models_from}"}  # fmt: skip
+        keep = ("iters", "batch", "augment", "train_s", "train_cpu_s")
+        record = dict(previous or {k: trained[k] for k in keep if k in trained})
+        record.update(cohort=cohort, method=name, seed=seed, tag=tag)
+    elif previous is not None and model.exists():
         record = dict(previous)
     else:
         cfg = write_config(name, run / "config.yaml", args.augment, args.iters)
@@ -257,7 +281,8 @@ def run_one(
         preds = []
         for s in todo:
             cli(["infer", str(s["path"]), "--model", str(model), "--out", str(run / "mosaics"),
-                 "--device", "cpu", "--batch-size", "32"], args.subprocess)  # fmt: skip
+                 "--device", "cpu", "--batch-size", "32", "--stain-normalise",
+                 args.stain_normalise_infer], args.subprocess)  # fmt: skip
             preds.append(run / "mosaics" / f"{s['id']}.ome.zarr")
         ev = run / f"eval_{role}"
         pairs = [
@@ -472,6 +497,17 @@ def parser() -> argparse.ArgumentParser:
         "--stain-normalise",
         action="store_true",
         help="also score Reinhard-normalised copies of the real cohort's test slides",
+    )
+    p.add_argument(
+        "--models-from",
+        default=None,
+        help="score the models trained under this tag (no training) and record them as --tag",
+    )
+    p.add_argument(
+        "--stain-normalise-infer",
+        default="none",
+        choices=["none", "reinhard", "macenko"],
+        help="wsi-lpd infer --stain-normalise (none: methods compared on the raw colours)",
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "methods.md")
     return p

@@ -68,6 +68,14 @@ def command(
     output_mpp: Annotated[
         float | None, typer.Option(help="Mosaic µm/px [the model's output resolution].")
     ] = None,
+    stain_normalise: Annotated[
+        str | None,
+        typer.Option(help="Stain normalisation per slide: none, reinhard or macenko [reinhard]."),
+    ] = None,
+    stain_reference_slide: Annotated[
+        Path | None,
+        typer.Option(help="Reference slide for --stain-normalise [the training patches]."),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(help="Workflow YAML: section `infer`; its `classes` must match the model."),
@@ -81,6 +89,7 @@ def command(
     from wsi_lpd.device import resolve_device
     from wsi_lpd.errors import ConfigError
     from wsi_lpd.infer.inference import check_contract, infer_slide
+    from wsi_lpd.infer.stain import slide_stain_transform
     from wsi_lpd.io import write_json
     from wsi_lpd.networks.checkpoint import checkpoint_sha256, load_model
     from wsi_lpd.slide.reader import default_slide_id, open_slide, validate_slide_id
@@ -98,6 +107,8 @@ def command(
         overlap=overlap,
         blend=blend,
         output_mpp=output_mpp,
+        stain_normalise=stain_normalise,
+        stain_reference_slide=str(stain_reference_slide) if stain_reference_slide else None,
     )
     expected = _config_classes(config)
     sid = validate_slide_id(slide_id or default_slide_id(slide))
@@ -117,6 +128,13 @@ def command(
         tissue_source = str(tissue_file)
     else:
         tissue = detect_tissue(wsi, mpp=opts.tissue_mpp)
+    stain = slide_stain_transform(
+        wsi,
+        opts.stain_normalise,
+        contract,
+        reference_slide=opts.stain_reference_slide,
+        model_source=str(model),
+    )
     out.mkdir(parents=True, exist_ok=True)
     result = infer_slide(
         wsi,
@@ -137,6 +155,7 @@ def command(
         progress=True,
         slide_id=sid,
         model_sha256=sha,
+        stain=stain,
     )
     write_json(
         out / f"{sid}.run.json",

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from wsi_lpd.classes import ClassList
 from wsi_lpd.data.augment import Augment
 from wsi_lpd.data.sampling import class_balanced_weights, pos_weight_from_labels, untrained_classes
+from wsi_lpd.data.stain import training_stain_statistics
 from wsi_lpd.data.training_data import TrainingData, dataset_labels
 from wsi_lpd.device import resolve_device
 from wsi_lpd.errors import CheckpointError, ConfigError, DatasetError, TrainingDivergedError
@@ -241,6 +242,7 @@ def train(
         "model_config": config.model_config,
         "untrained_classes": untrained,
         "augmentation": Augment.from_dict(s.augment).to_dict(),
+        "stain_reference": training_stain_statistics(train_set) if main else None,
     }
     run = Run(context, val_loader, metric, contract, progress)
     state = LoopState()
@@ -545,6 +547,7 @@ def _save_model(path: Path, method: Method, run: Run, iteration: int, score: flo
         },
         untrained_classes=c["untrained_classes"],
         augmentation=c["augmentation"],
+        stain_reference=c["stain_reference"],
     )
 
 

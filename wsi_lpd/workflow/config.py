@@ -325,6 +325,17 @@ class InferSection(Section):
     tissue_mpp: float = Field(8.0, gt=0.0)
     slide_mpp: float | None = Field(None, gt=0.0)
     decode: Literal["auto", "cpu", "gpu"] = "auto"
+    stain_normalise: Literal["none", "reinhard", "macenko"] = Field(
+        "reinhard",
+        description="stain normalisation of each slide before the model: its colour statistics "
+        "(one low-resolution read) mapped onto the training patches' (stored in model.pt) or the "
+        "reference slide's; the same transform for every window (bench/results/stain.md)",
+    )
+    stain_reference_slide: str | None = Field(
+        None,
+        description="slide whose stain statistics replace the training patches' as the "
+        "reference (needed for models trained before model.pt stored them)",
+    )
 
 
 # --- export section

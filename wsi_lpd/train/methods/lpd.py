@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.networks.encoders import build_encoder
-from wsi_lpd.networks.merge import merge_softmax_weighted
+from wsi_lpd.networks.merge import merge_mean
 from wsi_lpd.train.losses import LPDLoss
 from wsi_lpd.train.methods.base import Batch, Method
 from wsi_lpd.train.training_config import EncoderConfig, TrainingConfig
@@ -78,7 +78,8 @@ class LPDMethod(Method):
         )
 
     def label_logits(self, images: Tensor) -> Tensor:
-        return merge_softmax_weighted(self.model(images).logits[3], self.classes.num_foreground)
+        """Parent logits merged as L_cls trains them (mean over the K subclasses)."""
+        return merge_mean(self.model(images).logits[3], self.classes.num_foreground)
 
     def best_after(self) -> int:
         s = self.config.train.select_best_after_iters
