@@ -41,6 +41,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "PBIP-style": {"model": {"method": "pbip"}},
     "HisynSeg": {"base": "hisynseg_cpu_small.yaml", "model": {"method": "hisynseg"}},
     "LPD class-balanced": {"model": {"method": "lpd"}, "train": {"class_balance": "sampler"}},
+    "LPD K=5": {"model": {"method": "lpd", "head": {"prototypes_per_class": 5}}},
+    "LPD dim 64": {"model": {"method": "lpd", "head": {"prototype_dim": 64}}},
+    "LPD no warm-up": {"model": {"method": "lpd"}, "loss": {"warmup_iters": 0}},
 }
 # HisynSeg's synthesis and realism filter scaled down to the bench budget.
 HISYNSEG_BENCH = {"n_mosaic": 150, "n_bezier": 150, "filter": {"n_train": 120}}
@@ -188,7 +191,7 @@ def write_config(name: str, path: Path, augment: dict[str, float], iters: int) -
         h.update({k: v for k, v in HISYNSEG_BENCH.items() if k != "filter"})
         h.setdefault("filter", {}).update(HISYNSEG_BENCH["filter"])
     loss = raw.get("loss")
-    if loss and "warmup_iters" in loss:
+    if loss and "warmup_iters" in loss and "warmup_iters" not in spec.get("loss", {}):
         loss["warmup_iters"] = max(1, round(WARMUP_SHARE * iters))
     train = raw.setdefault("train", {})
     train["val_fraction"] = 0.0
