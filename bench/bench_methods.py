@@ -262,6 +262,10 @@ def run_one(
         record.update(cohort=cohort, method=name, seed=seed, tag=tag)
     elif previous is not None and model.exists():
         record = dict(previous)
+    elif model.exists() and (model.parent / "run.json").exists():  # trained, scoring was cut
+        record = {"cohort": cohort, "method": name, "seed": seed, "tag": tag}
+        record.update(iters=args.iters, batch=args.batch, augment=args.augment)
+        record["train_s"] = json.loads((model.parent / "run.json").read_text())["wall_time_s"]
     else:
         cfg = write_config(name, run / "config.yaml", args.augment, args.iters)
         record = {"cohort": cohort, "method": name, "seed": seed, "tag": tag}
@@ -512,8 +516,34 @@ def parser() -> argparse.ArgumentParser:
         choices=["none", "reinhard", "macenko"],
         help="wsi-lpd infer --stain-normalise (none: methods compared on the raw colours)",
     )
+    p.add_argument(
+        "--label-merge",
+        default="mean",
+        choices=["mean", "softmax"],
+        help="softmax: predicted image labels from the softmax-weighted merge of the subclass "
+        "logits, as before the fix in wsi_lpd.networks.predict.predicted_labels (in-process only)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "methods.md")
     return p
+
+
+def use_softmax_label_merge() -> None:
+    """Reproduce the predicted labels before the fix: sigmoid of the softmax-weighted merge of
+    the K subclass logits (the CAM merge), not of the mean that L_cls trains."""
+    import torch
+
+    from wsi_lpd.networks import merge, predict
+
+    def old(logits4: Any, num_classes: int, threshold: float = 0.5) -> Any:
+        probs = torch.sigmoid(merge.merge_softmax_weighted(logits4, num_classes))
+        labels = (probs > threshold).float()
+        empty = labels.sum(dim=1) == 0
+        if bool(empty.any()):
+            top = torch.nn.functional.one_hot(probs.argmax(dim=1), num_classes).float()
+            labels[empty] = top[empty]
+        return labels
+
+    predict.predicted_labels = old
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -523,6 +553,10 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.label_merge == "softmax":
+        if args.subprocess:
+            raise SystemExit("--label-merge softmax works in-process only")
+        use_softmax_label_merge()
     args.work.mkdir(parents=True, exist_ok=True)
     results = args.work / "results.jsonl"
     started = time.time()
