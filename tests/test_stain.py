@@ -139,7 +139,7 @@ def test_slide_transform_gives_overlapping_windows_identical_colour(
     tifffile.imwrite(path, big, tile=(128, 128), photometric="rgb",
                      resolution=(2e4, 2e4), resolutionunit="CENTIMETER")  # fmt: skip
     slide = open_slide(path)
-    contract = {"stain_reference": stain_statistics(textured)}
+    contract = {"stain_reference": stain_statistics(textured), "mpp": 0.5}
     transform = slide_stain_transform(slide, method, contract)
     assert slide_stain_transform(slide, "none", contract) is None
     a = slide.read_region((0, 0), (96, 96), 0.5)

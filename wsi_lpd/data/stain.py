@@ -80,6 +80,8 @@ MACENKO_OD_MIN = 0.15  # optical density below which a pixel is glass (Macenko e
 MACENKO_ANGLE_PERCENTILE = 1.0  # robust extremes of the stain angles (%)
 MACENKO_MAX_PERCENTILE = 99.0  # robust maximum of the stain concentrations (%)
 MAX_STAT_PIXELS = 1_000_000  # pixels sampled for statistics (bounds memory and time)
+STAT_WINDOWS = 64  # windows read per slide for its statistics
+STAT_WINDOW_PX = 256  # their side, at the model's µm/px
 
 
 def _od(rgb: np.ndarray) -> np.ndarray:
@@ -252,9 +254,31 @@ def read_stain_thumbnail(slide: Any, max_side_px: int = 2048, min_mpp: float = 8
     return slide.read_region((0, 0), size, mpp)
 
 
-def slide_stain_statistics(slide: Any) -> dict[str, Any]:
-    """:func:`stain_statistics` of a slide's low-resolution read (:func:`read_stain_thumbnail`)."""
-    return stain_statistics(read_stain_thumbnail(slide))
+def slide_stain_statistics(
+    slide: Any, mpp: float, windows: int = STAT_WINDOWS, window_px: int = STAT_WINDOW_PX
+) -> dict[str, Any]:
+    """:func:`stain_statistics` of a slide at ``mpp`` µm/px (the model's, as the training
+    patches' reference): ``windows`` windows of ``window_px`` px centred on tissue pixels of one
+    low-resolution read (:func:`read_stain_thumbnail`), drawn with a fixed seed. Statistics of
+    the low-resolution read itself would not do: averaging pixels narrows the colour spread and
+    lowers the stain maxima. Memory: the read plus the windows, whatever the slide size."""
+    from skimage.color import rgb2lab
+
+    thumb = read_stain_thumbnail(slide)
+    lightness = rgb2lab(thumb)[..., 0]
+    ys, xs = np.nonzero(lightness < TISSUE_MAX_LIGHTNESS)
+    if len(ys) == 0:
+        return stain_statistics(thumb)
+    pick = np.random.default_rng(0).choice(len(ys), min(windows, len(ys)), replace=False)
+    width0, height0 = (int(v) for v in slide.dimensions)
+    per_px = (width0 / thumb.shape[1], height0 / thumb.shape[0])  # level-0 px per read px
+    half0 = 0.5 * window_px * mpp / slide.mpp
+    reads = []
+    for i in np.sort(pick):
+        x = round((xs[i] + 0.5) * per_px[0] - half0)
+        y = round((ys[i] + 0.5) * per_px[1] - half0)
+        reads.append(slide.read_region((x, y), (window_px, window_px), mpp).reshape(-1, 3))
+    return stain_statistics(np.concatenate(reads))
 
 
 def _raw_patches(dataset: Any) -> list[tuple[Any, list[int]]]:

@@ -1,8 +1,9 @@
 """Stain normalisation of a slide at inference (``infer.stain_normalise``).
 
-The slide's source statistics are estimated once from a low-resolution read of the whole slide
-(at most 2048 px on the long side); the same per-pixel transform then applies to every window, so
-overlapping windows see identical colours (no seams). The reference is the training patches'
+The slide's source statistics are estimated once, at the model's µm/px, from 64 windows centred on
+tissue found in a low-resolution read of the whole slide (at most 2048 px on the long side); the
+same per-pixel transform then applies to every window, so overlapping windows see identical
+colours (no seams). The reference is the training patches'
 statistics stored in model.pt, or those of a reference slide.
 """
 
@@ -39,7 +40,7 @@ def slide_stain_transform(
     if reference_slide is not None:
         from wsi_lpd.slide.reader import open_slide
 
-        reference = slide_stain_statistics(open_slide(reference_slide))
+        reference = slide_stain_statistics(open_slide(reference_slide), float(contract["mpp"]))
         where = str(reference_slide)
     else:
         reference = stain_reference(contract, model_source)
@@ -50,7 +51,7 @@ def slide_stain_transform(
                 f"stain_normalise {method} needs a reference slide (infer.stain_reference_slide) "
                 "— or set stain_normalise to none, or retrain"
             )
-    source = slide_stain_statistics(slide)
+    source = slide_stain_statistics(slide, float(contract["mpp"]))
     name = str(getattr(slide, "path", "slide"))
     if method == "macenko" and (source["macenko"] is None or reference["macenko"] is None):
         which = name if source["macenko"] is None else where
