@@ -41,11 +41,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "PBIP-style": {"model": {"method": "pbip"}},
     "HisynSeg": {"base": "hisynseg_cpu_small.yaml", "model": {"method": "hisynseg"}},
     "LPD class-balanced": {"model": {"method": "lpd"}, "train": {"class_balance": "sampler"}},
+    "LPD K=5": {"model": {"method": "lpd", "head": {"prototypes_per_class": 5}}},
+    "LPD dim 64": {"model": {"method": "lpd", "head": {"prototype_dim": 64}}},
+    "LPD no warm-up": {"model": {"method": "lpd"}, "loss": {"warmup_iters": 0}},
 }
 # HisynSeg's synthesis and realism filter scaled down to the bench budget.
 HISYNSEG_BENCH = {"n_mosaic": 150, "n_bezier": 150, "filter": {"n_train": 120}}
 WARMUP_SHARE = 0.3  # loss.warmup_iters / iterations, as in lpd_cpu_small.yaml (60 / 200)
-EVAL_SETS = {"synth": ("test",), "real": ("test", "test_shifted")}
+EVAL_SETS = {
+    "synth": ("test",),
+    "real": ("test", "test_shifted"),
+    "real4x": ("test",),
+    "hetero": ("test",),
+}
 ROLES = ("test", "test_shifted", "test_extreme")
 ROLES += tuple(f"{r}_norm" for r in ROLES)
 EXTREME_SCALES = (0.5, 1.5)  # test_extreme: H and E both × 0.5 (pale) and both × 1.5 (dark)
@@ -98,11 +106,19 @@ def make_cohort(kind: str, work: Path, n_train: int, n_test: int, size_px: int) 
     out = work / kind / "slides"
     out.mkdir(parents=True, exist_ok=True)
     slides = []
-    if kind == "real":
+    if kind in ("real", "real4x"):
         from wsi_lpd.synthetic.slides import write_real_texture_cohort
 
-        for c in write_real_texture_cohort(out, n_train=n_train, n_test=n_test, size_px=size_px):
+        side = size_px * (2 if kind == "real4x" else 1)  # 4x the area: 4x the labelled patches
+        for c in write_real_texture_cohort(out, n_train=n_train, n_test=n_test, size_px=side):
+            if kind == "real4x" and c.split == "test_shifted":
+                continue  # a methods comparison: the stain study is bench_stain.py's
             slides.append((c.slide, c.split, c.stain_scale))
+    elif kind == "hetero":
+        from wsi_lpd.synthetic.slides import write_heterogeneous_cohort
+
+        for c in write_heterogeneous_cohort(out, n_train=n_train, n_test=n_test, size_px=size_px):
+            slides.append((c.slide, c.split, None))
     else:
         from wsi_lpd.synthetic.slides import SynthSlide, write_synthetic_slide
 
@@ -177,7 +193,7 @@ def write_config(name: str, path: Path, augment: dict[str, float], iters: int) -
         h.update({k: v for k, v in HISYNSEG_BENCH.items() if k != "filter"})
         h.setdefault("filter", {}).update(HISYNSEG_BENCH["filter"])
     loss = raw.get("loss")
-    if loss and "warmup_iters" in loss:
+    if loss and "warmup_iters" in loss and "warmup_iters" not in spec.get("loss", {}):
         loss["warmup_iters"] = max(1, round(WARMUP_SHARE * iters))
     train = raw.setdefault("train", {})
     train["val_fraction"] = 0.0
@@ -233,8 +249,25 @@ def run_one(
     tag = args.tag
     run = run_dir(args.work, cohort, tag, name, seed)
     model = run / "model" / "model.pt"
-    if previous is not None and model.exists():
+    if args.models_from:  # rescoring: the model of the same run under another tag
+        model = run_dir(args.work, cohort, args.models_from, name, seed) / "model" / "model.pt"
+        trained = next(
+            (r for r in load_records(args.work / "results.jsonl")
+             if (r["cohort"], r["method"], r["seed"], r["tag"])
+             == (cohort, name, seed, args.models_from)), None
+        )  # fmt: skip
+        if trained is None or "error" in trained or not model.exists():
+            return {"cohort": cohort, "method": name, "seed": seed, "tag": tag,
+                    "error": f"no trained model under tag {args.models_from}"}  # fmt: skip
+        keep = ("iters", "batch", "augment", "train_s", "train_cpu_s")
+        record = dict(previous or {k: trained[k] for k in keep if k in trained})
+        record.update(cohort=cohort, method=name, seed=seed, tag=tag)
+    elif previous is not None and model.exists():
         record = dict(previous)
+    elif model.exists() and (model.parent / "run.json").exists():  # trained, scoring was cut
+        record = {"cohort": cohort, "method": name, "seed": seed, "tag": tag}
+        record.update(iters=args.iters, batch=args.batch, augment=args.augment)
+        record["train_s"] = json.loads((model.parent / "run.json").read_text())["wall_time_s"]
     else:
         cfg = write_config(name, run / "config.yaml", args.augment, args.iters)
         record = {"cohort": cohort, "method": name, "seed": seed, "tag": tag}
@@ -257,7 +290,8 @@ def run_one(
         preds = []
         for s in todo:
             cli(["infer", str(s["path"]), "--model", str(model), "--out", str(run / "mosaics"),
-                 "--device", "cpu", "--batch-size", "32"], args.subprocess)  # fmt: skip
+                 "--device", "cpu", "--batch-size", "32", "--stain-normalise",
+                 args.stain_normalise_infer], args.subprocess)  # fmt: skip
             preds.append(run / "mosaics" / f"{s['id']}.ome.zarr")
         ev = run / f"eval_{role}"
         pairs = [
@@ -473,8 +507,45 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also score Reinhard-normalised copies of the real cohort's test slides",
     )
+    p.add_argument(
+        "--models-from",
+        default=None,
+        help="score the models trained under this tag (no training) and record them as --tag",
+    )
+    p.add_argument(
+        "--stain-normalise-infer",
+        default="none",
+        choices=["none", "reinhard", "macenko"],
+        help="wsi-lpd infer --stain-normalise (none: methods compared on the raw colours)",
+    )
+    p.add_argument(
+        "--label-merge",
+        default="mean",
+        choices=["mean", "softmax"],
+        help="softmax: predicted image labels from the softmax-weighted merge of the subclass "
+        "logits, as before the fix in wsi_lpd.networks.predict.predicted_labels (in-process only)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "methods.md")
     return p
+
+
+def use_softmax_label_merge() -> None:
+    """Reproduce the predicted labels before the fix: sigmoid of the softmax-weighted merge of
+    the K subclass logits (the CAM merge), not of the mean that L_cls trains."""
+    import torch
+
+    from wsi_lpd.networks import merge, predict
+
+    def old(logits4: Any, num_classes: int, threshold: float = 0.5) -> Any:
+        probs = torch.sigmoid(merge.merge_softmax_weighted(logits4, num_classes))
+        labels = (probs > threshold).float()
+        empty = labels.sum(dim=1) == 0
+        if bool(empty.any()):
+            top = torch.nn.functional.one_hot(probs.argmax(dim=1), num_classes).float()
+            labels[empty] = top[empty]
+        return labels
+
+    predict.predicted_labels = old
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -484,6 +555,10 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.label_merge == "softmax":
+        if args.subprocess:
+            raise SystemExit("--label-merge softmax works in-process only")
+        use_softmax_label_merge()
     args.work.mkdir(parents=True, exist_ok=True)
     results = args.work / "results.jsonl"
     started = time.time()

@@ -207,3 +207,27 @@ def test_pickled_objects_are_refused_as_unsafe(tmp_path: Path) -> None:
     torch.save({"format": "x", "payload": _RunsCode()}, path)
     with pytest.raises(CheckpointError, match="refused: the file holds pickled Python objects"):
         read_checkpoint(path)
+
+
+def test_stain_reference_round_trip_and_old_checkpoints(tmp_path: Path) -> None:
+    """The training patches' stain statistics travel in model.pt; a checkpoint without them
+    (written before they existed) still loads and reports none."""
+    import numpy as np
+
+    from wsi_lpd.data.stain import stain_statistics
+    from wsi_lpd.networks.checkpoint import stain_reference
+
+    rng = np.random.default_rng(0)
+    stats = stain_statistics(rng.integers(60, 230, (32, 32, 3), dtype=np.uint8))
+    model = build_model("lpd", _config(), BCSS_CLASSES)
+    common = dict(method="lpd", classes=BCSS_CLASSES, mpp=1.0, patch_px=64, normalisation=NORM,
+                  model_config=_config())  # fmt: skip
+    save_checkpoint(tmp_path / "new.pt", model, stain_reference=stats, **common)
+    _, contract = load_model(tmp_path / "new.pt")
+    assert stain_reference(contract) == stats
+    save_checkpoint(tmp_path / "old.pt", model, **common)
+    _, contract = load_model(tmp_path / "old.pt")
+    assert "stain_reference" not in contract and stain_reference(contract) is None
+    bad = {**stats, "reinhard": {"mean": [1.0, 2.0], "std": [1.0, 1.0, 1.0]}}
+    with pytest.raises(CheckpointError, match=r"x\.pt: stain_reference: malformed"):
+        stain_reference({"stain_reference": bad}, "x.pt")

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from wsi_lpd.classes import BCSS_CLASSES
 from wsi_lpd.cli.app import app as cli_app
+from wsi_lpd.data.stain import stain_statistics
 from wsi_lpd.errors import NoTissueWarning
 from wsi_lpd.formats.mosaic import open_mosaic
 from wsi_lpd.networks.build import build_model
@@ -40,9 +41,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("stage")
     torch.manual_seed(0)
     model = build_model("lpd", MODEL_CONFIG, BCSS_CLASSES)
-    ckpt = save_checkpoint(
-        root / "model.pt",
-        model,
+    rng = np.random.default_rng(0)
+    rgb = np.full((768, 1024, 3), 245, np.uint8)
+    tissue = rng.integers(0, 60, (400, 560, 3), dtype=np.uint8) + np.array([170, 60, 150], np.uint8)
+    common = dict(
         method="lpd",
         classes=BCSS_CLASSES,
         mpp=1.0,
@@ -50,9 +52,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         normalisation={"mean": [0.7, 0.5, 0.7], "std": [0.2, 0.2, 0.2]},
         model_config=MODEL_CONFIG,
     )
-    rng = np.random.default_rng(0)
-    rgb = np.full((768, 1024, 3), 245, np.uint8)
-    tissue = rng.integers(0, 60, (400, 560, 3), dtype=np.uint8) + np.array([170, 60, 150], np.uint8)
+    ckpt = save_checkpoint(
+        root / "model.pt", model, stain_reference=stain_statistics(tissue), **common
+    )
+    old = save_checkpoint(root / "old.pt", model, **common)  # written before stain statistics
     rgb[200:600, 300:860] = tissue  # pink "tissue" block, level-0 x 300-860, y 200-600
     slide = root / "s1.tiff"
     tifffile.imwrite(
@@ -67,7 +70,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tiles = root / "tiles"
     tiles.mkdir()
     write_tissue_geojson_into(tiles / "tissue.geojson", box(300, 200, 860, 600))
-    return {"root": root, "model": ckpt, "slide": slide, "tiles": tiles}
+    return {"root": root, "model": ckpt, "old_model": old, "slide": slide, "tiles": tiles}
 
 
 def _run(*args: str) -> object:
@@ -244,3 +247,22 @@ def test_mistyped_config_value_is_one_line(files: dict[str, Path]) -> None:
     )
     assert res.exit_code == 1
     assert "typed.yaml: infer.batch_size: Input should be a valid integer" in res.output
+
+
+def test_old_checkpoint_without_stain_statistics(files: dict[str, Path]) -> None:
+    """A model.pt from before stain statistics loads; reinhard (the default) then says what to
+    do, while none and a reference slide work."""
+    common = ("--model", files["old_model"], "--tiles", files["tiles"], "--device", "cpu")
+    out = files["root"] / "old"
+    res = _run(files["slide"], *common, "--out", out, "--workers", "0")
+    assert res.exit_code == 1
+    line = res.output.strip().splitlines()[-1]
+    assert "old.pt" in line and "no stain statistics" in line and "stain_reference_slide" in line
+    res = _run(files["slide"], *common, "--out", out, "--stain-normalise", "none")
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "s1.run.json").read_text())
+    assert run["parameters"]["stain_normalise"] == "none"
+    res = _run(files["slide"], *common, "--out", out, "--stain-reference-slide", files["slide"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "s1.run.json").read_text())
+    assert run["parameters"]["stain_normalise"] == "reinhard"

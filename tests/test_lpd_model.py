@@ -123,6 +123,17 @@ def test_predicted_labels_fall_back_to_top1() -> None:
     torch.testing.assert_close(labels, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]))
 
 
+def test_predicted_labels_use_the_training_merge_of_the_subclass_logits() -> None:
+    """L_cls fits sigmoid(mean over the K subclass logits); a class whose one subclass fires
+    while the others are confidently negative has a mean logit -1 (p 0.27): absent, as the
+    classifier was trained. The softmax-weighted merge (≈ 3, the CAM merge) would call it
+    present, a lower threshold for K > 1 than for K = 1."""
+    logits = torch.tensor([[3.0, -3.0, -3.0, 4.0, 4.0, 4.0]])  # 2 classes × K = 3
+    torch.testing.assert_close(predicted_labels(logits, 2), torch.tensor([[0.0, 1.0]]))
+    k1 = torch.tensor([[-1.0, 4.0]])  # K = 1 (CAM): the same parent logits, the same labels
+    torch.testing.assert_close(predicted_labels(k1, 2), torch.tensor([[0.0, 1.0]]))
+
+
 def test_predict_restores_mode_and_tta_shape(model: LPDModel, images: torch.Tensor) -> None:
     model.train()
     plain = predict_probs(model, images)

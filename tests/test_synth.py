@@ -401,3 +401,43 @@ def test_real_texture_blocks_join_without_seams(banks) -> None:
 def test_unknown_texture_mode_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="texture"):
         write_synthetic_slide(tmp_path / "x.tiff", width_px=64, height_px=64, texture="oil")
+
+
+def test_look_mixtures_cover_their_shares_of_each_class() -> None:
+    """Heterogeneous layouts: inside each class, look j covers about its weight of the area
+    (biases fitted on the layout grid to within 0.02; pixels sample that grid's fields, 0.06
+    leaves room for the interpolation between nodes)."""
+    from wsi_lpd.synthetic.slides import look_mixture
+
+    for dominant in (0, 2, None):
+        weights = look_mixture([3, 2, 2, 2], dominant)
+        layout = SlideLayout(4096, 4096, 0.5, 701, 4, look_weights=weights)
+        ys = (np.arange(0, 4096, 8) + 0.5) * 0.5
+        classes = layout.labels(ys, ys)
+        looks = layout.look_labels(ys, ys, classes)
+        offset = 0
+        for k, w in enumerate(weights):
+            inside = looks[classes == k] - offset
+            share = np.bincount(inside, minlength=len(w)) / inside.size
+            assert np.abs(share - np.asarray(w) / sum(w)).max() < 0.06, (dominant, k, share)
+            offset += len(w)
+        assert (looks[classes == 4] == offset).all()  # background
+
+
+def test_looks_change_the_texture_not_the_ground_truth(tmp_path: Path) -> None:
+    from wsi_lpd.synthetic.slides import look_mixture, write_heterogeneous_cohort
+
+    plain = write_synthetic_slide(tmp_path / "p.tiff", width_px=512, height_px=512, seed=3)
+    mixed = write_synthetic_slide(
+        tmp_path / "m.tiff", width_px=512, height_px=512, seed=3,
+        looks=look_mixture([3, 2, 2, 2], 1, share=1.0),
+    )  # fmt: skip
+    truth = read_label_mask(plain.mask_path).mask
+    assert np.array_equal(truth, read_label_mask(mixed.mask_path).mask)
+    a, b = tifffile.imread(plain.slide_path, key=0), tifffile.imread(mixed.slide_path, key=0)
+    tissue = truth < 4
+    assert tissue.any() and np.abs(a.astype(int) - b).mean() > 5
+    with pytest.raises(ConfigError, match="look_weights"):
+        write_synthetic_slide(tmp_path / "x.tiff", width_px=256, height_px=256, looks=[(1.0,)])
+    cohort = write_heterogeneous_cohort(tmp_path / "h", n_train=1, n_test=1, size_px=256)
+    assert [c.split for c in cohort] == ["train", "test"]

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.cores import default_workers, usable_cores
+from wsi_lpd.data.stain import StainTransform
 from wsi_lpd.device import resolve_device
 from wsi_lpd.errors import CheckpointError, ConfigError, NoTissueWarning
 from wsi_lpd.formats.mosaic import CHUNK_PX, MosaicWriter
@@ -337,8 +338,9 @@ class Predictor:
         device: torch.device,
         amp: str | None,
         source: str,
+        stain: StainTransform | None = None,
     ) -> None:
-        self.device, self.classes, self.source = device, classes, source
+        self.device, self.classes, self.source, self.stain = device, classes, source, stain
         self.autocast = _autocast_dtype(amp, device)
         norm = contract.get("normalisation") or {"mean": [0.0] * 3, "std": [1.0] * 3}
         self.mean = torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1) * 255.0
@@ -348,7 +350,10 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
-        x = (images_u8.to(self.device, non_blocking=True).float() - self.mean) / self.std
+        images_u8 = images_u8.to(self.device, non_blocking=True)
+        if self.stain is not None:
+            images_u8 = self.stain(images_u8)
+        x = (images_u8.float() - self.mean) / self.std
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(
@@ -538,6 +543,7 @@ def predict_slide(
     model_sha256: str = "",
     band_px: int = CHUNK_PX,
     timing: bool = False,
+    stain: StainTransform | None = None,
 ) -> InferenceResult:
     """Predict a whole slide into ``out_path`` (``{slide_id}.ome.zarr``), written atomically.
 
@@ -548,9 +554,10 @@ def predict_slide(
     batches queued per worker; ``decode``: ``cpu`` (``slide.read_region``), ``gpu`` (JPEG tiles
     decoded on the compute device — nvJPEG on CUDA, libjpeg-turbo on the CPU) or ``auto`` (``gpu``
     on CUDA for JPEG-tiled levels). ``device`` (a resolved device or a name) overrides
-    ``opts.device``. ``band_px`` (output px) must be a multiple of the 512-px chunk. ``timing``
-    synchronises the device after each forward pass so that ``forward_s`` is exact (slower on
-    CUDA).
+    ``opts.device``. ``stain``: the slide's stain normalisation
+    (:func:`wsi_lpd.infer.stain.slide_stain_transform`), applied to every window before the model.
+    ``band_px`` (output px) must be a multiple of the 512-px chunk. ``timing`` synchronises the
+    device after each forward pass so that ``forward_s`` is exact (slower on CUDA).
     """
     from wsi_lpd.progress import progress as progress_bar
 
@@ -567,7 +574,7 @@ def predict_slide(
     dev = resolve_device(opts.device if device is None else device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    predict = Predictor(model, contract, classes, dev, opts.amp, source)
+    predict = Predictor(model, contract, classes, dev, opts.amp, source, stain)
     sid = slide_id or default_slide_id(source)
     tiles = _resolve_decode(opts.decode, slide, model_mpp, dev)
     forward_s = loader_s = 0.0
@@ -608,6 +615,7 @@ def predict_slide(
             band_px=band_px,
             amp=str(predict.autocast).replace("torch.", "") if predict.autocast else "off",
             tissue="given" if tissue is not None else "bounds",
+            stain_normalise=stain.method if stain is not None else "none",
         )
         log.info(
             "%s: mosaic %dx%d px at %.3g µm/px, %d of %d windows of %d px on %s (decode %s, "

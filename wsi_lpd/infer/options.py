@@ -54,3 +54,14 @@ class InferSection(Section):
         description="JPEG decoding: cpu (slide reader), gpu (JPEG tiles decoded on the compute "
         "device), auto (gpu on CUDA for JPEG-tiled TIFF/SVS).",
     )
+    stain_normalise: Literal["none", "reinhard", "macenko"] = Field(
+        "reinhard",
+        description="Stain normalisation of each slide before the model: its colour statistics "
+        "(one low-resolution read) mapped onto the training patches' (stored in model.pt) or the "
+        "reference slide's; one transform for every window (bench/results/stain.md).",
+    )
+    stain_reference_slide: str | None = Field(
+        None,
+        description="Slide whose stain statistics replace the training patches' as the reference "
+        "(needed for models trained before model.pt stored them).",
+    )

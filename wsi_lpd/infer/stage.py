@@ -19,6 +19,7 @@ from wsi_lpd.device import resolve_device
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.infer.inference import InferenceResult, check_contract, predict_slide
 from wsi_lpd.infer.options import InferSection
+from wsi_lpd.infer.stain import slide_stain_transform
 from wsi_lpd.networks.checkpoint import checkpoint_sha256, load_model
 from wsi_lpd.run_metadata import sha256_first_mib, write_run_metadata
 from wsi_lpd.slide.options import TissueOptions
@@ -57,6 +58,13 @@ def infer_slide(
     check_contract(
         contract, wsi.mpp, expected_classes, source=str(model_path), expected_source=str(config)
     )
+    stain = slide_stain_transform(
+        wsi,
+        opts.stain_normalise,
+        contract,
+        reference_slide=opts.stain_reference_slide,
+        model_source=str(model_path),
+    )
     if on_valid is not None:
         on_valid()
     sha = checkpoint_sha256(model_path)
@@ -84,6 +92,7 @@ def infer_slide(
         progress=True,
         slide_id=sid,
         model_sha256=sha,
+        stain=stain,
     )
     write_run_metadata(
         out / f"{sid}.run.json",

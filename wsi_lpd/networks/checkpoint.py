@@ -4,7 +4,9 @@ A plain dict (docs/contracts.md)::
 
     format: "wsi-lpd-model/1"; method; classes (ClassList.to_dict()); mpp; patch_px;
     normalisation: {"mean": [r, g, b], "std": [r, g, b]}; model_config; predict;
-    state_dict; training; untrained_classes (names, optional); augmentation (optional)
+    state_dict; training; untrained_classes (names, optional); augmentation (optional);
+    stain_reference (optional: the training patches' stain statistics,
+    ``wsi_lpd.data.stain.stain_statistics``; absent in checkpoints written before it existed)
 
 Only plain types (dict, list, str, int, float, bool, None) and tensors are stored, so the file loads
 with ``torch.load(..., weights_only=True)``. Rebuilding never loads pretrained encoder weights (the
@@ -95,6 +97,7 @@ def save_checkpoint(
     training: Mapping[str, Any] | None = None,
     untrained_classes: list[str] | None = None,
     augmentation: Mapping[str, Any] | None = None,
+    stain_reference: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model.pt`` atomically (:func:`wsi_lpd.io.atomic_file`); ``predict_config`` None →
     the model's.
@@ -132,6 +135,8 @@ def save_checkpoint(
         "untrained_classes": _plain(list(untrained_classes or []), "untrained_classes"),
         "augmentation": _plain(dict(augmentation or {}), "augmentation"),
     }
+    if stain_reference is not None:
+        payload["stain_reference"] = _plain(stain_reference, "stain_reference")
     with atomic_file(path) as tmp:
         torch.save(payload, tmp)
     os.chmod(path, 0o644)
@@ -241,6 +246,19 @@ def _load_state(model: nn.Module, state: Any, path: Path) -> None:
                 f"{tuple(tensor.shape)}"
             )
     model.load_state_dict(dict(state), strict=True)
+
+
+def stain_reference(contract: Mapping[str, Any], source: str = "model.pt") -> dict[str, Any] | None:
+    """The checkpoint's training stain statistics, checked; None for checkpoints without them."""
+    from wsi_lpd.data.stain import check_stain_statistics
+
+    stats = contract.get("stain_reference")
+    if stats is None:
+        return None
+    try:
+        return check_stain_statistics(stats, f"{source}: stain_reference")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def checkpoint_sha256(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.networks.base import SegmentationNetwork
-from wsi_lpd.networks.merge import merge_softmax_weighted
+from wsi_lpd.networks.merge import merge_mean, merge_softmax_weighted
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,14 @@ TTA_INTENSITIES = (0.9, 1.0, 1.1)
 
 
 def predicted_labels(logits4: Tensor, num_classes: int, threshold: float = 0.5) -> Tensor:
-    """Image labels [B, C] float 0/1: sigmoid(softmax-merged z_4) > threshold; top-1 if none."""
-    probs = torch.sigmoid(merge_softmax_weighted(logits4, num_classes))
+    """Image labels [B, C] float 0/1: sigmoid(mean-merged z_4) > threshold; top-1 if none.
+
+    The parent logit is merged as in training (L_cls is a BCE on the mean over the K subclass
+    logits), so the sigmoid is the probability the classifier was fitted to. The softmax-weighted
+    merge of the test-time CAMs is ≥ that mean: with K > 1 it would call absent classes present
+    (a lower effective threshold than K = 1, i.e. CAM, gets) and unmask their CAMs.
+    """
+    probs = torch.sigmoid(merge_mean(logits4, num_classes))
     labels = (probs > threshold).float()
     empty = labels.sum(dim=1) == 0
     if bool(empty.any()):

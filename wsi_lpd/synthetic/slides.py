@@ -33,6 +33,7 @@ from wsi_lpd.synthetic.texture import (
     BlockMaps,
     RealTextureBank,
     bspline_taps,
+    looks_for,
     paint_block,
     separable_eval,
     styles_for,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 FIELD_UM = 32.0  # spacing of the layout grid
 CLASS_SCALE_UM = 160.0  # smoothing of the class fields: regions of a few hundred µm to mm
 MIN_CLASS_FRACTION = 0.1  # every class covers at least this share of the tissue grid
+LOOK_SCALE_UM = 120.0  # smoothing of the look fields: sub-regions of a class region
 PAD_UM = 14.0  # block margin so nuclei centred just outside a block are still drawn
 MIN_ANNOTATION_UM2 = 2000.0  # smallest eroded region worth annotating
 
@@ -75,6 +77,7 @@ class SlideLayout:
         seed: int,
         n_classes: int,
         field_um: float = FIELD_UM,
+        look_weights: list[tuple[float, ...]] | None = None,
     ) -> None:
         self.width_px, self.height_px, self.mpp, self.seed = width_px, height_px, mpp, seed
         self.n_classes, self.field_um = n_classes, field_um
@@ -115,6 +118,50 @@ class SlideLayout:
         self.stains = np.stack(
             [_rotate(HAEMATOXYLIN_OD, angle[0]), _rotate(EOSIN_OD, angle[1])]
         ).astype(np.float32)
+        self.looks = None if look_weights is None else self._fit_looks(look_weights, shape)
+
+    def _fit_looks(self, weights: list[tuple[float, ...]], shape: tuple[int, int]) -> list:
+        """Per class, look fields (smooth noise plus a bias each) whose argmax inside the class's
+        tissue covers about ``weights[k][j]`` (normalised) of it for look j."""
+        if len(weights) != self.n_classes or any(
+            len(w) < 1 or min(w) < 0 or sum(w) <= 0 for w in weights
+        ):
+            raise ConfigError(
+                f"look_weights need {self.n_classes} non-negative tuples with a positive sum, "
+                f"got {weights}"
+            )
+        rng = np.random.default_rng([self.seed, 17])  # own stream: layouts without looks unchanged
+        tissue, winner = self.tissue > 0, np.argmax(self.classes, axis=0)
+        out = []
+        for k, w in enumerate(weights):
+            target = np.asarray(w, np.float64) / sum(w)
+            fields = np.stack([_smooth_noise(rng, shape, LOOK_SCALE_UM / self.field_um) for _ in w])
+            region = tissue & (winner == k)
+            values = fields[:, region] if region.any() else fields.reshape(len(w), -1)
+            bias = np.log(target + 1e-6).clip(-8.0)
+            for _ in range(400):
+                won = np.argmax(values + bias[:, None], axis=0)
+                frac = np.bincount(won, minlength=len(w)) / values.shape[1]
+                if np.abs(frac - target).max() < 0.02:
+                    break
+                bias += 0.2 * (target - frac)
+            out.append((fields + bias[:, None, None].astype(np.float32)).astype(np.float32))
+        return out
+
+    def look_labels(self, ys_um: np.ndarray, xs_um: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Class labels (h, w) -> look labels: class k look j is ``sum(looks before k) + j``;
+        background becomes the total number of looks."""
+        assert self.looks is not None
+        iy, wy = self._taps(ys_um)
+        ix, wx = self._taps(xs_um)
+        out = np.full(labels.shape, sum(len(f) for f in self.looks), np.uint8)
+        offset = 0
+        for k, fields in enumerate(self.looks):
+            m = labels == k
+            if m.any():
+                out[m] = offset + np.argmax(separable_eval(fields, iy, wy, ix, wx), axis=0)[m]
+            offset += len(fields)
+        return out
 
     @staticmethod
     def _balance(classes: np.ndarray, tissue: np.ndarray) -> np.ndarray:
@@ -202,6 +249,20 @@ class SlideRenderer:
             raise ConfigError("texture 'real' needs a RealTextureBank")
         self.bank, self.stain_scale = bank, stain_scale
         self.styles = styles_for(classes.foreground_names)
+        self.look_gains = layout.gains
+        if layout.looks is not None:
+            if self.texture != "procedural":
+                raise ConfigError("looks (heterogeneous classes) need the procedural texture")
+            looks = looks_for(classes.foreground_names)
+            if [len(f) for f in layout.looks] != [len(v) for v in looks]:
+                given = [len(f) for f in layout.looks]
+                raise ConfigError(
+                    f"looks: classes {classes.foreground_names} have "
+                    f"{[len(v) for v in looks]} looks, got weights for {given}"
+                )
+            self.styles = [style for k in range(layout.n_classes) for style in looks[k]]
+            owner = [k for k in range(layout.n_classes) for _ in looks[k]]
+            self.look_gains = layout.gains[owner]
         palette = [_flat_colour(c.color) for c in classes.foreground] + [(244, 244, 244)]
         self.palette = np.array(palette, dtype=np.uint8)
 
@@ -229,9 +290,9 @@ class SlideRenderer:
         ys = (y0_px - pad + np.arange(h_px + 2 * pad) + 0.5) * mpp
         xs = (x0_px - pad + np.arange(w_px + 2 * pad) + 0.5) * mpp
         maps = self.layout.block_maps(ys, xs, mpp, pad)
-        rgb = paint_block(
-            maps, self.styles, self.layout.seed, self.layout.stains, self.layout.gains
-        )
+        if self.layout.looks is not None:
+            maps.labels = self.layout.look_labels(ys, xs, maps.labels)
+        rgb = paint_block(maps, self.styles, self.layout.seed, self.layout.stains, self.look_gains)
         return rgb[pad : pad + h_px, pad : pad + w_px]
 
 
@@ -482,6 +543,7 @@ def write_synthetic_slide(
     texture_split: str = "train",
     stain_scale: tuple[float, float] | None = None,
     bank: RealTextureBank | None = None,
+    looks: list[tuple[float, ...]] | None = None,
     progress: bool = False,
     wrap_renderer: Callable[[SlideRenderer], Any] | None = None,
 ) -> SynthSlide:
@@ -492,9 +554,11 @@ def write_synthetic_slide(
     regions of the classes with real texture (TUM, STR, LYM: ``real_class_names``) with real H&E
     tiles from the ``texture_split`` half of the sources (``RealTextureBank``; pass ``bank`` to
     reuse one); other configured classes are then absent. ``stain_scale`` (H, E) shifts the
-    stain in HED space (same layout, mask and annotations). ``progress`` shows a tqdm bar.
-    ``wrap_renderer`` returns the renderer that draws level 0 from the plain one (e.g. one that
-    paints artefacts on: ``wsi_lpd.synthetic.artefacts``).
+    stain in HED space (same layout, mask and annotations). ``looks`` (procedural texture): per
+    foreground class, the share of its area painted in each of its looks (``LOOKS`` in
+    ``wsi_lpd.synthetic.texture``: e.g. TUM solid / glandular / papillary); the ground truth stays
+    the class. ``progress`` shows a tqdm bar. ``wrap_renderer`` returns the renderer that draws
+    level 0 from the plain one (e.g. one that paints artefacts on: ``wsi_lpd.synthetic.artefacts``).
     Every file is written under a temporary name and renamed. Deterministic in ``seed``.
     Memory: a few tens of MB per 1024×256-px block plus the layout grid (9 float32 per 32 µm
     node, about 90 MB for a 100k×100k slide at 0.5 µm/px) and the label mask.
@@ -521,7 +585,7 @@ def write_synthetic_slide(
         )
     if mode == "real" and bank is None:
         bank = RealTextureBank(texture_split, mpp)
-    layout = SlideLayout(width_px, height_px, mpp, seed, len(layout_names))
+    layout = SlideLayout(width_px, height_px, mpp, seed, len(layout_names), look_weights=looks)
     renderer = SlideRenderer(layout, classes, texture=mode, bank=bank, stain_scale=stain_scale)
     if wrap_renderer is not None:
         renderer = wrap_renderer(renderer)
@@ -631,4 +695,69 @@ def write_real_texture_cohort(
                     bank=banks[split],
                 )
             result.append(CohortSlide(synth, role, stain))  # type: ignore[arg-type]
+    return result
+
+
+def look_mixture(n_looks: list[int], dominant: int | None, share: float = 0.7) -> list[tuple]:
+    """Look weights per class: look ``dominant % n`` covers ``share`` of each class and the others
+    split the rest; ``dominant=None``: every look equally."""
+    out = []
+    for n in n_looks:
+        if dominant is None or n == 1:
+            out.append(tuple([1.0 / n] * n))
+        else:
+            rest = (1.0 - share) / (n - 1)
+            out.append(tuple(share if j == dominant % n else rest for j in range(n)))
+    return out
+
+
+def write_heterogeneous_cohort(
+    out_dir: str | os.PathLike,
+    *,
+    n_train: int = 4,
+    n_test: int = 2,
+    size_px: int = 4096,
+    mpp: float = 0.5,
+    seed: int = 700,
+    classes: ClassList = BCSS_CLASSES,
+) -> list[CohortSlide]:
+    """Procedural cohort whose classes each have 2-3 distinct looks (``LOOKS``: tumour solid /
+    glandular / papillary, stroma dense / loose, lymphocytes aggregated / scattered, necrosis
+    ghost cells / debris). Training slide i is dominated by look i of every class (70 %, the
+    others share the rest), so the training set holds every look; test slides mix them in other
+    proportions: equal shares (even test index) or dominated by the last look (odd).
+    ``hetero_NN`` slides, layout seed ``seed + i``; existing files are reused."""
+    from wsi_lpd.synthetic.texture import looks_for
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_looks = [len(v) for v in looks_for(classes.foreground_names)]
+    result = []
+    for i in range(n_train + n_test):
+        split = "train" if i < n_train else "test"
+        t = i - n_train
+        dominant = i if split == "train" else (None if t % 2 == 0 else -1)
+        path = out / f"hetero_{i:02d}.tiff"
+        stem = path.stem
+        if path.exists():
+            synth = SynthSlide(
+                path,
+                path.with_name(f"{stem}.mask.tiff"),
+                path.with_name(f"{stem}.annotations.geojson"),
+                stem,
+                size_px,
+                size_px,
+                mpp,
+            )
+        else:
+            synth = write_synthetic_slide(
+                path,
+                width_px=size_px,
+                height_px=size_px,
+                mpp=mpp,
+                seed=seed + i,
+                classes=classes,
+                looks=look_mixture(n_looks, dominant),
+            )
+        result.append(CohortSlide(synth, split))
     return result

@@ -427,6 +427,117 @@ STYLES: dict[str, ClassStyle] = {
 }
 
 
+# Visually distinct looks per class (heterogeneous cohorts): look 0 is the class's STYLES entry.
+LOOKS: dict[str, tuple[ClassStyle, ...]] = {
+    "TUM": (
+        STYLES["TUM"],  # solid nests of large vesicular nuclei
+        ClassStyle(  # glandular: columnar nuclei around pale lumina, thin septa
+            nuclei=(
+                NucleusPopulation(
+                    cell_um=9.0,
+                    presence=0.8,
+                    radius_um=(3.2, 4.6),
+                    aspect=(2.2, 3.2),
+                    intensity=(0.7, 1.1),
+                    irregular=0.08,
+                    nest_only=True,
+                ),
+            ),
+            e_base=0.05,
+            e_fine=0.02,
+            e_mid=0.03,
+            e_fibre=0.45,
+            h_base=0.03,
+            nests=True,
+        ),
+        ClassStyle(  # papillary: crowded small dark pleomorphic nuclei on pink cores
+            nuclei=(
+                NucleusPopulation(
+                    cell_um=8.0,
+                    presence=0.75,
+                    radius_um=(2.8, 4.4),
+                    aspect=(1.0, 1.4),
+                    intensity=(1.0, 1.4),
+                    irregular=0.22,
+                ),
+            ),
+            e_base=0.38,
+            e_fine=0.05,
+            e_mid=0.06,
+            e_coarse=0.14,
+            h_base=0.10,
+            h_mid=0.05,
+        ),
+    ),
+    "STR": (
+        STYLES["STR"],  # dense collagen with spindle nuclei
+        ClassStyle(  # loose, oedematous: pale wispy matrix, few stellate cells
+            nuclei=(
+                NucleusPopulation(
+                    cell_um=30.0,
+                    presence=0.3,
+                    radius_um=(2.4, 3.4),
+                    aspect=(1.5, 3.0),
+                    intensity=(0.6, 0.9),
+                    irregular=0.1,
+                ),
+            ),
+            e_base=0.03,
+            e_fine=0.03,
+            e_mid=0.07,
+            e_fibre=0.18,
+            h_base=0.015,
+        ),
+    ),
+    "LYM": (
+        STYLES["LYM"],  # dense aggregates
+        ClassStyle(  # scattered lymphocytes in a loose pink background
+            nuclei=(
+                NucleusPopulation(
+                    cell_um=11.0,
+                    presence=0.5,
+                    radius_um=(2.4, 3.3),
+                    aspect=(1.0, 1.2),
+                    intensity=(1.0, 1.35),
+                    irregular=0.05,
+                ),
+            ),
+            e_base=0.14,
+            e_fine=0.04,
+            e_mid=0.04,
+            e_fibre=0.15,
+            h_base=0.03,
+        ),
+    ),
+    "NEC": (
+        STYLES["NEC"],  # ghost cells and karyorrhexis
+        ClassStyle(  # eosinophilic debris with few fragments
+            nuclei=(
+                NucleusPopulation(
+                    cell_um=18.0,
+                    presence=0.35,
+                    radius_um=(0.6, 1.3),
+                    aspect=(1.0, 1.5),
+                    intensity=(0.9, 1.3),
+                    cluster=3,
+                ),
+            ),
+            e_base=0.5,
+            e_fine=0.08,
+            e_mid=0.08,
+            e_coarse=0.16,
+            h_base=0.04,
+        ),
+    ),
+}
+
+
+def looks_for(names: list[str]) -> list[tuple[ClassStyle, ...]]:
+    """Looks per foreground class name (one look, its ``styles_for`` style, for other names)."""
+    single = styles_for(names)
+    return [LOOKS.get(n, (single[i],)) for i, n in enumerate(names)]
+
+
 def styles_for(names: list[str]) -> list[ClassStyle]:
     """Style per foreground class name: known BCSS names get their look, others cycle through."""
     order = list(STYLES)

@@ -49,6 +49,7 @@ from wsi_lpd.classes import ClassList
 from wsi_lpd.data.augment import Augment
 from wsi_lpd.data.contracts import Batch, LabelledPatchSet
 from wsi_lpd.data.sampling import class_balanced_weights, pos_weight_from_labels, untrained_classes
+from wsi_lpd.data.stain import training_stain_statistics
 from wsi_lpd.data.training_data import TrainingData, dataset_labels
 from wsi_lpd.device import resolve_device
 from wsi_lpd.errors import CheckpointError, ConfigError, DatasetError, TrainingDivergedError
@@ -417,6 +418,7 @@ def train(
         "model_config": config.model_mapping,
         "untrained_classes": untrained,
         "augmentation": Augment.from_dict(s.augment).to_dict(),
+        "stain_reference": training_stain_statistics(train_set) if main else None,
     }
     run = Run(context, val_loader, metric, contract, progress, n_val=n_val)
     state = LoopState()
@@ -868,6 +870,7 @@ def _save_model(
         },
         untrained_classes=c["untrained_classes"],
         augmentation=c["augmentation"],
+        stain_reference=c["stain_reference"],
     )
 
 

@@ -13,7 +13,7 @@ from wsi_lpd.classes import ClassList
 from wsi_lpd.data.contracts import Batch
 from wsi_lpd.networks.encoders import Encoder, build_encoder
 from wsi_lpd.networks.lpd import LPDModel
-from wsi_lpd.networks.merge import merge_softmax_weighted
+from wsi_lpd.networks.merge import merge_mean
 from wsi_lpd.networks.model_config import EncoderConfig
 from wsi_lpd.train.losses import LPDLoss
 from wsi_lpd.train.methods.base import Method
@@ -80,8 +80,9 @@ class LPDMethod(Method[PrototypeTrainingConfig]):
         )
 
     def label_logits(self, images: Tensor) -> Tensor:
+        """Parent logits merged as L_cls trains them (mean over the K subclasses)."""
         output = self.network(images)
-        return merge_softmax_weighted(output.logits[3], self.classes.num_foreground)
+        return merge_mean(output.logits[3], self.classes.num_foreground)
 
     def set_pos_weight(self, pos_weight: Tensor) -> bool:
         self.criterion.pos_weight = pos_weight
