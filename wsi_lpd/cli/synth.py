@@ -67,6 +67,14 @@ def command(
             show_default="(none)",
         ),
     ] = None,
+    tissue_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of the slide that is tissue, as compact sections (e.g. 0.15 for a "
+            "sparse full-size slide); default: drawn in 0.5-0.62.",
+            show_default="(drawn)",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="Workflow YAML; reads section 'synth'.")
     ] = None,
@@ -88,6 +96,7 @@ def command(
         aperio=False if no_aperio else None,
         texture=texture,
         stain_scale=stain_scale,
+        tissue_fraction=tissue_fraction,
         mpp=mpp,
     )
     setup_logging()
@@ -111,6 +120,7 @@ def command(
             texture=opts.texture,
             texture_split=split,
             stain_scale=opts.stain_scale,
+            tissue_fraction=opts.tissue_fraction,
             progress=True,
         )
         rows.append(

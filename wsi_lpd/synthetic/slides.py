@@ -33,6 +33,7 @@ from wsi_lpd.synthetic.texture import (
     BlockMaps,
     RealTextureBank,
     bspline_taps,
+    glass_block,
     paint_block,
     separable_eval,
     styles_for,
@@ -65,6 +66,10 @@ class SlideLayout:
 
     Fields live on a grid with node (i, j) at µm ((i - 2)·field_um, (j - 2)·field_um) and are
     evaluated by cubic B-spline, so region boundaries are smooth at every resolution.
+    ``tissue_fraction``: share of the slide inside the margin that is tissue (drawn in 0.5-0.62
+    when None; given, the pieces are compact, like sections on glass, with fewer holes). The
+    tissue is a level set of one field, so with the same seed a smaller fraction
+    gives a subset of the tissue of a larger one (same slide, less tissue).
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class SlideLayout:
         seed: int,
         n_classes: int,
         field_um: float = FIELD_UM,
+        tissue_fraction: float | None = None,
     ) -> None:
         self.width_px, self.height_px, self.mpp, self.seed = width_px, height_px, mpp, seed
         self.n_classes, self.field_um = n_classes, field_um
@@ -89,13 +95,15 @@ class SlideLayout:
         holes = _smooth_noise(rng, shape, 60.0 / field_um)
         cy, cx = rng.uniform(0.45, 0.55, size=2) * (h_um, w_um)
         radial = ((yy - cy) / (h_um / 2)) ** 2 + ((xx - cx) / (w_um / 2)) ** 2
-        tissue = 1.3 * big + 0.6 * holes - 3.5 * radial
+        # A given fraction (sparse full-size slides) makes compact sections: weaker holes.
+        tissue = 1.3 * big + (0.6 if tissue_fraction is None else 0.2) * holes - 3.5 * radial
         side = min(w_um, h_um)
         margin = max(0.02 * side, min(2.5 * field_um, 0.1 * side))
         near_edge = (yy < margin) | (yy > h_um - margin) | (xx < margin) | (xx > w_um - margin)
         inside = (yy >= 0) & (yy <= h_um) & (xx >= 0) & (xx <= w_um)
         tissue = np.where(near_edge, -10.0, tissue)
-        self.tissue_fraction = float(rng.uniform(0.5, 0.62))
+        drawn = float(rng.uniform(0.5, 0.62))  # drawn always: same stream with or without it
+        self.tissue_fraction = drawn if tissue_fraction is None else float(tissue_fraction)
         thr = np.quantile(tissue[inside], 1 - self.tissue_fraction)
         self.tissue = (tissue - thr).astype(np.float32)
         sigma = CLASS_SCALE_UM / field_um
@@ -133,6 +141,17 @@ class SlideLayout:
                 break
             bias[worst] += 0.05
         return bias
+
+    def is_glass(self, x0_px: int, y0_px: int, w_px: int, h_px: int) -> bool:
+        """True when the level-0 box holds no tissue at all: every B-spline control point that
+        reaches the box is <= 0 and the basis is a convex combination, so the field is <= 0."""
+        nodes = []
+        for start, size in ((y0_px, h_px), (x0_px, w_px)):
+            lo = (start * self.mpp) / self.field_um + 2.0
+            hi = ((start + size) * self.mpp) / self.field_um + 2.0
+            nodes.append((max(0, int(np.floor(lo)) - 2), int(np.floor(hi)) + 3))
+        (r0, r1), (c0, c1) = nodes
+        return bool((self.tissue[r0:r1, c0:c1] <= 0).all())
 
     def _taps(self, coords_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return bspline_taps(coords_um / self.field_um + 2.0)
@@ -226,6 +245,10 @@ class SlideRenderer:
             names = real_class_names(self.classes)
             return self.bank.paint(labels, names, y0_px, x0_px, self.layout.seed)  # type: ignore[union-attr]
         pad = int(np.ceil(PAD_UM / mpp))
+        if self.layout.is_glass(x0_px - pad, y0_px - pad, w_px + 2 * pad, h_px + 2 * pad):
+            ys = (y0_px + np.arange(h_px) + 0.5) * mpp
+            xs = (x0_px + np.arange(w_px) + 0.5) * mpp
+            return glass_block(ys, xs, self.layout.seed, self.layout.stains)
         ys = (y0_px - pad + np.arange(h_px + 2 * pad) + 0.5) * mpp
         xs = (x0_px - pad + np.arange(w_px + 2 * pad) + 0.5) * mpp
         maps = self.layout.block_maps(ys, xs, mpp, pad)
@@ -344,8 +367,14 @@ def write_pyramid(
     aperio: bool,
     jpeg_quality: int,
     progress: bool = False,
+    compression: str = "jpeg",
 ) -> None:
-    """Write the pyramidal tiled JPEG TIFF atomically (levels 4x apart, last long side <= 1024)."""
+    """Write the pyramidal tiled JPEG TIFF atomically (levels 4x apart, last long side <= 1024).
+
+    Level 0 is streamed from the renderer a block at a time, each reduced level from the one
+    above 4 tile rows at a time: memory is bounded by the tile size, not by the slide size.
+    ``compression="zlib"`` writes lossless tiles (tests compare pixels exactly).
+    """
     import tifffile
     from tqdm import tqdm
 
@@ -359,8 +388,8 @@ def write_pyramid(
         dtype=np.uint8,
         tile=(tile_px, tile_px),
         photometric="rgb",
-        compression="jpeg",
-        compressionargs={"level": jpeg_quality},
+        compression=compression,
+        compressionargs={"level": jpeg_quality} if compression == "jpeg" else {"level": 1},
         resolutionunit="CENTIMETER",
         metadata=None,
         maxworkers=2,
@@ -482,6 +511,7 @@ def write_synthetic_slide(
     texture_split: str = "train",
     stain_scale: tuple[float, float] | None = None,
     bank: RealTextureBank | None = None,
+    tissue_fraction: float | None = None,
     progress: bool = False,
 ) -> SynthSlide:
     """Write a slide at ``path`` plus ``{stem}.mask.tiff`` and ``{stem}.annotations.geojson``.
@@ -491,10 +521,12 @@ def write_synthetic_slide(
     regions of the classes with real texture (TUM, STR, LYM: ``real_class_names``) with real H&E
     tiles from the ``texture_split`` half of the sources (``RealTextureBank``; pass ``bank`` to
     reuse one); other configured classes are then absent. ``stain_scale`` (H, E) shifts the
-    stain in HED space (same layout, mask and annotations). ``progress`` shows a tqdm bar.
+    stain in HED space (same layout, mask and annotations). ``tissue_fraction`` sets the
+    tissue share (``SlideLayout``). ``progress`` shows a tqdm bar.
     Every file is written under a temporary name and renamed. Deterministic in ``seed``.
     Memory: a few tens of MB per 1024×256-px block plus the layout grid (9 float32 per 32 µm
-    node, about 90 MB for a 100k×100k slide at 0.5 µm/px) and the label mask.
+    node, about 90 MB for a 100k×100k slide at 0.5 µm/px) and the label mask; the level-0
+    image is never held (tiles are streamed, blocks without tissue take a fast glass path).
     """
     if width_px < 1 or height_px < 1 or not mpp > 0 or not mask_mpp >= mpp:
         raise ConfigError(
@@ -518,7 +550,11 @@ def write_synthetic_slide(
         )
     if mode == "real" and bank is None:
         bank = RealTextureBank(texture_split, mpp)
-    layout = SlideLayout(width_px, height_px, mpp, seed, len(layout_names))
+    if tissue_fraction is not None and not 0 < tissue_fraction < 1:
+        raise ConfigError(f"{path}: tissue_fraction must be in (0, 1), got {tissue_fraction}")
+    layout = SlideLayout(
+        width_px, height_px, mpp, seed, len(layout_names), tissue_fraction=tissue_fraction
+    )
     renderer = SlideRenderer(layout, classes, texture=mode, bank=bank, stain_scale=stain_scale)
     mask_path = path.with_name(f"{stem}.mask.tiff")
     annotations_path = path.with_name(f"{stem}.annotations.geojson")

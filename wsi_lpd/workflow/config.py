@@ -190,6 +190,13 @@ class SynthSection(Section):
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
     texture: Literal["procedural", "real"] = "procedural"
     stain_scale: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
+    tissue_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="share of the slide covered by tissue, as compact sections (sparse "
+        "full-size slides); none: drawn in 0.5-0.62",
+    )
 
     @model_validator(mode="before")
     @classmethod
