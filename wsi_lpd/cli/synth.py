@@ -55,8 +55,9 @@ def command(
     texture: Annotated[
         str | None,
         typer.Option(
-            help="procedural (H&E-like noise) or real (real H&E texture from histolytics' "
-            "crops; classes TUM/STR/LYM; the test slide uses texture no training slide has).",
+            help="procedural (H&E-like noise), real (real H&E texture from histolytics' "
+            "crops; classes TUM/STR/LYM; the test slide uses texture no training slide has) or "
+            "flat (pale class colours: fast, for size benchmarks).",
             show_default=_default("texture"),
         ),
     ] = None,

@@ -188,7 +188,7 @@ class SynthSection(Section):
     aperio: bool = True
     mask_mpp: Annotated[float, Field(gt=0)] = 8.0
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
-    texture: Literal["procedural", "real"] = "procedural"
+    texture: Literal["procedural", "real", "flat"] = "procedural"
     stain_scale: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
     tissue_fraction: float | None = Field(
         None,
