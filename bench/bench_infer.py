@@ -7,7 +7,8 @@ windows, batch size, workers, decoding and device:
 1. ``forward``: ``model.predict`` alone on random batches (the compute floor);
 2. ``read``: the inference DataLoader alone, read + decode + collate (the I/O ceiling; with
    ``--decode gpu`` the JPEG tiles are decoded on the device as in inference);
-3. ``infer_slide``: the whole pipeline (reads, forward, upsampling, blending, zarr writes, pyramid).
+3. ``predict_slide``: the whole pipeline (reads, forward, upsampling, blending, zarr writes,
+   pyramid).
 
 ``overhead = infer wall / forward wall`` (targets: ≤ 1.10 paper model, ≤ 1.25 small model).
 Configs: ``small`` (MiT-tiny, 64 px at 1 µm/px, for CPU) and ``paper`` (MiT-B1, 224 px at 1 µm/px).
@@ -36,11 +37,12 @@ from wsi_lpd.device import resolve_device
 from wsi_lpd.infer.inference import (
     _resolve_decode,
     batch_images,
-    default_workers,
-    infer_slide,
+    default_reading_workers,
     plan_windows,
+    predict_slide,
     window_loader,
 )
+from wsi_lpd.infer.options import InferSection
 from wsi_lpd.networks.build import build_model
 from wsi_lpd.slide.reader import open_slide
 from wsi_lpd.synthetic.slides import write_synthetic_slide
@@ -186,17 +188,15 @@ def measure(
             )
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            run = infer_slide(
+            run = predict_slide(
                 slide,
                 model,
                 contract,
                 Path(tmp) / "bench.ome.zarr",
-                overlap=overlap,
-                batch_size=batch_size,
-                workers=workers,
-                decode=decode,
+                InferSection(
+                    overlap=overlap, batch_size=batch_size, workers=workers, decode=decode, amp=amp
+                ),
                 device=dev,
-                amp=amp,
                 progress=False,
             )
             res = run if res is None or run.wall_s < res.wall_s else res
@@ -242,7 +242,7 @@ def print_table(r: dict) -> None:
         ),
         ("forward only: s, windows/s", f"{r['forward_s']:.2f} s, {r['forward_win_s']:.1f}"),
         ("read+decode only: s, windows/s", f"{r['read_s']:.2f} s, {r['read_win_s']:.1f}"),
-        ("infer_slide: s, windows/s", f"{r['infer_s']:.2f} s, {r['infer_win_s']:.1f}"),
+        ("predict_slide: s, windows/s", f"{r['infer_s']:.2f} s, {r['infer_win_s']:.1f}"),
         (
             "  forward (main thread) / wait reads / blend / writes",
             f"{r['infer_forward_s']:.2f} / {r['wait_reads_s']:.2f} / {r['wait_blend_s']:.2f} / "
@@ -282,7 +282,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_reading_workers() if args.workers is None else args.workers
     r = measure(
         args.config,
         dev,

@@ -56,6 +56,7 @@ t0 = time.perf_counter()
 import numpy as np
 import wsi_lpd.cli.tile as stage
 import wsi_lpd.slide.overlay, wsi_lpd.slide.reader, wsi_lpd.slide.tiling, wsi_lpd.slide.tissue
+import wsi_lpd.slide.stage
 from wsi_lpd.slide.tiling import TileGrid
 slide_path, out, thumb_px, tissue_mpp, mpp, patch_px = sys.argv[1:7]
 steps = {"import": time.perf_counter() - t0}
@@ -70,14 +71,16 @@ def timed(module, name, label):
         finally:
             steps[label] = steps.get(label, 0.0) + time.perf_counter() - t
     setattr(module, name, wrapper)
+    if getattr(wsi_lpd.slide.stage, name, None) is func:  # the stage imported it by name
+        setattr(wsi_lpd.slide.stage, name, wrapper)
 
 timed(wsi_lpd.slide.reader, "open_slide", "open")
 timed(wsi_lpd.slide.reader.Slide, "thumbnail", "read_thumbnail")
 timed(wsi_lpd.slide.tissue, "tissue_mask", "tissue_mask")
 timed(wsi_lpd.slide.tissue, "polygonize", "polygonize")
 timed(wsi_lpd.slide.tiling, "make_tile_grid", "make_tile_grid")
-timed(wsi_lpd.slide.tissue, "write_tissue_geojson", "tissue_geojson")
-timed(wsi_lpd.slide.overlay, "write_tile_qc", "qc_png")
+timed(wsi_lpd.slide.tissue, "write_tissue_geojson_into", "tissue_geojson")
+timed(wsi_lpd.slide.overlay, "write_tile_qc_into", "qc_png")
 config = Path(out).with_name(Path(out).name + ".config.yaml")
 config.write_text(json.dumps({"tile": {"qc_long_side_px": int(thumb_px)}}))  # YAML ⊃ JSON
 t = time.perf_counter()

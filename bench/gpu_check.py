@@ -29,7 +29,7 @@ import bench_infer
 
 from wsi_lpd.classes import BCSS_CLASSES
 from wsi_lpd.device import resolve_device
-from wsi_lpd.infer.inference import default_workers
+from wsi_lpd.infer.inference import default_reading_workers
 from wsi_lpd.networks.build import build_model
 from wsi_lpd.synthetic.slides import write_synthetic_slide
 from wsi_lpd.train.losses import LPDLoss
@@ -128,7 +128,7 @@ def main() -> None:
     config = "small" if dry else "paper"
     side = 512 if dry else 12288  # ≈ 1350 paper-model windows; the synthetic slide takes ~1.5 min
     batch = 4 if dry else 64
-    workers = default_workers()
+    workers = default_reading_workers()
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         slide = write_synthetic_slide(

@@ -228,12 +228,12 @@ def test_evaluate_refuses(mosaic: Path, tmp_path: Path) -> None:
 def test_an_unexpected_exception_is_one_line_naming_the_input(
     slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import wsi_lpd.slide.tissue
+    import wsi_lpd.slide.stage
 
     def crash(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(wsi_lpd.slide.tissue, "detect_tissue_with_thumbnail", crash)
+    monkeypatch.setattr(wsi_lpd.slide.stage, "detect_tissue_with_thumbnail", crash)
     out = tmp_path / "out"
     result = invoke("tile", slide, "--out", out)
     line = next(ln for ln in result.stderr.splitlines() if "error:" in ln)

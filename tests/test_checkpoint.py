@@ -63,7 +63,13 @@ def test_round_trip_identical_predictions(tmp_path: Path, method: str) -> None:
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     loaded, contract = load_model(path)
     assert not loaded.training
-    torch.testing.assert_close(loaded.predict(images), model.predict(images), rtol=0, atol=0)
+    # The round trip itself is lossless: every stored tensor comes back bit for bit.
+    want = model.state_dict()
+    assert loaded.state_dict().keys() == want.keys()
+    assert all(torch.equal(v, want[k]) for k, v in loaded.state_dict().items())
+    # Predictions of the two module instances: float32 tolerance, not bitwise — the BLAS may pick
+    # another kernel or thread split for another buffer (alignment, MKL dynamic threading).
+    torch.testing.assert_close(loaded.predict(images), model.predict(images))
     assert contract["format"] == FORMAT and contract["method"] == method
     assert ClassList.from_dict(contract["classes"]) == BCSS_CLASSES
     assert contract["training"]["stage_weights"] == [0, 1]

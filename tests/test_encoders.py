@@ -151,6 +151,8 @@ def test_hf_weights_give_hf_outputs(tmp_path, legacy):
     assert len(want) == 4
     for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape
+        # another implementation (op order, fused kernels): float32 rounding of O(1) activations
+        # through 4 stages is ~1e-6; 1e-4 leaves 100x on any CPU while a wrong mapping is O(1)
         assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
 
 
@@ -175,7 +177,12 @@ def test_nvlabs_names_round_trip(tmp_path):
         report = load_mit_weights(target, path, source="nvlabs")
         got = target(x)
     assert report.missing == [] and report.unexpected == []
-    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    # the renamed weights land bit for bit; the outputs of the two module instances within
+    # float32 tolerance (another buffer may get another BLAS kernel or thread split)
+    theirs = source.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in target.state_dict().items())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_mit_loader_errors(tmp_path):

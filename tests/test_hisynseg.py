@@ -188,6 +188,7 @@ def test_filter_keeps_and_drops_by_threshold() -> None:
     images[..., 0] = reds[:, None, None]
     identity = {"mean": [0.0] * 3, "std": [1.0] * 3}
     keep, p = filter_realistic(StubClassifier(), images, identity, threshold=0.5, batch_size=4)
+    # float32 reds/255 (~1e-7 off); the threshold 0.5 is 0.002 from 127/255 and 128/255
     assert np.allclose(p, reds / 255.0, atol=1e-5)
     assert keep.tolist() == [False, False, False, True, True, True]
     keep, _ = filter_realistic(StubClassifier(), images, identity, threshold=0.9)
@@ -398,7 +399,7 @@ def test_a_filter_that_rejects_everything_falls_back_to_unfiltered_images(
 
 def test_checkpoint_runs_through_infer(trained: Path, tmp_path: Path) -> None:
     from wsi_lpd.formats.mosaic import open_mosaic
-    from wsi_lpd.infer.inference import infer_slide
+    from wsi_lpd.infer.inference import predict_slide
     from wsi_lpd.slide.reader import open_slide
 
     rng = np.random.default_rng(1)
@@ -412,7 +413,7 @@ def test_checkpoint_runs_through_infer(trained: Path, tmp_path: Path) -> None:
         path, rgb, photometric="rgb", resolution=(res, res), resolutionunit="CENTIMETER"
     )
     model, contract = load_model(trained / "model.pt")
-    result = infer_slide(
+    result = predict_slide(
         open_slide(path), model, contract, tmp_path / "tiny.ome.zarr", progress=False
     )
     mosaic = open_mosaic(result.mosaic_path)

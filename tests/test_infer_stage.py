@@ -17,7 +17,7 @@ from wsi_lpd.cli.app import app as cli_app
 from wsi_lpd.formats.mosaic import open_mosaic
 from wsi_lpd.networks.build import build_model
 from wsi_lpd.networks.checkpoint import checkpoint_sha256, save_checkpoint
-from wsi_lpd.slide.tissue import write_tissue_geojson
+from wsi_lpd.slide.tissue import write_tissue_geojson_into
 
 MODEL_CONFIG = {
     "encoder": {"type": "mit", "variant": "mit_tiny", "strides": [4, 2, 2, 1], "weights": None},
@@ -65,7 +65,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )  # 0.5 µm/px
     tiles = root / "tiles"
     tiles.mkdir()
-    write_tissue_geojson(tiles / "tissue.geojson", box(300, 200, 860, 600))
+    write_tissue_geojson_into(tiles / "tissue.geojson", box(300, 200, 860, 600))
     return {"root": root, "model": ckpt, "slide": slide, "tiles": tiles}
 
 

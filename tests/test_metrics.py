@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 
 from wsi_lpd.errors import DatasetError
-from wsi_lpd.evaluate.metrics import (
-    IGNORE,
-    confusion_matrix,
-    format_table,
-    mosaic_confusion_vs_mask,
-    segmentation_scores,
-)
+from wsi_lpd.evaluate.metrics import IGNORE, mosaic_confusion_vs_mask
+from wsi_lpd.scores import confusion_matrix, format_table, segmentation_scores
 
 # Two foreground classes A, B and background BG (index 2).
 TRUTH = np.array([0, 0, 0, 1, 1, 2, 2, 2])
@@ -115,7 +110,7 @@ def test_mosaic_vs_mask_nearest_on_truth_grid() -> None:
 
 
 def test_label_scores_hand_computed() -> None:
-    from wsi_lpd.evaluate.metrics import average_precision, label_scores
+    from wsi_lpd.scores import average_precision, label_scores
 
     probs = np.array([[0.9, 0.2, 0.6], [0.4, 0.7, 0.1], [0.8, 0.6, 0.3], [0.3, 0.1, 0.9]])
     labels = np.array([[1, 0, -1], [0, 1, -1], [1, -1, -1], [1, 0, -1]])

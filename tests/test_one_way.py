@@ -38,7 +38,47 @@ def test_one_training_loop() -> None:
 
 def test_config_keys_are_checked_by_the_typed_models_only() -> None:
     hand_checks = _hits(r"unknown key|set\(data\) - |_check_keys|allowed_keys|CONFIG_KEYS")
-    hand_checks.pop("wsi_lpd/workflow/config.py", None)  # where ConfigError wording lives
+    hand_checks.pop("wsi_lpd/settings.py", None)  # where ConfigError wording lives
     assert hand_checks == {}, hand_checks
     assert _hits(r"\(Section\):"), "no typed config sections found"
-    assert set(_hits(r"class \w+\(BaseModel\)")) == {"wsi_lpd/workflow/config.py"}  # the one base
+    assert set(_hits(r"class \w+\(BaseModel\)")) == {"wsi_lpd/settings.py"}  # the one base
+
+
+def test_one_run_metadata_writer() -> None:
+    # every run.json / export.json is written by wsi_lpd.run_metadata.write_run_metadata
+    assert set(_hits(r"package_versions\(\)|\"finished_at\":|\"versions\":")) == {
+        "wsi_lpd/run_metadata.py"
+    }
+    assert set(_hits(r"def write_run_metadata|hashlib\.sha256\(")) <= {
+        "wsi_lpd/run_metadata.py",
+        "wsi_lpd/networks/checkpoint.py",  # the model file's own SHA-256 (whole file)
+    }, _hits(r"def write_run_metadata|hashlib\.sha256\(")
+
+
+def test_one_rule_for_default_worker_counts() -> None:
+    assert set(_hits(r"def default_workers|sched_getaffinity")) == {"wsi_lpd/cores.py"}
+
+
+def test_writers_say_whether_they_are_atomic() -> None:
+    """``write_*`` functions publish their file atomically (through wsi_lpd.io or another atomic
+    writer); ``write_*_into`` functions write at the (temporary) path they are given."""
+    import ast
+
+    bodies: dict[str, tuple[str, str]] = {}
+    for path in SOURCES:
+        for node in ast.parse(path.read_text()).body:  # module-level functions
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("write_"):
+                bodies[node.name] = (str(path.relative_to(REPO)), ast.unparse(node))
+    atomic_calls = ("atomic_file(", "atomic_dir(", "write_json(", "write_text(", "Writer(")
+    atomic = {n for n, (_, code) in bodies.items() if any(c in code for c in atomic_calls)}
+    while True:  # also atomic: calls an atomic writer
+        more = {n for n, (_, code) in bodies.items() if any(f"{a}(" in code for a in atomic - {n})}
+        if more <= atomic:
+            break
+        atomic |= more
+    into = {n for n in bodies if n.endswith("_into")}
+    wrong = {n: bodies[n][0] for n in set(bodies) - into - atomic}
+    assert not wrong, f"write_* functions that are not atomic (name them *_into): {wrong}"
+    for name in into:
+        code = bodies[name][1]
+        assert "atomic_file(" not in code and "atomic_dir(" not in code, f"{name}: drop _into"

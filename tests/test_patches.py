@@ -16,20 +16,20 @@ from typer.testing import CliRunner
 
 from wsi_lpd.classes import BCSS_CLASSES, ClassList, ClassMapping
 from wsi_lpd.cli.app import app as cli_app
+from wsi_lpd.data.patches import (
+    build_patch_store_from_annotations,
+    build_patch_store_from_csv,
+    class_coverage,
+    label_states,
+)
 from wsi_lpd.errors import AnnotationError, DatasetError
 from wsi_lpd.formats.geojson import (
     feature,
     qupath_offset_px,
     read_annotations,
-    write_feature_collection,
+    write_feature_collection_into,
 )
-from wsi_lpd.formats.patch_store import (
-    build_patch_store_from_annotations,
-    build_patch_store_from_csv,
-    class_coverage,
-    label_states,
-    open_patch_store,
-)
+from wsi_lpd.formats.patch_store import open_patch_store
 from wsi_lpd.slide.tiling import make_tile_grid
 
 SLIDE_PX = 256  # level-0 side at 0.5 µm/px
@@ -77,7 +77,7 @@ def _annotations(path: Path, extra: list[dict] | None = None) -> Path:
         feature(box(0, 192, 64, 256), "BACK", (255, 255, 255)),  # tile (0, 192): no label
         feature(box(192, 192, 195, 256), "LYM", (0, 0, 200)),  # ~5 % of tile (192, 192)
     ]
-    write_feature_collection(path, feats + (extra or []))
+    write_feature_collection_into(path, feats + (extra or []))
     return path
 
 
@@ -116,14 +116,14 @@ def test_store_from_annotations(tmp_path: Path, tiles: Path) -> None:
 
 def test_store_with_truth_masks(tmp_path: Path, tiles: Path) -> None:
     from wsi_lpd.classes import ClassList
-    from wsi_lpd.formats.labelmask import write_label_mask
+    from wsi_lpd.formats.labelmask import write_label_mask_into
 
     # Mask at 8 µm/px (16 level-0 px per px) with its own class order: STR, TUM, LYM, NEC, BACK.
     mask_classes = ClassList.from_names(["STR", "TUM", "LYM", "NEC"])
     mask = np.full((16, 16), 4, dtype=np.uint8)
     mask[:4, :4] = 1  # TUM over tile (0, 0) …
     mask[:4, 1] = 0  # … except level-0 columns 16-31: STR
-    write_label_mask(tmp_path / "truth.tiff", mask, 8.0, mask_classes)
+    write_label_mask_into(tmp_path / "truth.tiff", mask, 8.0, mask_classes)
     out = tmp_path / "store.zarr"
     build_patch_store_from_annotations(
         [tiles],
@@ -139,7 +139,7 @@ def test_store_with_truth_masks(tmp_path: Path, tiles: Path) -> None:
     assert (first[:, :8] == 0).all() and (first[:, 8:16] == 1).all() and (first[:, 16:] == 0).all()
     assert (store.masks[1] == 4).all()  # BACK, in BCSS order
     tum_only = tmp_path / "tum.geojson"
-    write_feature_collection(tum_only, [feature(box(0, 0, 64, 64), "TUM", (200, 0, 0))])
+    write_feature_collection_into(tum_only, [feature(box(0, 0, 64, 64), "TUM", (200, 0, 0))])
     with pytest.raises(AnnotationError, match=r"truth\.tiff: mask class 'STR'"):
         build_patch_store_from_annotations(
             [tiles],
@@ -309,7 +309,7 @@ def test_stage_ignores_unknown_classes_by_default_and_counts_them(
 
 def test_qupath_class_names_map_to_model_classes(tmp_path: Path, tiles: Path) -> None:
     ann = tmp_path / "qupath.geojson"
-    write_feature_collection(
+    write_feature_collection_into(
         ann,
         [
             feature(box(0, 0, 64, 64), "Tumor", (200, 0, 0)),
@@ -357,7 +357,7 @@ def test_annotations_shift_by_the_slide_bounds(
         assert qupath_offset_px(opened) == (0, 0)  # an uncropped slide
     assert qupath_offset_px(SimpleNamespace(bounds=(64, 128, 10, 10))) == (64, 128)
     ann = tmp_path / "cropped.geojson"
-    write_feature_collection(ann, [feature(box(0, 0, 64, 64), "TUM", (200, 0, 0))])
+    write_feature_collection_into(ann, [feature(box(0, 0, 64, 64), "TUM", (200, 0, 0))])
     assert read_annotations(ann, offset_px=(64, 128))[0].geometry.bounds == (64, 128, 128, 192)
     monkeypatch.setattr(geojson, "qupath_offset_px", lambda _slide: (64, 128))
     build = functools.partial(
@@ -427,7 +427,7 @@ def test_a_slide_without_patches_warns_when_others_give_patches(
     tmp_path: Path, tiles: Path, slide: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     outside = tmp_path / "outside.geojson"
-    write_feature_collection(outside, [feature(box(900, 900, 990, 990), "TUM", (200, 0, 0))])
+    write_feature_collection_into(outside, [feature(box(900, 900, 990, 990), "TUM", (200, 0, 0))])
     good = _annotations(tmp_path / "good.geojson")
     summary = build_patch_store_from_annotations(
         [tiles, _second_tiles(tmp_path, slide)],
@@ -504,7 +504,7 @@ def test_store_from_synthetic_slide_matches_annotations(tmp_path: Path) -> None:
 def test_partly_annotated_patch_has_unknown_labels(tmp_path: Path, tiles: Path) -> None:
     """Half inside a TUM annotation, half unannotated: TUM positive, every other class unknown."""
     ann = tmp_path / "half.geojson"
-    write_feature_collection(
+    write_feature_collection_into(
         ann,
         [
             feature(box(0, 0, 32, 64), "TUM", (200, 0, 0)),  # left half of tile (0, 0)

@@ -13,7 +13,7 @@ from shapely.geometry import Point, box
 from typer.testing import CliRunner
 
 from wsi_lpd.cli.app import app
-from wsi_lpd.formats.geojson import feature, read_annotations, write_feature_collection
+from wsi_lpd.formats.geojson import feature, read_annotations, write_feature_collection_into
 from wsi_lpd.slide.tiling import TileGrid
 
 
@@ -66,7 +66,10 @@ def test_tile_stage_writes_the_four_outputs(make_tiff, tmp_path: Path) -> None:
     assert meta["stage"] == "tile" and meta["n_tiles"] == len(grid)
     assert meta["parameters"]["tile_mpp"] == 1.0 and meta["parameters"]["patch_px"] == 64
     assert meta["inputs"]["slide_width"] == 1024 and meta["inputs"]["slide_mpp"] == 0.5
-    assert meta["inputs"]["vendor"] == "generic-tiff" and len(meta["inputs"]["file_checksum"]) == 64
+    assert (
+        meta["inputs"]["vendor"] == "generic-tiff"
+        and len(meta["inputs"]["slide_sha256_first_mib"]) == 64
+    )
     assert meta["wall_time_s"] >= 0
     assert str(out) in result.stderr  # it logs where it wrote
 
@@ -76,7 +79,7 @@ def test_tissue_geojson_replaces_detection_and_config_is_overridden(
 ) -> None:
     slide, _ = make_tiff()
     region = tmp_path / "region.geojson"
-    write_feature_collection(region, [feature(box(0, 0, 512, 256), "Stroma", (0, 0, 255))])
+    write_feature_collection_into(region, [feature(box(0, 0, 512, 256), "Stroma", (0, 0, 255))])
     config = tmp_path / "config.yaml"
     config.write_text("tile:\n  tile_mpp: 2.0\n  patch_px: 32\n  min_tissue: 1.0\n")
     out = tmp_path / "out"
@@ -163,7 +166,7 @@ def test_roi_limits_the_tiles_and_is_shifted_on_cropped_slides(make_tiff, tmp_pa
 
     slide, _ = make_tiff()
     roi = tmp_path / "roi.geojson"
-    write_feature_collection(roi, [feature(box(0, 0, 512, 768), "Region*", (0, 0, 255))])
+    write_feature_collection_into(roi, [feature(box(0, 0, 512, 768), "Region*", (0, 0, 255))])
     whole, half = tmp_path / "whole", tmp_path / "half"
     assert run(slide, "--out", whole, "--patch-px", 32, "--min-tissue", 0.01).exit_code == 0
     result = run(slide, "--out", half, "--patch-px", 32, "--min-tissue", 0.01, "--roi", roi)
@@ -178,7 +181,7 @@ def test_roi_limits_the_tiles_and_is_shifted_on_cropped_slides(make_tiff, tmp_pa
 
 
 def test_run_metadata_goes_to_a_folder_or_a_named_file(tmp_path: Path) -> None:
-    from wsi_lpd.cli._common import write_run_metadata
+    from wsi_lpd.run_metadata import write_run_metadata
 
     folder = write_run_metadata(tmp_path / "out", "tile", {"a": 1}, {"slide": "s.svs"}, 0.0)
     named = write_run_metadata(tmp_path / "infer" / "S1.run.json", "infer", {}, {}, 0.0, n=2)

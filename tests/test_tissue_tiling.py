@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -13,16 +12,17 @@ import shapely
 from shapely.geometry import MultiPolygon, Point, Polygon, box
 
 from wsi_lpd.errors import DatasetError, NoTissueWarning, SlideTooSmallError
+from wsi_lpd.slide.geometry import rasterize
+from wsi_lpd.slide.options import TissueOptions
 from wsi_lpd.slide.reader import open_slide
 from wsi_lpd.slide.tiling import FORMAT, TileGrid, make_tile_grid
 from wsi_lpd.slide.tissue import (
     TISSUE_CLASS,
     detect_tissue,
-    rasterize,
     read_tissue_geojson,
     saturation,
     smooth3,
-    write_tissue_geojson,
+    write_tissue_geojson_into,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def test_real_slide_tile_grid_lies_in_tissue(cmu) -> None:
 def test_synthetic_tissue_found_and_glass_left_out(make_tiff) -> None:
     path, image = make_tiff(width=2048, height=1536)
     slide = open_slide(path)
-    tissue = detect_tissue(slide, mpp=4.0)
+    tissue = detect_tissue(slide, TissueOptions(tissue_mpp=4.0))
     assert tissue.is_valid and not tissue.is_empty
     mask = rasterize(tissue, (1536, 2048), 1.0)
     stained = saturation(image) > 0.3 * 255
@@ -244,15 +244,20 @@ def test_tile_grid_load_errors(tmp_path: Path) -> None:
         TileGrid.load(other)
 
 
-def test_tile_grid_loads_100k_tiles_fast(tmp_path: Path) -> None:
+def test_tile_grid_of_100k_tiles_is_stored_as_whole_arrays(tmp_path: Path) -> None:
+    """Loading is fast because a grid is three whole arrays (no per-tile records or pickles):
+    asserted on the file's layout, not on a wall-clock time, which depends on the machine and
+    its load (timings belong in bench/)."""
+    grid = _grid(100_000)
     path = tmp_path / "big.npz"
-    _grid(100_000).save(path)
-    TileGrid.load(path)  # warm the page cache and imports
-    started = time.perf_counter()
+    grid.save(path)
+    with np.load(path, allow_pickle=False) as data:
+        assert sorted(data.files) == ["meta", "tissue_fraction", "x", "y"]
+        assert data["x"].shape == data["y"].shape == data["tissue_fraction"].shape == (100_000,)
     back = TileGrid.load(path)
-    elapsed = time.perf_counter() - started
     assert len(back) == 100_000
-    assert elapsed < 1.0, f"loading 100k tiles took {elapsed:.2f} s"
+    for name in ("x", "y", "tissue_fraction"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(grid, name), err_msg=name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,7 +315,7 @@ def test_tissue_geojson_round_trip(tmp_path: Path) -> None:
     )
     tissue = MultiPolygon([piece, box(1500.5, 200.25, 1800.75, 900.125)])
     path = tmp_path / "tissue.geojson"
-    assert write_tissue_geojson(path, tissue) == 2
+    assert write_tissue_geojson_into(path, tissue) == 2
     data = json.loads(path.read_text())
     assert data["type"] == "FeatureCollection" and len(data["features"]) == 2
     for feat in data["features"]:
@@ -324,7 +329,7 @@ def test_tissue_geojson_round_trip(tmp_path: Path) -> None:
     empty = tmp_path / "empty.geojson"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert write_tissue_geojson(empty, MultiPolygon()) == 0
+        assert write_tissue_geojson_into(empty, MultiPolygon()) == 0
     assert read_tissue_geojson(empty).is_empty
 
 
@@ -391,7 +396,7 @@ def test_array_tracer_equals_find_contours(seed: int) -> None:
     the same simplified polygons as skimage's find_contours, vertex for vertex."""
     from scipy import ndimage
 
-    from wsi_lpd.slide.tissue import polygonize
+    from wsi_lpd.slide.geometry import polygonize
 
     rng = np.random.default_rng(seed)
     mask = ndimage.binary_opening(rng.random((90, 120)) > 0.45)

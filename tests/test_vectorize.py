@@ -17,7 +17,7 @@ from wsi_lpd.export.vectorize import (
     polygonize_block,
     vectorize_labels,
 )
-from wsi_lpd.formats.geojson import read_annotations, write_feature_collection
+from wsi_lpd.formats.geojson import read_annotations, write_feature_collection_into
 
 BG = BCSS_CLASSES.background_index  # 4
 
@@ -120,7 +120,7 @@ def test_simplified_round_trip_through_geojson(tmp_path) -> None:
     )
     assert sum(r.num_vertices for r in res) < 0.6 * exact_vertices
     path = tmp_path / "out.geojson"
-    write_feature_collection(path, class_features(res))
+    write_feature_collection_into(path, class_features(res))
     back = read_annotations(path)
     for k, name in enumerate(BCSS_CLASSES.foreground_names):
         geom = shapely.union_all([a.geometry for a in back if a.class_name == name])

@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from wsi_lpd.cli._common import setup_logging, write_run_metadata
+from wsi_lpd.cli._common import setup_logging
+from wsi_lpd.run_metadata import write_run_metadata
 
 log = logging.getLogger("wsi_lpd.train")
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BeforeValidator, Field
 
-from wsi_lpd.workflow.config import Section, parse_section
+from wsi_lpd.settings import Section, parse_section
 
 STAIN_PRESET: dict[str, float] = {
     "hed_jitter": 0.5,

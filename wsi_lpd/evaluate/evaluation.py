@@ -133,10 +133,10 @@ def confusion_vs_annotations(
 
 def evaluate_mosaics(preds: Sequence[Path], truths: Sequence[Path], workers: int = 1) -> Evaluation:
     """Mode A: one confusion matrix per (mosaic, truth) pair, summed per slide id."""
+    from wsi_lpd.data.patches import class_geometries
     from wsi_lpd.evaluate.metrics import class_lookup
     from wsi_lpd.formats.geojson import qupath_offset_px
     from wsi_lpd.formats.mosaic import open_mosaic
-    from wsi_lpd.formats.patch_store import class_geometries
 
     if len(preds) != len(truths):
         raise ConfigError(
@@ -255,7 +255,7 @@ def metrics_report(
     evaluation: Evaluation, protocol: str, mode: str, label_mode: str | None
 ) -> tuple[dict[str, Any], str, str]:
     """(``metrics.json`` payload, ``metrics.md`` text, the pooled table) of an evaluation."""
-    from wsi_lpd.evaluate.metrics import format_table, segmentation_scores
+    from wsi_lpd.scores import format_table, segmentation_scores
 
     names = evaluation.classes.names
     pooled_scores = segmentation_scores(evaluation.pooled, protocol, names)

@@ -361,7 +361,7 @@ def _scan_block(
 # --------------------------------------------------------------------------- merging, cleaning
 
 
-def _fill_small_holes(polygon: Polygon, min_area_px: float) -> Polygon:
+def _drop_small_holes(polygon: Polygon, min_area_px: float) -> Polygon:
     """The polygon without its holes smaller than ``min_area_px`` (mosaic px²)."""
     holes = [r for r in polygon.interiors if Polygon(r).area >= min_area_px]
     if len(holes) == len(polygon.interiors):
@@ -460,7 +460,7 @@ def _merge_class(
     parts = np.concatenate([*pieces.inner, merged])
     counts, sums, margins = _component_stats(parts, pieces.records)
     keep = shapely.area(parts) >= min_area_px
-    parts = np.array([_fill_small_holes(p, min_area_px) for p in parts[keep]], dtype=object)
+    parts = np.array([_drop_small_holes(p, min_area_px) for p in parts[keep]], dtype=object)
     return parts, counts[keep], sums[keep], margins[keep]
 
 

@@ -198,7 +198,7 @@ def feature(
     return feat
 
 
-def write_feature_collection(
+def write_feature_collection_into(
     path: str | os.PathLike,
     features: Iterable[Mapping[str, Any]],
     properties: Mapping[str, Any] | None = None,
@@ -206,8 +206,8 @@ def write_feature_collection(
     """Stream features into a FeatureCollection file (gzip when ``path`` ends in ``.gz``).
 
     ``properties`` (e.g. provenance) become the collection's ``properties`` member, which QuPath
-    ignores. Returns the number of features written. Callers wanting atomicity pass a temporary
-    path (``wsi_lpd.io.atomic_file``).
+    ignores. Returns the number of features written. Not atomic (``_into``): the caller passes a
+    temporary path (``wsi_lpd.io.atomic_file``).
     """
     path = Path(path)
     n = 0

@@ -29,12 +29,12 @@ class LabelMask:
     classes: ClassList
 
 
-def write_label_mask(
+def write_label_mask_into(
     path: str | os.PathLike, mask: np.ndarray, mpp: float, classes: ClassList
 ) -> Path:
     """Write ``mask`` (H×W uint8 class indices, ``mpp`` µm/px) as a zlib TIFF; returns the path.
 
-    The caller handles atomicity (pass a temporary path and rename).
+    Not atomic (``_into``): the caller passes a temporary path (``wsi_lpd.io.atomic_file``).
     """
     path = Path(path)
     mask = np.asarray(mask)
@@ -64,7 +64,7 @@ def write_label_mask(
 
 
 def read_label_mask(path: str | os.PathLike) -> LabelMask:
-    """Read a label mask written by :func:`write_label_mask`.
+    """Read a label mask written by :func:`write_label_mask_into`.
 
     Raises ``AnnotationError`` naming the file when it is missing or not a wsi-lpd label mask.
     """

@@ -336,11 +336,6 @@ class MosaicWriter:
         """Level-0 slide px per mosaic px (= mpp / slide_mpp)."""
         return self.mpp / self.slide_mpp
 
-    @property
-    def rows_written(self) -> int:
-        """Level-0 mosaic rows written so far (bands are written top to bottom)."""
-        return self._rows_done
-
     def write_band(self, y0_px: int, probs: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Write rows ``[y0_px, y0_px + h)`` of level 0: ``probs`` ``(C+1, h, X)`` uint8.
 

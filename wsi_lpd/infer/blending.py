@@ -86,10 +86,6 @@ class BandAccumulator:
         """Output rows ``[y0, y1)`` of band ``b``."""
         return b * self.band_px, min((b + 1) * self.band_px, self.height_px)
 
-    @property
-    def bands_in_flight(self) -> int:
-        return len(self._bands)
-
     def _band(self, b: int) -> tuple[Tensor, Tensor]:
         if b not in self._bands:
             if self._free:

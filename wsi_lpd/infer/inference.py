@@ -45,10 +45,13 @@ from shapely.geometry.base import BaseGeometry
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from wsi_lpd.classes import ClassList
+from wsi_lpd.cores import default_workers, usable_cores
 from wsi_lpd.device import resolve_device
 from wsi_lpd.errors import CheckpointError, ConfigError, NoTissueWarning
 from wsi_lpd.formats.mosaic import CHUNK_PX, MosaicWriter
 from wsi_lpd.infer.blending import BandAccumulator, window_weights
+from wsi_lpd.infer.options import InferSection
+from wsi_lpd.slide.geometry import rasterize
 from wsi_lpd.slide.jpeg_tiles import (
     JpegTileLevel,
     assemble_windows,
@@ -57,7 +60,6 @@ from wsi_lpd.slide.jpeg_tiles import (
     window_rect,
 )
 from wsi_lpd.slide.reader import default_slide_id
-from wsi_lpd.slide.tissue import rasterize
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +68,13 @@ DECODES = ("auto", "cpu", "gpu")
 BLEND_QUEUE = 2  # batches waiting for the blending thread
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+READING_WORKERS_AT_MOST = 4
 
 
-def default_workers() -> int:
-    """Reading processes by default: one per core beyond the first, at most 4 (0 on one core)."""
-    return min(4, max(0, usable_cores() - 1))
+def default_reading_workers() -> int:
+    """Reading processes by default: one per core beyond the first (the forward pass runs in the
+    main process), at most :data:`READING_WORKERS_AT_MOST` (0 on one core)."""
+    return default_workers(READING_WORKERS_AT_MOST, beside_main=True)
 
 
 class SlideLike(Protocol):
@@ -525,23 +523,15 @@ def batch_images(
     return assemble_windows(tiles, rects, decoded, patch_px, dev), idx
 
 
-def infer_slide(
+def predict_slide(
     slide: SlideLike,
     model: torch.nn.Module,
     contract: Mapping[str, Any],
     out_path: str | os.PathLike,
+    opts: InferSection | None = None,
     *,
     tissue: BaseGeometry | None = None,
-    overlap: float = 0.25,
-    blend: str = "gaussian",
-    sigma_frac: float = 1 / 8,
-    output_mpp: float | None = None,
-    batch_size: int = 16,
-    workers: int | None = None,
-    prefetch: int = 4,
-    decode: str = "auto",
-    device: str | torch.device = "cpu",
-    amp: str | None = None,
+    device: str | torch.device | None = None,
     progress: bool = True,
     slide_id: str | None = None,
     expected_classes: ClassList | None = None,
@@ -551,37 +541,35 @@ def infer_slide(
 ) -> InferenceResult:
     """Predict a whole slide into ``out_path`` (``{slide_id}.ome.zarr``), written atomically.
 
-    ``output_mpp`` (µm/px) defaults to the model's native output resolution (model mpp × patch_px /
-    predicted map size). ``band_px`` (output px) must be a multiple of the 512-px chunk. ``amp``:
-    ``auto`` / None (bf16 where supported, else fp16), ``bf16``, ``fp16`` or ``off``; CUDA only.
-    ``workers``: reading processes (None: :func:`default_workers`); ``prefetch``: batches queued
-    per worker; ``decode``: ``cpu`` (``slide.read_region``), ``gpu`` (JPEG tiles decoded on the
-    compute device — nvJPEG on CUDA, libjpeg-turbo on the CPU) or ``auto`` (``gpu`` on CUDA for
-    JPEG-tiled levels). ``timing`` synchronises the device after each forward pass so that
-    ``forward_s`` is exact (slower on CUDA).
+    ``opts`` (default: :class:`~wsi_lpd.infer.options.InferSection`'s defaults): ``output_mpp``
+    (µm/px) defaults to the model's native output resolution (model mpp × patch_px / predicted map
+    size); ``amp``: ``auto`` (bf16 where supported, else fp16), ``bf16``, ``fp16`` or ``off``, CUDA
+    only; ``workers``: reading processes (None: :func:`default_reading_workers`); ``prefetch``:
+    batches queued per worker; ``decode``: ``cpu`` (``slide.read_region``), ``gpu`` (JPEG tiles
+    decoded on the compute device — nvJPEG on CUDA, libjpeg-turbo on the CPU) or ``auto`` (``gpu``
+    on CUDA for JPEG-tiled levels). ``device`` (a resolved device or a name) overrides
+    ``opts.device``. ``band_px`` (output px) must be a multiple of the 512-px chunk. ``timing``
+    synchronises the device after each forward pass so that ``forward_s`` is exact (slower on
+    CUDA).
     """
     from wsi_lpd.progress import progress as progress_bar
 
+    opts = opts or InferSection()
+    overlap, blend, sigma_frac = opts.overlap, opts.blend, opts.sigma_frac
+    output_mpp, batch_size, prefetch = opts.output_mpp, opts.batch_size, opts.prefetch
     started = time.perf_counter()
     source = str(getattr(slide, "path", "")) or "slide"
     classes = check_contract(contract, slide.mpp, expected_classes, source=source)
     model_mpp, patch_px = float(contract["mpp"]), int(contract["patch_px"])
-    workers = default_workers() if workers is None else workers
-    if not 0.0 <= overlap < 1.0:
-        raise ConfigError(f"overlap: must be in [0, 1), got {overlap}")
-    if batch_size < 1 or workers < 0 or prefetch < 1:
-        raise ConfigError(
-            f"batch_size ({batch_size}) and prefetch ({prefetch}) must be ≥ 1, workers "
-            f"({workers}) ≥ 0"
-        )
+    workers = default_reading_workers() if opts.workers is None else opts.workers
     if band_px < CHUNK_PX or band_px % CHUNK_PX:
         raise ConfigError(f"band_px: must be a multiple of {CHUNK_PX}, got {band_px}")
-    dev = resolve_device(device)
+    dev = resolve_device(opts.device if device is None else device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    predict = Predictor(model, contract, classes, dev, amp, source)
+    predict = Predictor(model, contract, classes, dev, opts.amp, source)
     sid = slide_id or default_slide_id(source)
-    tiles = _resolve_decode(decode, slide, model_mpp, dev)
+    tiles = _resolve_decode(opts.decode, slide, model_mpp, dev)
     forward_s = loader_s = 0.0
 
     with torch.inference_mode():

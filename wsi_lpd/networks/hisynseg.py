@@ -47,13 +47,13 @@ from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.networks.encoders import Encoder, build_encoder
 from wsi_lpd.networks.predict import apply_crf, drop_untrained
+from wsi_lpd.settings import parse_section
 from wsi_lpd.train.training_config import (
     BackgroundConfig,
     HisynSegModelConfig,
     HisynSegPredictConfig,
     parse_model_config,
 )
-from wsi_lpd.workflow.config import parse_section
 
 log = logging.getLogger(__name__)
 

@@ -129,11 +129,6 @@ class LPDModel(nn.Module):
         )
         self.logit_scales = nn.Parameter(torch.full((4,), float(logit_scale_init)))
 
-    @property
-    def num_prototypes(self) -> int:
-        """C·K."""
-        return self.num_classes * self.prototypes_per_class
-
     def set_prototype_bank(self, bank: Tensor) -> None:
         """Copy a fixed ``[C·K, D]`` bank into the ``pbip`` prototype buffer."""
         if self.method != "pbip":

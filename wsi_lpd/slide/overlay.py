@@ -1,4 +1,7 @@
-"""Overlay PNG: slide thumbnail, class polygons filled semi-transparently and outlined, legend."""
+"""Overlay PNG: slide thumbnail, class polygons filled semi-transparently and outlined, legend.
+
+The ``write_*_into`` functions write at the path they are given (not atomic): the stages pass a
+temporary path from :mod:`wsi_lpd.io`."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import shapely
@@ -15,9 +18,24 @@ from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from wsi_lpd.errors import WsiLpdError
-from wsi_lpd.export.vectorize import ClassPolygons
 
 log = logging.getLogger(__name__)
+
+
+class ClassShapes(Protocol):
+    """What the overlay draws of one class (:class:`wsi_lpd.export.vectorize.ClassPolygons` fits):
+    its name, RGB colour, components and their union in level-0 px, total area in µm²."""
+
+    name: str
+    color: tuple[int, int, int]
+    components: list[BaseGeometry]
+
+    @property
+    def geometry(self) -> BaseGeometry: ...
+
+    @property
+    def total_area_um2(self) -> float: ...
+
 
 MAX_SIDE_PX = 2048
 FILL_ALPHA = 0.35
@@ -92,9 +110,9 @@ def _font(size_px: int) -> tuple[Any, str]:
     return ImageFont.load_default(), "mm^2"
 
 
-def write_overlay(
+def write_overlay_into(
     path: str | os.PathLike,
-    results: Sequence[ClassPolygons],
+    results: Sequence[ClassShapes],
     *,
     level0_size: tuple[int, int],
     slide_mpp: float,
@@ -171,7 +189,7 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(image[:h, :w])).reduce(factor))
 
 
-def write_tile_qc(
+def write_tile_qc_into(
     path: str | os.PathLike,
     slide: Any,
     tissue: BaseGeometry,

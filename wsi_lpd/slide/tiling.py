@@ -21,7 +21,7 @@ import numpy as np
 from shapely.geometry.base import BaseGeometry
 
 from wsi_lpd.errors import ConfigError, DatasetError, NoTissueWarning, SlideTooSmallError
-from wsi_lpd.slide.tissue import rasterize
+from wsi_lpd.slide.geometry import rasterize
 
 log = logging.getLogger(__name__)
 

@@ -1,29 +1,29 @@
-"""Tissue detection on a low-resolution read, tissue polygons in level-0 px, and rasterising them.
+"""Tissue detection on a low-resolution read and tissue polygons in level-0 px (GeoJSON in/out).
 
 Method: HSV saturation of a thumbnail (default 8 µm/px), a separable 3×3 median, an Otsu threshold
 with a floor (a blank slide finds nothing), near-black pixels excluded (pen, scanner borders),
 closing then opening with disks given in µm, small objects and holes removed by area in µm², then
-each connected piece traced into a polygon whose holes are interior rings (marching squares over
-the whole mask with array operations: no per-pixel Python). All array work is uint8/bool integer
-operations (saturation by a lookup table, Otsu from PIL's histogram), tens of Mpx/s.
+each connected piece traced into a polygon whose holes are interior rings
+(:func:`wsi_lpd.slide.geometry.polygonize`). All array work is uint8/bool integer operations
+(saturation by a lookup table, Otsu from PIL's histogram), tens of Mpx/s. The defaults are
+:class:`wsi_lpd.slide.options.TissueOptions`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import shapely
 from scipy import ndimage
-from shapely.geometry import MultiPolygon, Polygon, box
+from shapely.geometry import MultiPolygon, box
 from shapely.geometry.base import BaseGeometry
 
-from wsi_lpd.errors import AnnotationError, ConfigError
-from wsi_lpd.formats.geojson import feature, read_annotations, write_feature_collection
+from wsi_lpd.errors import AnnotationError
+from wsi_lpd.formats.geojson import feature, read_annotations, write_feature_collection_into
+from wsi_lpd.slide.geometry import as_multipolygon, polygon_parts, polygonize
+from wsi_lpd.slide.options import TissueOptions
 from wsi_lpd.slide.reader import Slide
 
 log = logging.getLogger(__name__)
@@ -191,21 +191,21 @@ def _fill_small_holes(mask: np.ndarray, min_px: float) -> np.ndarray:
 def tissue_mask(
     rgb: np.ndarray,
     mpp: float,
+    options: TissueOptions | None = None,
     *,
-    min_object_um2: float = 20_000.0,
-    min_hole_um2: float = 10_000.0,
-    close_radius_um: float = 16.0,
-    open_radius_um: float = 8.0,
-    saturation_floor: float = 0.05,
-    exclude_dark: bool = True,
     dark_value: float = 0.15,
 ) -> np.ndarray:
-    """Boolean tissue mask of an RGB thumbnail at ``mpp`` µm/px.
+    """Boolean tissue mask of an RGB thumbnail at ``mpp`` µm/px (``options.tissue_mpp`` is not
+    used here: the thumbnail is given).
 
     ``saturation_floor`` and ``dark_value`` are fractions of full scale: the Otsu threshold on
     saturation is never below the floor; pixels whose brightest channel is below ``dark_value``
     are not tissue when ``exclude_dark``.
     """
+    o = options or TissueOptions()
+    min_object_um2, min_hole_um2 = o.min_object_um2, o.min_hole_um2
+    close_radius_um, open_radius_um = o.close_radius_um, o.open_radius_um
+    saturation_floor, exclude_dark = o.saturation_floor, o.exclude_dark
     sat = smooth3(saturation(rgb))
     floor = saturation_floor * 255
     if int(sat.max()) < floor:
@@ -225,200 +225,30 @@ def tissue_mask(
     return _fill_small_holes(mask, min_hole_um2 / px_um2)
 
 
-def _boundary_edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Directed unit edges between tissue and background, clockwise around each tissue pixel
-    (y down): (start vertex, end vertex, owning pixel). Vertex ids are ``y·(w+1) + x`` on the
-    pixel-corner grid; the owner is the tissue pixel's flat index ``r·w + c``."""
-    h, w = mask.shape
-    p = np.zeros((h + 2, w + 2), dtype=bool)
-    p[1:-1, 1:-1] = mask
-    # (bg neighbour, start corner (dx, dy), end corner (dx, dy)) for top, right, bottom, left
-    sides = (
-        (p[:-2, 1:-1], (0, 0), (1, 0)),
-        (p[1:-1, 2:], (1, 0), (1, 1)),
-        (p[2:, 1:-1], (1, 1), (0, 1)),
-        (p[1:-1, :-2], (0, 1), (0, 0)),
-    )
-    starts, ends, owners = [], [], []
-    for neighbour, (sx, sy), (ex, ey) in sides:
-        flat = np.flatnonzero(mask & ~neighbour)
-        r, c = np.divmod(flat, w)
-        starts.append((r + sy) * (w + 1) + c + sx)
-        ends.append((r + ey) * (w + 1) + c + ex)
-        owners.append(flat)
-    return np.concatenate(starts), np.concatenate(ends), np.concatenate(owners)
-
-
-def _cycles(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cycles of the permutation ``succ``: (cycle id = smallest index on it, position along the
-    cycle from that index), by pointer doubling (log₂ of the longest cycle numpy passes)."""
-    n = succ.size
-    cycle, jump = np.arange(n), succ.copy()
-    while True:  # cycle[i] = min over the next 2^k; stable only once 2^k covers every cycle
-        merged = np.minimum(cycle, cycle[jump])
-        jump = jump[jump]
-        if np.array_equal(merged, cycle):
-            break
-        cycle = merged
-    head = cycle == np.arange(n)
-    steps = np.where(head, 0, 1)  # steps to the cycle's head, walking forward
-    jump = np.where(head, np.arange(n), succ)
-    while True:
-        if np.array_equal(jump, jump[jump]):
-            break
-        steps = steps + steps[jump]
-        jump = jump[jump]
-    length = np.bincount(cycle, minlength=n)[cycle]
-    return cycle, np.where(head, 0, length - steps)
-
-
-def boundary_rings(mask: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Marching-squares outlines of a boolean mask at level ½, traced with array operations.
-
-    Returns (rings as closed (n, 2) x, y arrays in pixel-edge units (pixel (i, j) covers
-    [j, j+1) × [i, i+1)), the mask pixel (flat index) each ring borders, signed area of each
-    (> 0: outer ring, < 0: hole)). Vertices are the midpoints of the boundary pixel edges, as
-    ``skimage.measure.find_contours(mask, 0.5)`` with diagonal tissue pixels kept apart
-    (4-connected tissue); collinear vertices are dropped."""
-    start, end, owner = _boundary_edges(mask)
-    if start.size == 0:
-        return [], np.zeros(0, np.int64), np.zeros(0)
-    order = np.argsort(start, kind="stable")
-    lo = np.searchsorted(start[order], end, "left")
-    succ = order[lo]
-    saddle = np.flatnonzero(np.searchsorted(start[order], end, "right") - lo == 2)
-    alt = order[lo[saddle] + 1]  # at a saddle corner keep going round the same pixel
-    keep_round = owner[alt] == owner[saddle]
-    succ[saddle[keep_round]] = alt[keep_round]
-    cycle, position = _cycles(succ)
-    walk = np.lexsort((position, cycle))
-    w1 = mask.shape[1] + 1
-    mid = np.empty((walk.size, 2))
-    mid[:, 0] = ((start % w1) + (end % w1))[walk] / 2
-    mid[:, 1] = ((start // w1) + (end // w1))[walk] / 2
-    first = np.flatnonzero(np.r_[True, cycle[walk][1:] != cycle[walk][:-1]])
-    count = np.diff(np.r_[first, walk.size])
-    ring_of = np.repeat(np.arange(first.size), count)
-    offset = np.arange(walk.size) - first[ring_of]
-    prev = first[ring_of] + (offset - 1) % count[ring_of]
-    nxt = first[ring_of] + (offset + 1) % count[ring_of]
-    d0, d1 = mid - mid[prev], mid[nxt] - mid
-    turn = d0[:, 0] * d1[:, 1] - d0[:, 1] * d1[:, 0]
-    corner = turn != 0
-    x, y = mid[:, 0], mid[:, 1]
-    area = np.bincount(ring_of, weights=x * y[nxt] - x[nxt] * y, minlength=first.size) / 2
-    rings = []
-    for r0, n, a in zip(first, count, area, strict=True):
-        ring, keep = mid[r0 : r0 + n], corner[r0 : r0 + n].copy()
-        # start where find_contours starts (its scan ends there), so simplifying gives the same:
-        # outer ring at its bottom-most, right-most vertex; hole on its last row's right end
-        bottom = ring[:, 1].max() - (0 if a > 0 else 0.5)
-        on_row = np.flatnonzero(ring[:, 1] == bottom)
-        start = int(on_row[np.argmax(ring[on_row, 0])])
-        keep[start] = True
-        ring = np.roll(ring[keep], -int(keep[:start].sum()), axis=0)
-        rings.append(np.vstack([ring, ring[:1]]))
-    return rings, owner[walk[first]], area
-
-
-def polygonize(
-    mask: np.ndarray, level0_per_px: tuple[float, float], simplify_px: float = 0.5
-) -> MultiPolygon:
-    """Polygons (holes as interior rings) of a boolean mask, scaled to level-0 px.
-
-    Mask pixel (i, j) covers level-0 [j·sx, (j+1)·sx) × [i·sy, (i+1)·sy) with
-    (sx, sy) = ``level0_per_px``. Outlines run through the pixel-edge midpoints (marching squares,
-    :func:`boundary_rings`) and are simplified by ``simplify_px`` mask pixels; each 4-connected
-    piece is one polygon.
-    """
-    sx, sy = level0_per_px
-    rings, _border_px, area = boundary_rings(mask)
-    scale = np.array([sx, sy])
-    outer = area > 0
-    shells = np.array([Polygon(r * scale) for r, o in zip(rings, outer, strict=True) if o])
-    if shells.size == 0:
-        return MultiPolygon()
-    hole_rings = [r * scale for r, o in zip(rings, outer, strict=True) if not o]
-    holes: list[list[np.ndarray]] = [[] for _ in shells]
-    if hole_rings:  # each hole belongs to the smallest outer ring around it
-        inside = shapely.points([h[0] for h in hole_rings])
-        hole_idx, shell_idx = shapely.STRtree(shells).query(inside, predicate="within")
-        by_area = np.lexsort((shapely.area(shells)[shell_idx], hole_idx))
-        hole_idx, shell_idx = hole_idx[by_area], shell_idx[by_area]
-        first = np.r_[True, hole_idx[1:] != hole_idx[:-1]]
-        for h, k in zip(hole_idx[first].tolist(), shell_idx[first].tolist(), strict=True):
-            holes[k].append(hole_rings[h])
-    polys = np.array(
-        [Polygon(shell.exterior.coords, h) for shell, h in zip(shells, holes, strict=True)]
-    )
-    if simplify_px > 0:
-        polys = shapely.simplify(polys, simplify_px * min(sx, sy), preserve_topology=True)
-    invalid = ~shapely.is_valid(polys)
-    polys[invalid] = shapely.make_valid(polys[invalid])
-    return _as_multipolygon(p for g in polys for p in _polygons(g))
-
-
-def _polygons(geom: BaseGeometry) -> list[Polygon]:
-    if isinstance(geom, Polygon):
-        return [] if geom.is_empty else [geom]
-    return [p for g in getattr(geom, "geoms", []) for p in _polygons(g)]
-
-
-def _as_multipolygon(parts: Iterable[Polygon]) -> MultiPolygon:
-    parts = [p for p in parts if not p.is_empty and p.area > 0]
-    if not parts:
-        return MultiPolygon()
-    disjoint = MultiPolygon(parts)
-    if disjoint.is_valid:  # parts meet at points at most: nothing to merge
-        return disjoint
-    merged = shapely.union_all(parts)
-    return MultiPolygon(_polygons(merged))
-
-
 def detect_tissue(
-    slide: Slide,
-    mpp: float = 8.0,
-    *,
-    min_object_um2: float = 20_000.0,
-    min_hole_um2: float = 10_000.0,
-    close_radius_um: float = 16.0,
-    open_radius_um: float = 8.0,
-    saturation_floor: float = 0.05,
-    exclude_dark: bool = True,
-    progress: bool = False,
+    slide: Slide, options: TissueOptions | None = None, *, progress: bool = False
 ) -> MultiPolygon:
     """Tissue of ``slide`` as a valid MultiPolygon in level-0 px (empty when none).
 
-    ``mpp`` is the µm/px of the thumbnail the detection runs on (4–16 is sensible).
+    ``options.tissue_mpp`` is the µm/px of the thumbnail the detection runs on (4–16 is sensible);
+    None: the defaults of :class:`~wsi_lpd.slide.options.TissueOptions`.
     """
-    return detect_tissue_with_thumbnail(
-        slide,
-        mpp,
-        min_object_um2=min_object_um2,
-        min_hole_um2=min_hole_um2,
-        close_radius_um=close_radius_um,
-        open_radius_um=open_radius_um,
-        saturation_floor=saturation_floor,
-        exclude_dark=exclude_dark,
-        progress=progress,
-    )[0]
+    return detect_tissue_with_thumbnail(slide, options, progress=progress)[0]
 
 
 def detect_tissue_with_thumbnail(
-    slide: Slide, mpp: float = 8.0, *, progress: bool = False, **options: Any
+    slide: Slide, options: TissueOptions | None = None, *, progress: bool = False
 ) -> tuple[MultiPolygon, np.ndarray]:
-    """:func:`detect_tissue` plus the RGB thumbnail at ``mpp`` µm/px it ran on (read once from
-    the coarsest pyramid level that serves ``mpp``; reused e.g. for the QC image).
-
-    ``options``: the keyword arguments of :func:`tissue_mask`."""
-    if not mpp > 0:
-        raise ConfigError(f"{slide.path}: tissue mpp must be positive, got {mpp}")
+    """:func:`detect_tissue` plus the RGB thumbnail at ``options.tissue_mpp`` µm/px it ran on
+    (read once from the coarsest pyramid level that serves it; reused e.g. for the QC image)."""
+    options = options or TissueOptions()
+    mpp = options.tissue_mpp
     rgb = slide.thumbnail(mpp, progress=progress)
-    mask = tissue_mask(rgb, mpp, **options)
+    mask = tissue_mask(rgb, mpp, options)
     w0, h0 = slide.dimensions
     h, w = mask.shape
     tissue = polygonize(mask, (w0 / w, h0 / h))
-    tissue = _as_multipolygon(_polygons(tissue.intersection(box(0, 0, w0, h0))))
+    tissue = as_multipolygon(polygon_parts(tissue.intersection(box(0, 0, w0, h0))))
     log.info(
         "%s: tissue %.3f mm² in %d piece(s) (%.1f %% of the slide)",
         slide.path,
@@ -429,69 +259,12 @@ def detect_tissue_with_thumbnail(
     return tissue, rgb
 
 
-def _ring_crossings(rings: list[np.ndarray], h: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, x) of every crossing of the rings' edges with the pixel-centre rows y = 0..h-1
-    (coordinates already in pixel-centre units)."""
-    rows, xs = [], []
-    for xy in rings:
-        x0, y0, x1, y1 = xy[:-1, 0], xy[:-1, 1], xy[1:, 0], xy[1:, 1]
-        lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
-        first = np.clip(np.ceil(lo), 0, h).astype(np.int64)
-        last = np.clip(np.ceil(hi), 0, h).astype(np.int64)  # rows first..last-1: lo <= y < hi
-        counts = last - first
-        keep = counts > 0
-        if not keep.any():
-            continue
-        edge = np.repeat(np.flatnonzero(keep), counts[keep])
-        offsets = np.arange(edge.size) - np.repeat(
-            np.cumsum(counts[keep]) - counts[keep], counts[keep]
-        )
-        row = first[edge] + offsets
-        t = (row - y0[edge]) / (y1[edge] - y0[edge])
-        rows.append(row)
-        xs.append(x0[edge] + t * (x1[edge] - x0[edge]))
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros(0)
-    return np.concatenate(rows), np.concatenate(xs)
+def write_tissue_geojson_into(path: str | os.PathLike, tissue: BaseGeometry) -> int:
+    """Write tissue as QuPath annotations (one feature per piece); returns the feature count.
 
-
-def rasterize(
-    geometry: BaseGeometry, shape_hw: tuple[int, int], level0_per_px: float
-) -> np.ndarray:
-    """Boolean mask of ``shape_hw`` whose pixel (i, j) is set when its centre, level-0
-    ((j + ½)·s, (i + ½)·s) with s = ``level0_per_px``, lies inside ``geometry`` (level-0 px).
-
-    Exact even-odd scanline fill at pixel centres (holes included), vectorised over edges.
-    """
-    h, w = shape_hw
-    mask = np.zeros((h, w), dtype=bool)
-    for poly in _polygons(geometry):
-        rings = [
-            np.asarray(r.coords)[:, :2] / level0_per_px - 0.5
-            for r in (poly.exterior, *poly.interiors)
-        ]
-        row, x = _ring_crossings(rings, h)
-        if row.size == 0:
-            continue
-        order = np.lexsort((x, row))
-        row, x = row[order], x[order]
-        start, stop = row[0::2], row[1::2]
-        if not np.array_equal(start, stop):
-            raise AnnotationError("rasterize: ring crossings do not pair up (ring not closed?)")
-        col0 = np.clip(np.ceil(x[0::2]), 0, w).astype(np.int64)
-        col1 = np.clip(np.ceil(x[1::2]), 0, w).astype(np.int64)
-        y0, y1 = int(start.min()), int(start.max()) + 1
-        diff = np.zeros((y1 - y0, w + 1), dtype=np.int32)
-        np.add.at(diff, (start - y0, col0), 1)
-        np.add.at(diff, (start - y0, col1), -1)
-        mask[y0:y1] |= np.cumsum(diff, axis=1)[:, :w] > 0
-    return mask
-
-
-def write_tissue_geojson(path: str | os.PathLike, tissue: BaseGeometry) -> int:
-    """Write tissue as QuPath annotations (one feature per piece); returns the feature count."""
-    feats = (feature(p, TISSUE_CLASS, TISSUE_COLOR) for p in _polygons(tissue))
-    return write_feature_collection(Path(path), feats)
+    Not atomic (``_into``): the caller passes a temporary path."""
+    feats = (feature(p, TISSUE_CLASS, TISSUE_COLOR) for p in polygon_parts(tissue))
+    return write_feature_collection_into(Path(path), feats)
 
 
 def read_tissue_geojson(
@@ -501,9 +274,9 @@ def read_tissue_geojson(
     ``offset_px`` (:func:`wsi_lpd.formats.geojson.qupath_offset_px`) is added to every
     coordinate."""
     polygons = (
-        p for a in read_annotations(path, offset_px=offset_px) for p in _polygons(a.geometry)
+        p for a in read_annotations(path, offset_px=offset_px) for p in polygon_parts(a.geometry)
     )
-    return _as_multipolygon(polygons)
+    return as_multipolygon(polygons)
 
 
 def read_roi_geojson(
@@ -520,4 +293,4 @@ def read_roi_geojson(
 
 def clip_to(tissue: BaseGeometry, region: BaseGeometry) -> MultiPolygon:
     """``tissue`` limited to ``region`` (both level-0 px), as a valid MultiPolygon."""
-    return _as_multipolygon(_polygons(tissue.intersection(region)))
+    return as_multipolygon(polygon_parts(tissue.intersection(region)))

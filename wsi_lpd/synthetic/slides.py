@@ -23,8 +23,8 @@ from scipy import ndimage
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.data.stain import shift_stain
 from wsi_lpd.errors import ConfigError
-from wsi_lpd.formats.geojson import feature, write_feature_collection
-from wsi_lpd.formats.labelmask import write_label_mask
+from wsi_lpd.formats.geojson import feature, write_feature_collection_into
+from wsi_lpd.formats.labelmask import write_label_mask_into
 from wsi_lpd.io import atomic_file
 from wsi_lpd.synthetic.texture import (
     EOSIN_OD,
@@ -565,9 +565,9 @@ def write_synthetic_slide(
     )
     mask = lut[layout.label_mask(mask_mpp)]
     with atomic_file(mask_path) as tmp:
-        write_label_mask(tmp, mask, mask_mpp, classes)
+        write_label_mask_into(tmp, mask, mask_mpp, classes)
     with atomic_file(annotations_path) as tmp:
-        write_feature_collection(tmp, region_annotations(mask, mask_mpp, mpp, classes, seed))
+        write_feature_collection_into(tmp, region_annotations(mask, mask_mpp, mpp, classes, seed))
     write_pyramid(
         path, renderer, tile_px=tile_px, aperio=aperio, jpeg_quality=jpeg_quality, progress=progress
     )

@@ -26,6 +26,7 @@ see exactly the samples one process with N× the batch would.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import shutil
 import time
@@ -46,9 +47,9 @@ from wsi_lpd.data.sampling import class_balanced_weights, pos_weight_from_labels
 from wsi_lpd.data.training_data import TrainingData, dataset_labels
 from wsi_lpd.device import resolve_device
 from wsi_lpd.errors import CheckpointError, ConfigError, DatasetError, TrainingDivergedError
-from wsi_lpd.evaluate.metrics import confusion_matrix, label_scores, segmentation_scores
 from wsi_lpd.io import atomic_dir, atomic_file
 from wsi_lpd.networks.checkpoint import save_checkpoint
+from wsi_lpd.scores import confusion_matrix, label_scores, segmentation_scores
 from wsi_lpd.train import distributed
 from wsi_lpd.train.methods import Method, TrainContext, make_method
 from wsi_lpd.train.training_config import TrainingConfig
@@ -415,12 +416,14 @@ def _average_gradients(params: list[nn.Parameter], world: int) -> None:
 
     A parameter without a gradient on every process keeps none (as in one process: the
     optimiser skips it); one with a gradient on some processes gets their sum / world (the
-    others contributed zeros: the mean over the global batch).
+    others contributed zeros: the mean over the global batch). The reduction runs in the widest
+    gradient dtype, at least float32 (float64 gradients stay float64).
     """
-    flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    dtype = functools.reduce(torch.promote_types, (g.dtype for g in grads), torch.float32)
     device = grads[0].device
-    flat = torch.cat([flags.to(device), *(g.reshape(-1).float() for g in grads)])
+    flags = torch.tensor([p.grad is not None for p in params], dtype=dtype, device=device)
+    flat = torch.cat([flags, *(g.reshape(-1).to(dtype) for g in grads)])
     dist.all_reduce(flat)
     has, offset = flat[: len(params)], len(params)
     for p, g, h in zip(params, grads, has.tolist(), strict=True):

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.networks.lpd import LPDOutput, merge_mean
+from wsi_lpd.settings import parse_section
 from wsi_lpd.train.training_config import LossConfig, loss_defaults
-from wsi_lpd.workflow.config import parse_section
 
 log = logging.getLogger(__name__)
 

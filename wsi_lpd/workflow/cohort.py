@@ -245,10 +245,6 @@ class ResultsLayout:
         return self._p("patches", "train.zarr")
 
     @property
-    def model_dir(self) -> str:
-        return self._p("model")
-
-    @property
     def model(self) -> str:
         return self._p("model", "model.pt")
 

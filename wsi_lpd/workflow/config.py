@@ -1,133 +1,58 @@
-"""Typed configuration: one pydantic model per YAML section, validated in one place.
+"""The workflow YAML, typed: one pydantic model per section, validated in one place.
 
-Every config error becomes one :class:`~wsi_lpd.errors.ConfigError` line naming the file, the
-dotted key and the problem (``x.yaml: train.lr: Input should be a valid number (got 'abc')``).
-Numbers written as strings that parse as numbers (PyYAML reads ``5e-5`` as a string) are accepted.
-
-Section models subclass :class:`Section` (unknown keys are refused); they live here and in the
-modules that own them (e.g. :mod:`wsi_lpd.train.training_config`), always built with
-:func:`parse_section`.
+The stages' options models live beside their entry points (:class:`TileSection` in
+:mod:`wsi_lpd.slide.options`, :class:`InferSection` in :mod:`wsi_lpd.infer.options`, ...); this
+module composes them with the workflow's own sections into :class:`WorkflowConfig`, whose JSON
+schema is ``snakemake/schemas/config.schema.yaml``. The :class:`~wsi_lpd.settings.Section` base and
+the YAML helpers live in :mod:`wsi_lpd.settings` (re-exported here for older imports).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
 from wsi_lpd.classes import ClassList
-from wsi_lpd.errors import ConfigError
+from wsi_lpd.data.options import PatchesSection
+from wsi_lpd.evaluate.options import EvaluateSection
+from wsi_lpd.export.options import ExportSection
+from wsi_lpd.infer.options import InferSection
+from wsi_lpd.settings import (
+    S,
+    Section,
+    describe_validation_error,
+    load_section,
+    parse_section,
+    read_yaml,
+    renamed_keys,
+)
+from wsi_lpd.slide.options import TileSection
+from wsi_lpd.synthetic.options import SynthSection
 
-S = TypeVar("S", bound=BaseModel)
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, defaults live on the fields."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
-
-
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML file whose top level is a mapping (``{}`` for an empty file)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{p}: not valid YAML ({first})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of sections")
-    return data
-
-
-def _location(prefix: str, loc: tuple[Any, ...]) -> str:
-    parts = [prefix] if prefix else []
-    for item in loc:
-        if isinstance(item, int):
-            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
-        else:
-            parts.append(str(item))
-    return ".".join(parts) or "(top level)"
-
-
-def describe_validation_error(
-    exc: ValidationError, source: str | os.PathLike | None, prefix: str
-) -> str:
-    """One line: ``source: dotted.key: message (got value)`` for the first error of ``exc``."""
-    err = exc.errors(include_url=False)[0]
-    key = _location(prefix, tuple(err.get("loc", ())))
-    message = err.get("msg", "invalid value")
-    if err.get("type") == "extra_forbidden":
-        message = "unknown key"
-    got = err.get("input")
-    shown = "" if err.get("type") in ("extra_forbidden", "missing") else f" (got {got!r})"
-    more = len(exc.errors()) - 1
-    tail = f" [+{more} more]" if more > 0 else ""
-    where = f"{source}: " if source is not None else ""
-    return f"{where}{key}: {message}{shown}{tail}"
-
-
-def parse_section(
-    model: type[S],
-    data: Mapping[str, Any] | None,
-    source: str | os.PathLike | None = None,
-    section: str = "",
-) -> S:
-    """Validate ``data`` (one YAML section) into ``model``; errors become one ``ConfigError``."""
-    if data is not None and not isinstance(data, Mapping):
-        where = f"{source}: " if source is not None else ""
-        raise ConfigError(f"{where}{section or '(top level)'}: must be a mapping")
-    try:
-        return model.model_validate(dict(data or {}))
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source, section)) from None
-
-
-def load_section(model: type[S], path: str | os.PathLike | None, section: str) -> S:
-    """Read ``section`` of the YAML at ``path`` into ``model`` (defaults when ``path`` is None)."""
-    if path is None:
-        return parse_section(model, {}, None, section)
-    return parse_section(model, read_yaml(path).get(section), path, section)
-
-
-_deprecation_log = logging.getLogger("wsi_lpd.workflow.config")
-
-
-def renamed_keys(data: Any, section: str, renames: Mapping[str, str]) -> Any:
-    """Move deprecated keys to their new names with a WARNING (the old key wins when both are
-    given, so an old-style flag overrides a new-style file)."""
-    if not isinstance(data, Mapping):
-        return data
-    out = dict(data)
-    for old, new in renames.items():
-        if old in out:
-            _deprecation_log.warning(
-                "%s.%s (--%s) is deprecated, use %s.%s (--%s); the old name goes in the next "
-                "release",
-                section,
-                old,
-                old.replace("_", "-"),
-                section,
-                new,
-                new.replace("_", "-"),
-            )
-            out[new] = out.pop(old)
-    return out
+__all__ = [
+    "ClassesSection",
+    "EvaluateSection",
+    "ExportSection",
+    "InferSection",
+    "PatchesSection",
+    "ReportSection",
+    "S",
+    "Section",
+    "SynthSection",
+    "TileSection",
+    "WorkflowConfig",
+    "describe_validation_error",
+    "load_section",
+    "load_workflow_config",
+    "parse_section",
+    "read_yaml",
+    "renamed_keys",
+    "workflow_classes",
+]
 
 
 # --- classes section
@@ -171,188 +96,6 @@ class ClassesSection(Section):
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate class names in {names}")
         return self
-
-
-# --- synth section
-
-
-class SynthSection(Section):
-    """``synth:``: synthetic H&E-like slides (sizes in level-0 px, resolutions in µm/px)."""
-
-    n_slides: Annotated[int, Field(ge=1)] = 1
-    width_px: Annotated[int, Field(ge=1)] = 4096
-    height_px: Annotated[int, Field(ge=1)] = 4096
-    slide_mpp: Annotated[float, Field(gt=0)] = 0.5
-    seed: Annotated[int, Field(ge=0)] = 0
-    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")] = "synth"
-    aperio: bool = True
-    mask_mpp: Annotated[float, Field(gt=0)] = 8.0
-    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
-    texture: Literal["procedural", "real", "flat"] = "procedural"
-    stain_scale: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
-    tissue_fraction: float | None = Field(
-        None,
-        gt=0,
-        lt=1,
-        description="share of the slide covered by tissue, as compact sections (sparse "
-        "full-size slides); none: drawn in 0.5-0.62",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: Any) -> Any:
-        return renamed_keys(data, "synth", {"mpp": "slide_mpp"})
-
-    @model_validator(mode="after")
-    def _mask_coarser(self) -> SynthSection:
-        if self.mask_mpp < self.slide_mpp:
-            raise ValueError(f"mask_mpp ({self.mask_mpp}) must be >= slide_mpp ({self.slide_mpp})")
-        return self
-
-
-# --- tile section
-
-
-class TileSection(Section):
-    """``tile:``: tissue detection and the tile grid.
-
-    ``tile_mpp`` is the tiles' µm/px (old key ``mpp``); ``overlap`` a fraction of ``patch_px``
-    (old key ``overlap_px`` in px); ``slide_mpp`` overrides the slide's own level-0 µm/px.
-    """
-
-    tile_mpp: Annotated[float, Field(gt=0)] = 1.0
-    patch_px: Annotated[int, Field(ge=1)] = 224
-    overlap: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    min_tissue: Annotated[float, Field(ge=0, le=1)] = 0.5
-    tissue_mpp: Annotated[float, Field(gt=0)] = 8.0
-    min_object_um2: Annotated[float, Field(ge=0)] = 20_000.0
-    min_hole_um2: Annotated[float, Field(ge=0)] = 10_000.0
-    close_radius_um: Annotated[float, Field(ge=0)] = 16.0
-    open_radius_um: Annotated[float, Field(ge=0)] = 8.0
-    saturation_floor: Annotated[float, Field(ge=0, le=1)] = 0.05
-    exclude_dark: bool = True
-    qc_long_side_px: Annotated[int, Field(ge=64)] = 1024
-    tissue_geojson: str | None = None
-    roi: str | None = None
-    slide_mpp: Annotated[float, Field(gt=0)] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: Any) -> Any:
-        data = renamed_keys(data, "tile", {"mpp": "tile_mpp"})
-        if isinstance(data, Mapping) and "overlap_px" in data:
-            data = renamed_keys(data, "tile", {"overlap_px": "overlap"})
-            # a value that is not a number is left as given: the field's validation names it
-            with contextlib.suppress(TypeError, ValueError, ZeroDivisionError):
-                data["overlap"] = float(data["overlap"]) / float(data.get("patch_px", 224))
-        return data
-
-    @property
-    def overlap_px(self) -> int:
-        """Overlap of neighbouring tiles in px at ``tile_mpp``."""
-        return round(self.overlap * self.patch_px)
-
-
-# --- evaluate section
-
-
-class EvaluateSection(Section):
-    """``evaluate:``: scoring mosaics (``pred`` + ``truth``) or a model (``model`` + data)."""
-
-    pred: list[str] = Field(default_factory=list)
-    truth: list[str] = Field(default_factory=list)
-    model: str | None = None
-    patches: str | None = None
-    bcss_dir: str | None = None
-    split: Literal["valid", "test"] = "test"
-    layout: Literal["bcss", "luad"] = "bcss"
-    label_mode: Literal["given", "predicted"] = "given"
-    protocol: Literal["lpd", "wsss-tissue"] = "lpd"
-    batch_size: Annotated[int, Field(ge=1)] = 16
-    device: str = "cpu"
-    workers: Annotated[int, Field(ge=1)] = 1
-
-    @field_validator("pred", "truth", mode="before")
-    @classmethod
-    def _as_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str | os.PathLike) else value
-
-
-# --- patches section
-
-
-def _one_or_many(value: Any) -> Any:
-    """A single path where a list of paths is expected becomes a one-item list."""
-    return [value] if isinstance(value, str | os.PathLike) else value
-
-
-class PatchesSection(Section):
-    """``patches:`` — building the patch store (``wsi-lpd patches``); flags override these.
-
-    Inputs: ``tiles`` + ``annotations`` (+ ``truth`` masks), paired by order, or ``labels_csv`` with
-    ``mpp`` (µm/px) and ``patch_px``. Labels: ``min_class_fraction`` of the patch area makes a
-    class positive; negatives need the annotations to cover ``min_annotated_fraction`` of the
-    patch's tissue, otherwise unknown. ``class_map`` maps annotation class names to model classes
-    (QuPath's Tumor/Stroma/Immune cells/Necrosis and case-insensitive model names are accepted
-    without it; a null value drops that class); ``unknown_classes`` decides the rest: ``ignore``
-    (counted in the log) or ``refuse``. ``qupath_bounds``: annotation coordinates are relative to
-    a cropped slide's bounds (QuPath's convention) and are shifted to level-0 px.
-    """
-
-    tiles: list[Path] | None = None
-    annotations: list[Path] | None = None
-    truth: list[Path] | None = None
-    labels_csv: Path | None = None
-    mpp: float | None = Field(default=None, gt=0)
-    patch_px: int | None = Field(default=None, ge=1)
-    min_class_fraction: float = Field(default=0.1, gt=0, le=1)
-    min_annotated_fraction: float = Field(default=0.9, gt=0, le=1)
-    class_map: dict[str, str | None] = Field(default_factory=dict)
-    unknown_classes: Literal["ignore", "refuse"] = "ignore"
-    qupath_bounds: bool = True
-
-    _paths = field_validator("tiles", "annotations", "truth", mode="before")(_one_or_many)
-
-
-# --- infer section
-
-
-class InferSection(Section):
-    """``infer:`` whole-slide inference into an OME-Zarr mosaic."""
-
-    device: str = "auto"
-    batch_size: int = Field(16, ge=1)
-    workers: int | None = Field(None, ge=0)
-    prefetch: int = Field(4, ge=1)
-    overlap: float = Field(0.25, ge=0.0, lt=1.0)
-    blend: Literal["gaussian", "cosine"] = "gaussian"
-    sigma_frac: float = Field(0.125, gt=0.0)
-    output_mpp: float | None = Field(None, gt=0.0)
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    tissue_mpp: float = Field(8.0, gt=0.0)
-    slide_mpp: float | None = Field(None, gt=0.0)
-    decode: Literal["auto", "cpu", "gpu"] = "auto"
-
-
-# --- export section
-
-
-class ExportSection(Section):
-    """``export:`` mosaic → QuPath GeoJSON and overlay."""
-
-    slide: str | None = None
-    min_area_um2: float = Field(1000.0, ge=0.0)
-    simplify_um: float | None = Field(None, ge=0.0)
-    object_type: Literal["annotation", "detection"] = "annotation"
-    per_class: bool = False
-    subtract_bounds: bool = False
-    gzip: bool = False
-    block_px: int = Field(2048, ge=64)
-    min_probability: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
-        default_factory=dict
-    )
-    workers: int | None = Field(None, ge=1)
-    verify: Literal["sizes", "checksums"] = "sizes"
 
 
 # --- workflow section
@@ -420,9 +163,9 @@ class ThreadsSection(Section):
 class ReportSection(Section):
     """`wsi-lpd report`: the run's self-contained HTML page."""
 
-    title: str = Field("wsi-lpd report", description="page title")
-    image_max_px: int = Field(512, ge=32, description="long side of embedded thumbnails in px")
-    embed_qc: bool = Field(True, description="also embed every slide's tissue QC image")
+    title: str = Field("wsi-lpd report", description="Page title.")
+    image_max_px: int = Field(512, ge=32, description="Long side of embedded thumbnails in px.")
+    embed_qc: bool = Field(True, description="Also embed every slide's tissue QC image.")
 
 
 class WorkflowConfig(Section):
@@ -478,6 +221,13 @@ def write_workflow_schema(path: str | os.PathLike) -> Path:
     )
     body = yaml.safe_dump(workflow_json_schema(), sort_keys=False, allow_unicode=True)
     return write_text(path, header + body)
+
+
+def workflow_classes(path: str | os.PathLike | None) -> ClassList | None:
+    """The ``classes:`` of the workflow YAML at ``path`` (None without a file or that section)."""
+    if path is None or not read_yaml(path).get("classes"):
+        return None
+    return load_section(ClassesSection, path, "classes").class_list()
 
 
 def load_workflow_config(path: str | os.PathLike | None) -> WorkflowConfig:

@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wsi_lpd.classes import BCSS_CLASSES, ClassList
+from wsi_lpd.errors import ConfigError
+from wsi_lpd.io import write_text
 from wsi_lpd.workflow.cohort import (
     COHORT_KEY,
     COHORT_STAGES,
@@ -32,7 +35,9 @@ from wsi_lpd.workflow.cohort import (
     ResultsLayout,
     SampleSheet,
     read_failure_record,
+    read_sample_sheet,
 )
+from wsi_lpd.workflow.config import ReportSection
 
 log = logging.getLogger(__name__)
 
@@ -504,3 +509,41 @@ def render_html(data: ReportData) -> str:
         timing_totals={s: sum(t.get(s, 0.0) for _, t in entries) for s in stages},
         timing_grand=sum(sum(t.values()) for _, t in entries),
     )
+
+
+def write_report(
+    results: str | os.PathLike,
+    samples: str | os.PathLike,
+    opts: ReportSection,
+    *,
+    out: str | os.PathLike | None = None,
+    model: str | os.PathLike | None = None,
+    classes: ClassList = BCSS_CLASSES,
+    config: str | os.PathLike | None = None,
+) -> Path:
+    """The report stage: one self-contained HTML page of the workflow run in ``results`` (sample
+    sheet ``samples``) at ``out`` (default ``RESULTS/report.html``); ``model`` defaults to
+    ``RESULTS/model/model.pt``; ``config`` (the workflow YAML) is embedded as text."""
+    if not os.path.isdir(results):
+        raise ConfigError(f"{results}: results folder not found")
+    sheet = read_sample_sheet(samples, check_files=False)
+    layout = ResultsLayout(str(results))
+    report = collect_report(
+        layout,
+        sheet,
+        str(model or layout.model),
+        opts.model_dump(),
+        {c.name: c.color for c in classes.all},
+        Path(config).read_text(errors="replace") if config is not None else None,
+    )
+    target = Path(out or layout.report)
+    write_text(target, render_html(report))
+    log.info(
+        "wrote %s: %d slide(s), %d failed, %d failure record(s), %d training warning(s)",
+        target,
+        len(report.slides),
+        sum(s.status == "failed" for s in report.slides),
+        len(report.failures),
+        len(report.warnings),
+    )
+    return target
