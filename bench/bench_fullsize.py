@@ -76,7 +76,7 @@ def ensure_slide(work: Path, fraction: float, args: argparse.Namespace) -> dict:
     return info
 
 
-def write_config(work: Path, slides: list[dict], max_iters: int) -> Path:
+def write_config(work: Path, slides: list[dict], max_iters: int, checkpoint: Path | None) -> Path:
     """The sample sheet (first slide trains, the others are test slides) and workflow YAML."""
     sheet = work / "samples.csv"
     with open(sheet, "w", newline="") as fh:
@@ -95,7 +95,7 @@ def write_config(work: Path, slides: list[dict], max_iters: int) -> Path:
         "patches": {},
         "train": {
             "model_config": str(REPO / "configs" / "model" / "lpd_cpu_small.yaml"),
-            "checkpoint": None,
+            "checkpoint": str(checkpoint) if checkpoint else None,
             "device": "cpu",
             "max_iters": max_iters,
         },
@@ -184,6 +184,12 @@ def compile_jts(work: Path) -> Path | None:
     return out if res.returncode == 0 else None
 
 
+def model_note(args: argparse.Namespace) -> str:
+    if args.checkpoint:
+        return f"model {args.checkpoint} (`lpd_cpu_small.yaml`; patches and train not run)"
+    return f"model `lpd_cpu_small.yaml` trained {args.max_iters} iterations on the first slide"
+
+
 def report(args: argparse.Namespace, slides: list[dict], info: dict) -> str:
     rows, results = info["rows"], info["results"]
     lines = [
@@ -192,8 +198,7 @@ def report(args: argparse.Namespace, slides: list[dict], info: dict) -> str:
         f"tissue {', '.join(str(s['fraction']) for s in slides)}",
         "",
         f"{platform.node()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}; "
-        f"`snakemake --cores 2`; model `lpd_cpu_small.yaml` trained {args.max_iters} iterations "
-        f"on the first slide's patches; tiles {info['tile_cfg']['patch_px']} px at "
+        f"`snakemake --cores 2`; {model_note(args)}; tiles {info['tile_cfg']['patch_px']} px at "
         f"{info['tile_cfg']['tile_mpp']} µm/px. Workflow wall {info['wall_s']:.0f} s.",
         "",
         f"- uptime before: `{info['uptime_before']}`",
@@ -273,14 +278,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--height-px", type=int, default=80_000)
     ap.add_argument("--slide-mpp", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=3)
-    ap.add_argument("--max-iters", type=int, default=60)
+    ap.add_argument("--max-iters", type=int, default=10)
+    ap.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="a trained model.pt (lpd_cpu_small): skips patches and train",
+    )
     ap.add_argument("--results", type=Path, default=RESULTS, help="markdown file to append to")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     slides = [ensure_slide(work, f, args) for f in args.tissue]
-    cfg = write_config(work, slides, args.max_iters)
+    cfg = write_config(work, slides, args.max_iters, args.checkpoint)
     info: dict = {"results": work / "results", "uptime_before": uptime()}
     info["tile_cfg"] = yaml.safe_load(cfg.read_text())["tile"]
     started = time.perf_counter()
