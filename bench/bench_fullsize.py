@@ -126,6 +126,7 @@ def benchmark_rows(results: Path) -> dict[tuple[str, str], dict]:
         rows[(tsv.parent.name, tsv.stem)] = {
             "s": float(row["s"]),
             "max_rss": _number(row.get("max_rss")),
+            "max_pss": _number(row.get("max_pss")),
             "cpu_time": _number(row.get("cpu_time")),
         }
     return rows
@@ -192,6 +193,11 @@ def model_note(args: argparse.Namespace) -> str:
 
 def report(args: argparse.Namespace, slides: list[dict], info: dict) -> str:
     rows, results = info["rows"], info["results"]
+    wall = (
+        f"Workflow wall {info['wall_s']:.0f} s."
+        if info.get("wall_s") is not None
+        else "Workflow not rerun (--no-run): the rows are the last run's."
+    )
     lines = [
         f"### {datetime.datetime.now().isoformat(timespec='seconds')} — "
         f"{args.width_px}×{args.height_px} px at {args.slide_mpp} µm/px, "
@@ -199,7 +205,7 @@ def report(args: argparse.Namespace, slides: list[dict], info: dict) -> str:
         "",
         f"{platform.node()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}; "
         f"`snakemake --cores 2`; {model_note(args)}; tiles {info['tile_cfg']['patch_px']} px at "
-        f"{info['tile_cfg']['tile_mpp']} µm/px. Workflow wall {info['wall_s']:.0f} s.",
+        f"{info['tile_cfg']['tile_mpp']} µm/px. {wall}",
         "",
         f"- uptime before: `{info['uptime_before']}`",
         f"- uptime after: `{info['uptime_after']}`",
@@ -212,19 +218,28 @@ def report(args: argparse.Namespace, slides: list[dict], info: dict) -> str:
         lines.append(f"| {s['id']} | {s['tissue_mm2']:.1f} | {s['size_gib']:.2f} | {synth} |")
     lines += [
         "",
-        "Per job (Snakemake `benchmark:` files: wall `s`, peak `max_rss`, `cpu_time`):",
+        "Per job (Snakemake `benchmark:` files: wall `s`, peak `max_rss` and `max_pss` summed "
+        "over the job's processes — RSS counts pages shared by a reading worker and its parent "
+        "twice, PSS splits them —, `cpu_time`):",
         "",
-        "| stage | job | wall s | peak RSS MiB | CPU s |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| stage | job | wall s | peak RSS MiB | peak PSS MiB | CPU s |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for stage in STAGES:
         for (st, key), r in sorted(rows.items()):
             if st == stage:
-                rss = f"{r['max_rss']:.0f}" if r["max_rss"] is not None else "–"
-                cpu = f"{r['cpu_time']:.0f}" if r["cpu_time"] is not None else "–"
-                lines.append(f"| {stage} | {key} | {r['s']:.1f} | {rss} | {cpu} |")
+                rss, pss, cpu = (
+                    f"{r[k]:.0f}" if r[k] is not None else "–"
+                    for k in ("max_rss", "max_pss", "cpu_time")
+                )
+                lines.append(f"| {stage} | {key} | {r['s']:.1f} | {rss} | {pss} | {cpu} |")
     peak = max((r["max_rss"] or 0) for r in rows.values())
-    lines += ["", f"Largest peak RSS of any job: {peak:.0f} MiB (target ≤ 2048).", ""]
+    peak_pss = max((r["max_pss"] or 0) for r in rows.values())
+    lines += [
+        "",
+        f"Largest peak of any job: RSS {peak:.0f} MiB, PSS {peak_pss:.0f} MiB (target ≤ 2048).",
+        "",
+    ]
     lines += [
         "| slide | infer windows | windows/s | GeoJSON features | polygons | vertices | MiB | "
         "read s (Python) | read+validate s (JTS, QuPath's parser) |",
@@ -285,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="a trained model.pt (lpd_cpu_small): skips patches and train",
     )
+    ap.add_argument(
+        "--no-run", action="store_true", help="report the last run's results without rerunning"
+    )
     ap.add_argument("--results", type=Path, default=RESULTS, help="markdown file to append to")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -294,24 +312,26 @@ def main(argv: list[str] | None = None) -> None:
     cfg = write_config(work, slides, args.max_iters, args.checkpoint)
     info: dict = {"results": work / "results", "uptime_before": uptime()}
     info["tile_cfg"] = yaml.safe_load(cfg.read_text())["tile"]
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            "snakemake",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--configfile",
-            str(cfg),
-            "--cores",
-            "2",
-            "--directory",
-            str(work),
-            "--rerun-incomplete",
-        ],
-        check=True,
-        env={**os.environ, "OMP_NUM_THREADS": "2"},
-    )
-    info["wall_s"] = time.perf_counter() - started
+    info["wall_s"] = None
+    if not args.no_run:
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                "snakemake",
+                "--snakefile",
+                str(REPO / "Snakefile"),
+                "--configfile",
+                str(cfg),
+                "--cores",
+                "2",
+                "--directory",
+                str(work),
+                "--rerun-incomplete",
+            ],
+            check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "2"},
+        )
+        info["wall_s"] = time.perf_counter() - started
     info["uptime_after"] = uptime()
     info["rows"] = benchmark_rows(info["results"])
     jts_dir = compile_jts(work)
