@@ -99,7 +99,7 @@ def write_config(work: Path, slides: list[dict], max_iters: int, checkpoint: Pat
             "device": "cpu",
             "max_iters": max_iters,
         },
-        "infer": {"device": "cpu", "batch_size": 8, "workers": 1},
+        "infer": {"device": "cpu", "batch_size": 8, "workers": 0},  # one process: ≤ 2 GB
         "export": {"min_area_um2": 1000},
         "evaluate": {"protocol": "lpd"},
         "report": {"title": "wsi-lpd full-size slides"},
