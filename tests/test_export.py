@@ -356,3 +356,28 @@ def test_invalid_geometry_is_refused_before_writing() -> None:
         feature(bowtie, "TUM", (200, 0, 0))
     ok = feature(shapely.box(0, 0, 5, 5), "TUM", (200, 0, 0), measurements={"a": 1})
     assert ok.is_valid and ok["properties"]["measurements"] == {"a": 1.0}
+
+
+def test_export_adds_the_tile_stages_artefacts(mosaic, tmp_path) -> None:
+    from shapely.geometry import box
+
+    from wsi_lpd.slide.artefacts import write_artefacts_geojson_into
+
+    path, _ = mosaic
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    pen = shapely.MultiPolygon([box(100, 200, 300, 260)])
+    write_artefacts_geojson_into(tiles / "artefacts.geojson", {"pen": pen}, 0.5)
+    out = tmp_path / "out"
+    res = invoke(path, "--out", out, "--tiles", tiles, "--subtract-bounds")
+    assert res.exit_code == 0, res.output
+    feats = json.loads((out / "s1.geojson").read_text())["features"]
+    found = [f for f in feats if f["properties"]["classification"]["name"] == "Artefact: pen"]
+    assert len(found) == 1 and found[0]["properties"]["classification"]["color"] == [230, 0, 230]
+    # shifted by the bounds origin (40, 80) like the class polygons
+    assert shapely.geometry.shape(found[0]["geometry"]).equals(box(60, 120, 260, 180))
+    assert json.loads((out / "s1.export.json").read_text())["artefact_features"] == 1
+    (tiles / "artefacts.geojson").unlink()  # tile output of an earlier version: nothing added
+    assert invoke(path, "--out", out, "--tiles", tiles).exit_code == 0
+    missing = invoke(path, "--out", out, "--tiles", tmp_path / "nope")
+    assert missing.exit_code == 1 and "nope: tile folder not found" in missing.output

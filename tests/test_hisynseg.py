@@ -11,6 +11,7 @@ import pytest
 import tifffile
 import torch
 import yaml
+from conftest import two_class_patch
 from scipy import ndimage
 from torch import nn
 from typer.testing import CliRunner
@@ -19,7 +20,6 @@ from wsi_lpd.classes import ClassList
 from wsi_lpd.cli.app import app
 from wsi_lpd.data.datasets import LPD_NORMALISATION, PatchDataset
 from wsi_lpd.errors import ConfigError, DatasetError
-from wsi_lpd.formats.patch_store import PatchStoreWriter
 from wsi_lpd.networks.build import build_model
 from wsi_lpd.networks.checkpoint import load_model
 from wsi_lpd.networks.hisynseg import HisynSegModel
@@ -36,7 +36,7 @@ from wsi_lpd.train.hisynseg.synthesis import (
     mosaic_image,
     synthesise,
 )
-from wsi_lpd.train.training_config import training_config_from_mapping
+from wsi_lpd.train.registry import training_config_from_mapping
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "model"
 TINY = CONFIGS / "hisynseg_tiny_test.yaml"
@@ -300,38 +300,11 @@ def test_configs_parse_and_reject_unknown_keys() -> None:
 # ---------------------------------------------------------------------------------- trainer
 
 
+STORE_BACKGROUND_RGB = (235, 170, 205)  # the shared ``store`` fixture (conftest.py)
+
+
 def _tissue(rng: np.random.Generator, cls: int) -> np.ndarray:
-    """Class A: dark dots on pink; class B: streaks on pale pink."""
-    img = np.full((PATCH, PATCH, 3), (235, 170, 205), np.uint8)
-    if cls == 0:
-        for _ in range(25):
-            y, x = rng.integers(0, PATCH - 3, 2)
-            img[y : y + 3, x : x + 3] = (70, 40, 120)
-    else:
-        for _ in range(4):
-            img[rng.integers(0, PATCH), :] = (200, 90, 150)
-    return img
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 patches with masks: single-label A, single-label B, and both side by side."""
-    path = tmp_path_factory.mktemp("store") / "train.zarr"
-    rng = np.random.default_rng(0)
-    with PatchStoreWriter(path, CLASSES, mpp=1.0, patch_px=PATCH, with_masks=True) as writer:
-        slide = writer.add_slide("s0")
-        for i in range(24):
-            kind = i % 3
-            if kind < 2:
-                image, mask = _tissue(rng, kind), np.full((PATCH, PATCH), kind, np.uint8)
-                labels = np.eye(2, dtype=np.uint8)[kind]
-            else:
-                image = np.concatenate([_tissue(rng, 0)[:, :16], _tissue(rng, 1)[:, 16:]], axis=1)
-                mask = np.zeros((PATCH, PATCH), np.uint8)
-                mask[:, 16:] = 1
-                labels = np.ones(2, np.uint8)
-            writer.append(image, labels, (i * PATCH, 0), slide, mask)
-    return path
+    return two_class_patch(rng, cls, STORE_BACKGROUND_RGB)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from wsi_lpd.classes import BCSS_CLASSES
 from wsi_lpd.cli.app import app as cli_app
+from wsi_lpd.errors import NoTissueWarning
 from wsi_lpd.formats.mosaic import open_mosaic
 from wsi_lpd.networks.build import build_model
 from wsi_lpd.networks.checkpoint import checkpoint_sha256, save_checkpoint
@@ -141,6 +142,24 @@ def test_stage_detects_tissue_without_tiles(files: dict[str, Path]) -> None:
     assert (back[60:140, 90:200] < 255).mean() > 0.9  # detected tissue was predicted
     run = json.loads((out / "abc.run.json").read_text())
     assert run["parameters"]["tissue"] == "detected"
+
+
+def test_tissue_detection_without_tiles_uses_the_configs_tile_settings(
+    files: dict[str, Path],
+) -> None:
+    """The workflow YAML's ``tile:`` tissue settings drive detection: a saturation floor no pixel
+    reaches finds no tissue, so no window is predicted (the defaults find the pink block)."""
+    out = files["root"] / "out3"
+    cfg = files["root"] / "tile_floor.yaml"
+    cfg.write_text("tile:\n  saturation_floor: 1.0\n")
+    args = ["--model", files["model"], "--workers", "0", "--device", "cpu", "--output-mpp", "2.0"]
+    with pytest.warns(NoTissueWarning, match="no window touches tissue"):
+        res = _run(files["slide"], *args, "--out", out, "--config", cfg)
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "s1.run.json").read_text())
+    assert run["result"]["windows"] == 0 and run["parameters"]["tissue"] == "detected"
+    assert (open_mosaic(out / "s1.ome.zarr").probs[4][:] == 255).all()
+    assert len(run["inputs"]["slide_sha256_first_mib"]) == 64
 
 
 def test_stage_errors_are_one_line(files: dict[str, Path]) -> None:

@@ -11,10 +11,10 @@ from torch import nn
 
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.networks.lpd import LPDModel
+from wsi_lpd.settings import parse_section
 from wsi_lpd.train.losses import (
     LPDLoss,
     classification_loss,
-    default_loss_config,
     diversity_loss,
     diversity_terms,
     jeffreys_divergence,
@@ -22,6 +22,8 @@ from wsi_lpd.train.losses import (
     select_subclasses,
     similarity_loss,
 )
+from wsi_lpd.train.registry import loss_defaults
+from wsi_lpd.train.training_config import LossConfig
 
 C, K, D = 4, 2, 32
 
@@ -74,7 +76,7 @@ def test_classification_loss_matches_bce() -> None:
     )
     torch.testing.assert_close(classification_loss(logits, labels), expected)
     assert float(classification_loss(logits, labels, (0, 0, 0, 0))) == 0.0
-    with pytest.raises(ConfigError, match="stage_weights"):
+    with pytest.raises(ValueError, match="stage_weights"):  # a shape error, not a config one
         classification_loss(logits, labels, (1, 1))
 
 
@@ -126,7 +128,7 @@ def test_parity_mode_off_by_one_regions() -> None:
     nec_only = torch.full((1, 5, 5), C)  # every pixel is the last class (NEC)
     assert float(diversity_loss(feats, protos, nec_only, C, mode="intent")) > 0.0
     assert float(diversity_loss(feats, protos, nec_only, C, mode="parity")) == 0.0
-    with pytest.raises(ConfigError, match="prototype dim"):
+    with pytest.raises(ValueError, match="prototype dim"):
         diversity_loss(feats, torch.randn(C * K, D + 1), nec_only, C, mode="parity")
 
 
@@ -174,6 +176,14 @@ def test_similarity_loss_matches_reference_and_reaches_cam() -> None:
     assert math.isfinite(float(minmax)) and not torch.isclose(minmax, loss.detach())
 
 
+def _loss(
+    region_encoder: nn.Module | None = None, pos_weight: list[float] | None = None, **loss: object
+) -> LPDLoss:
+    """LPDLoss from ``loss`` section keys, validated as a YAML's are."""
+    config = parse_section(LossConfig, loss, None, "loss")
+    return LPDLoss(C, config, region_encoder=region_encoder, pos_weight=pos_weight)
+
+
 def _model() -> LPDModel:
     torch.manual_seed(0)
     return LPDModel(_encoder(), C, prototypes_per_class=K, prototype_dim=D)
@@ -183,7 +193,7 @@ def test_gradients_reach_prototypes_through_div_and_cls() -> None:
     model = _model()
     images, labels = _batch()
     out = model(images)
-    loss = LPDLoss(C, lambda_sim=0.0, warmup_iters=0)(out, images, labels, iteration=0)
+    loss = _loss(lambda_sim=0.0, warmup_iters=0)(out, images, labels, iteration=0)
     (g_div,) = torch.autograd.grad(loss["div"], model.prototypes, retain_graph=True)
     (g_cls,) = torch.autograd.grad(loss["cls"], model.prototypes)
     assert float(g_div.abs().sum()) > 0
@@ -193,7 +203,7 @@ def test_gradients_reach_prototypes_through_div_and_cls() -> None:
 def test_warmup_gives_cls_only() -> None:
     model = _model()
     images, labels = _batch()
-    loss_fn = LPDLoss(C, warmup_iters=5, region_encoder=_region_encoder())
+    loss_fn = _loss(warmup_iters=5, region_encoder=_region_encoder())
     before = {k: v.detach() for k, v in loss_fn(model(images), images, labels, 4).items()}
     assert float(before["div"]) == 0.0 and float(before["sim"]) == 0.0
     torch.testing.assert_close(before["total"], before["cls"])
@@ -205,7 +215,7 @@ def test_warmup_gives_cls_only() -> None:
 def test_optimiser_steps_lower_total_loss() -> None:
     model = _model()
     images, labels = _batch()
-    loss_fn = LPDLoss.from_config({"warmup_iters": 0}, C, region_encoder=_region_encoder())
+    loss_fn = _loss(warmup_iters=0, region_encoder=_region_encoder())
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     totals = []
     for it in range(8):
@@ -219,15 +229,15 @@ def test_optimiser_steps_lower_total_loss() -> None:
 
 
 def test_loss_config_validation() -> None:
-    with pytest.raises(ConfigError, match="lambda_sim"):
-        LPDLoss(C, lambda_sim=0.1)
-    with pytest.raises(ConfigError, match=r"loss\.lamda_div"):
-        LPDLoss.from_config({"lamda_div": 1.0}, C)
-    with pytest.raises(ConfigError, match="div_mode"):
-        LPDLoss(C, lambda_sim=0.0, div_mode="paper")
-    assert default_loss_config("cam")["lambda_div"] == 0.0
-    assert default_loss_config("pbip")["sim_minmax_normalise"] is True
-    LPDLoss.from_config(default_loss_config("cam"), C)
+    with pytest.raises(ValueError, match="lambda_sim"):  # L_sim without its encoder
+        _loss(lambda_sim=0.1)
+    with pytest.raises(ConfigError, match=r"loss\.lamda_div: unknown key"):
+        _loss(lamda_div=1.0)
+    with pytest.raises(ConfigError, match=r"loss\.div_mode: "):
+        _loss(lambda_sim=0.0, div_mode="paper")
+    assert loss_defaults("cam")["lambda_div"] == 0.0
+    assert loss_defaults("pbip")["sim_minmax_normalise"] is True
+    _loss(**loss_defaults("cam"))
 
 
 def test_masked_classification_loss_ignores_unknown_entries() -> None:
@@ -286,11 +296,11 @@ def test_lpd_loss_passes_known_and_pos_weight() -> None:
     known = torch.ones_like(labels)
     known[0, 1] = 0.0
     pw = [1.0, 2.0, 1.0, 1.0]
-    terms = LPDLoss(C, lambda_sim=0.0, warmup_iters=9, pos_weight=pw)(out, images, labels, 0, known)
+    terms = _loss(lambda_sim=0.0, warmup_iters=9, pos_weight=pw)(out, images, labels, 0, known)
     expected = classification_loss(out.logits, labels, known=known, pos_weight=torch.tensor(pw))
     torch.testing.assert_close(terms["cls"], expected)
-    with pytest.raises(ConfigError, match="pos_weight"):
-        LPDLoss(C, lambda_sim=0.0, pos_weight=[1.0, 2.0])
+    with pytest.raises(ValueError, match="pos_weight"):  # one weight per class
+        _loss(lambda_sim=0.0, pos_weight=[1.0, 2.0])
 
 
 def test_diversity_regions_positive_only_and_min_size() -> None:
@@ -322,7 +332,7 @@ def test_logit_scale_temperature_is_detached() -> None:
     model = _model()
     images, labels = _batch()
     out = model(images)
-    terms = LPDLoss(C, lambda_sim=0.0, warmup_iters=0, div_temperature="logit_scale")(
+    terms = _loss(lambda_sim=0.0, warmup_iters=0, div_temperature="logit_scale")(
         out, images, labels, 0
     )
     (g_scale, g_proto) = torch.autograd.grad(
@@ -331,10 +341,10 @@ def test_logit_scale_temperature_is_detached() -> None:
     assert g_scale is None or float(g_scale.abs().sum()) == 0.0
     assert g_proto is not None and float(g_proto.abs().sum()) > 0
     assert float(terms["div_jd"]) > 0.0
-    assert LPDLoss(C, lambda_sim=0.0).div_use_logit_scale  # intent default
-    assert not LPDLoss(C, lambda_sim=0.0, div_mode="parity").div_use_logit_scale
-    with pytest.raises(ConfigError, match="div_temperature"):
-        LPDLoss(C, lambda_sim=0.0, div_temperature="cam")
+    assert _loss(lambda_sim=0.0).div_use_logit_scale  # intent default
+    assert not _loss(lambda_sim=0.0, div_mode="parity").div_use_logit_scale
+    with pytest.raises(ConfigError, match=r"loss\.div_temperature: "):
+        _loss(lambda_sim=0.0, div_temperature="cam")
 
 
 def _separation(temperature: float | str, steps: int = 20) -> tuple[float, float, float, float]:

@@ -75,7 +75,7 @@ def test_merges() -> None:
     torch.testing.assert_close(merge_softmax_weighted(x, 2), torch.tensor([[expected, 0.0]]))
     maps = torch.randn(2, 6, 3, 3)
     assert merge_softmax_weighted(maps, 3).shape == (2, 3, 3, 3)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError, match="not a multiple"):  # a shape error
         merge_mean(torch.zeros(1, 5), 2)
 
 
@@ -135,7 +135,7 @@ def test_predict_restores_mode_and_tta_shape(model: LPDModel, images: torch.Tens
 
 
 def test_predict_rejects_bad_input(model: LPDModel, images: torch.Tensor) -> None:
-    with pytest.raises(ConfigError, match="image_labels"):
+    with pytest.raises(ValueError, match="image_labels"):
         predict_probs(model, images, image_labels=torch.ones(2, C + 1))
     with pytest.raises(ConfigError, match="mask_absent"):
         predict_probs(model, images, mask_absent="gt")
@@ -172,7 +172,7 @@ def test_pbip_bank_is_fixed_buffer_with_ck_rows() -> None:
     torch.testing.assert_close(model.prototypes, bank)
     out = model(torch.randn(1, 3, 64, 64))
     assert out.logits[3].shape == (1, C * K)
-    with pytest.raises(ConfigError, match="shape"):
+    with pytest.raises(ValueError, match="shape"):
         model.set_prototype_bank(bank[:-1])
 
 

@@ -111,3 +111,18 @@ def test_export_is_valid_for_jts(validator, tmp_path, flags) -> None:
     else:
         assert n > 10 * BG  # the noise makes many components
     assert f"valid={n}" in report
+
+
+def test_artefacts_geojson_is_valid_for_jts(validator, tmp_path) -> None:
+    # artefact masks traced as the tile stage traces them (noise: diagonal contacts, holes)
+    from wsi_lpd.slide.artefacts import write_artefacts_geojson_into
+    from wsi_lpd.slide.geometry import polygonize
+
+    lab = _noisy_labels()
+    kinds = ("pen", "blur", "fold", "bubble")
+    polygons = {k: polygonize(lab == i, (16.0, 16.0)) for i, k in enumerate(kinds)}
+    path = tmp_path / "artefacts.geojson"
+    n = write_artefacts_geojson_into(path, polygons, 0.25)
+    rc, report = validator(path)
+    assert rc == 0, report
+    assert n > 10 * len(kinds) and f"valid={n}" in report

@@ -224,3 +224,26 @@ def test_report_flags_training_trouble(results: Path, sheet: Path) -> None:
     page = (results / "report.html").read_text()
     top = page[: page.index('<h2 id="slides">')]
     assert "Training trouble" in top and "Validation collapse" in top
+
+
+def test_report_lists_artefacts_per_slide(results: Path, sheet: Path, config: Path) -> None:
+    (results / "tiles" / "good" / "run.json").write_text(
+        json.dumps(
+            {
+                "stage": "tile",
+                "artefacts": {
+                    "pen": {"class": "Artefact: pen", "color": [230, 0, 230], "area_mm2": 0.0421},
+                    "blur": {"class": "Artefact: blur", "color": [255, 200, 0], "area_mm2": 0.0},
+                },
+            }
+        )
+    )
+    out = results / "report.html"
+    run = _invoke(
+        *["--results", str(results), "--samples", str(sheet), "--out", str(out),
+         "--config", str(config)],
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    page = out.read_text()
+    assert "Artefact: pen mm²" in page and "Artefact: blur mm²" in page
+    assert "0.042" in page and "rgb(230,0,230)" in page

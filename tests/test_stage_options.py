@@ -130,13 +130,15 @@ def test_a_field_added_to_infer_section_reaches_cli_workflow_and_library(tmp_pat
             __base__=options.InferSection,
             window_margin_um=(float, Field(12.5, ge=0, description="Added in a test.")),
         )
-        import wsi_lpd.infer.stage as stage
+        import types
         from typer.testing import CliRunner
         from wsi_lpd.cli.app import app
         from wsi_lpd.workflow.config import load_workflow_config, workflow_json_schema
 
         got = {{}}
+        stage = types.ModuleType("wsi_lpd.infer.stage")  # the entry point, recording its options
         stage.infer_slide = lambda *args, **kwargs: got.update(opts=args[2].model_dump())
+        sys.modules["wsi_lpd.infer.stage"] = stage
         help_text = CliRunner().invoke(app, ["infer", "--help"], env={{"COLUMNS": "200"}}).stdout
         result = CliRunner().invoke(
             app,

@@ -31,6 +31,7 @@ def test_tile_stage_writes_the_four_outputs(make_tiff, tmp_path: Path) -> None:
     result = run(slide, "--out", out, "--mpp", 1.0, "--patch-px", 64, "--min-tissue", 0.5)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == [
+        "artefacts.geojson",
         "qc.png",
         "run.json",
         "tiles.npz",

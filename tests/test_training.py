@@ -14,49 +14,14 @@ from typer.testing import CliRunner
 from wsi_lpd.classes import ClassList
 from wsi_lpd.cli.app import app
 from wsi_lpd.data.datasets import LPD_NORMALISATION, PatchDataset
-from wsi_lpd.formats.patch_store import PatchStoreWriter
 from wsi_lpd.networks.checkpoint import load_model
 from wsi_lpd.train.engine import poly_lr, train
-from wsi_lpd.train.training_config import TrainingConfig, training_config_from_mapping
+from wsi_lpd.train.registry import training_config_from_mapping
+from wsi_lpd.train.training_config import TrainingConfig
 
 CLASSES = ClassList.from_names(["A", "B"])
 PATCH = 32
 TINY = Path(__file__).parents[1] / "configs" / "model" / "lpd_tiny_test.yaml"
-
-
-def _patch(rng: np.random.Generator, cls: int) -> np.ndarray:
-    """Class A: dense dark dots on pink; class B: sparse streaks on pale pink."""
-    img = np.full((PATCH, PATCH, 3), (235, 190, 215), np.uint8)
-    if cls == 0:
-        for _ in range(25):
-            y, x = rng.integers(0, PATCH - 3, 2)
-            img[y : y + 3, x : x + 3] = (70, 40, 120)
-    else:
-        for _ in range(4):
-            y = rng.integers(0, PATCH)
-            img[y, :] = (200, 90, 150)
-    return img
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 patches, half with both classes side by side, all with ground-truth masks."""
-    path = tmp_path_factory.mktemp("store") / "train.zarr"
-    rng = np.random.default_rng(0)
-    with PatchStoreWriter(path, CLASSES, mpp=1.0, patch_px=PATCH, with_masks=True) as writer:
-        slide = writer.add_slide("s0")
-        for i in range(24):
-            kind = i % 3
-            if kind < 2:
-                image, mask = _patch(rng, kind), np.full((PATCH, PATCH), kind, np.uint8)
-                labels = np.eye(2, dtype=np.uint8)[kind]
-            else:
-                image = np.concatenate([_patch(rng, 0)[:, :16], _patch(rng, 1)[:, 16:]], axis=1)
-                mask = np.zeros((PATCH, PATCH), np.uint8)
-                mask[:, 16:] = 1
-                labels = np.ones(2, np.uint8)
-            writer.append(image, labels, (i * PATCH, 0), slide, mask)
-    return path
 
 
 def _config(**train_overrides: object) -> TrainingConfig:
@@ -245,7 +210,7 @@ def test_mistyped_config_value_is_one_line_naming_file_and_key(
 
 def test_numbers_written_as_strings_are_numbers_and_ranges_are_checked(tmp_path: Path) -> None:
     from wsi_lpd.errors import ConfigError
-    from wsi_lpd.train.training_config import load_training_config
+    from wsi_lpd.train.registry import load_training_config
 
     assert load_training_config(_write_config(tmp_path, lr="5e-5")).train.lr == 5e-5
     for key, value in (
@@ -424,7 +389,7 @@ def test_lpd_and_hisynseg_go_through_the_same_loop(
 
 
 def test_paper_config_warns_loudly_without_mit_weights(caplog: pytest.LogCaptureFixture) -> None:
-    from wsi_lpd.train.training_config import load_training_config
+    from wsi_lpd.train.registry import load_training_config
 
     paper = TINY.parent / "lpd_mit_b1.yaml"
     with caplog.at_level("WARNING"):
@@ -440,3 +405,15 @@ def test_paper_config_warns_loudly_without_mit_weights(caplog: pytest.LogCapture
     with caplog.at_level("WARNING"):
         load_training_config(TINY)  # mit_tiny is meant to start from random weights
     assert not caplog.records
+
+
+def test_channels_last_is_a_typed_option_off_on_the_cpu() -> None:
+    from wsi_lpd.errors import ConfigError
+    from wsi_lpd.train.engine import Optimisation
+
+    assert _config().train.channels_last is False
+    on = _config(channels_last=True)
+    opt = Optimisation.create(torch.nn.Conv2d(3, 2, 1), on.train, torch.device("cpu"))
+    assert not opt.channels_last and not opt.use_amp  # both are CUDA-only
+    with pytest.raises(ConfigError, match=r"train\.channels_last: "):
+        _config(channels_last="yes")

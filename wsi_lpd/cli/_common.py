@@ -23,8 +23,6 @@ from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.settings import S, read_yaml, section_with_overrides
 
-log = logging.getLogger("wsi_lpd")
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 _state = {"verbose": False}
@@ -153,6 +151,8 @@ def section_options(
 
     def decorate(func: F) -> F:
         signature = inspect.signature(func, eval_str=True)
+        if "opts" not in signature.parameters or "config" not in signature.parameters:
+            raise TypeError(f"{func.__name__}: a stage command takes `opts` and `config`")
         fields = model.model_fields
         generated = {name: _option(name, field, flags.get(name)) for name, field in fields.items()}
         for old, new in model.RENAMED_KEYS.items():

@@ -3,37 +3,25 @@ train_log.csv, curves.png and run.json; an interrupted run continues with --resu
 
 from __future__ import annotations
 
-import functools
 import logging
-import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from wsi_lpd.cli._common import setup_logging
-from wsi_lpd.run_metadata import write_run_metadata
 
 log = logging.getLogger("wsi_lpd.train")
 
 
-def _write_run(
-    folder: Path, result: Any, *, parameters: dict, inputs: dict, started: float
-) -> None:
-    """``run.json`` inside the folder about to be published."""
-    write_run_metadata(
-        folder,
-        "train",
-        parameters=parameters,
-        inputs=inputs,
-        started=started,
-        iterations=result.iterations,
-        best_metric=result.best_metric,
-        best_score=result.best_score,
-        best_val_mIoU=result.best_score if result.best_metric == "val_mIoU" else None,
-        untrained_classes=result.untrained_classes,
-        images_per_s=round(result.images_per_s, 2),
-    )
+def method_name(value: str) -> str:
+    """``--method``: a name of :data:`wsi_lpd.train.registry.METHODS` (read when used, so the CLI
+    starts without importing torch)."""
+    from wsi_lpd.train.registry import method_names
+
+    if value not in method_names():
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(method_names())}")
+    return value
 
 
 def command(
@@ -59,7 +47,11 @@ def command(
         float | None, typer.Option(help="µm/px of the BCSS-style patches (needed with --bcss-dir).")
     ] = None,
     method: Annotated[
-        str | None, typer.Option(help="lpd, cam, pbip or hisynseg (overrides model.method).")
+        str | None,
+        typer.Option(
+            help="A method of wsi_lpd.train.registry (lpd, cam, …); overrides model.method.",
+            parser=method_name,
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
     max_iters: Annotated[int | None, typer.Option(help="Override train.max_iters.")] = None,
@@ -79,12 +71,10 @@ def command(
     ] = False,
 ) -> None:
     """Train a model from patch-level labels."""
-    from wsi_lpd.data.training_data import build_training_data
     from wsi_lpd.errors import ConfigError
-    from wsi_lpd.train.engine import TrainJob, launch_training
-    from wsi_lpd.train.training_config import load_training_config
+    from wsi_lpd.train.registry import load_training_config
+    from wsi_lpd.train.stage import train_model
 
-    started = time.time()
     if config is not None:
         if model_config is not None:
             raise ConfigError("train: give --model-config only (--config is its old name)")
@@ -102,45 +92,17 @@ def command(
     }
     if overrides:
         cfg = cfg.with_train(**overrides)
-    data = build_training_data(
+    train_model(
         cfg,
+        out,
+        model_config=model_config,
         patches=patches,
         val_patches=val_patches,
         bcss_dir=bcss_dir,
         layout=layout,
         dataset_mpp=dataset_mpp,
+        device=device,
+        nproc=nproc,
+        resume=resume,
+        on_valid=setup_logging,
     )
-    setup_logging()
-    n_val = len(data.val_set) if data.val_set is not None else 0  # type: ignore[arg-type]
-    log.info(
-        "training %s on %d patches (%d held out for validation; %s), %.2f µm/px, %d px, "
-        "%d process(es)",
-        cfg.method,
-        len(data.train_set),  # type: ignore[arg-type]
-        n_val,
-        ", ".join(data.classes.foreground_names),
-        data.mpp,
-        data.patch_px,
-        nproc,
-    )
-    finalise = functools.partial(
-        _write_run,
-        parameters={
-            "method": cfg.method,
-            "model_config": str(model_config),
-            "device": device,
-            "nproc": nproc,
-            "train": cfg.train.model_dump(),
-            "loss": cfg.loss_record(),
-        },
-        inputs={
-            "patches": [str(p) for p in patches or []],
-            "bcss_dir": str(bcss_dir or ""),
-            "n_train": len(data.train_set),  # type: ignore[arg-type]
-            "n_val": n_val,
-        },
-        started=started,
-    )
-    job = TrainJob(cfg, data, out, device=device, resume=resume, finalise=finalise)
-    launch_training(job, nproc)
-    log.info("wrote %s", out / "model.pt")

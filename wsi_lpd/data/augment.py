@@ -233,7 +233,8 @@ def hed_jitter(
     beta = rng.uniform(-delta, delta, size=3).astype(np.float32)
     hed = np.maximum(lut[image] @ hed_from_rgb, 0.0) * alpha + beta
     rgb = np.exp((hed * np.float32(_LOG_ADJUST)) @ rgb_from_hed)
-    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+    return out
 
 
 def gaussian_blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -243,4 +244,5 @@ def gaussian_blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
     out = gaussian_filter(
         image.astype(np.float32), sigma=(sigma_px, sigma_px, 0), mode="mirror", truncate=3.0
     )
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    result: np.ndarray = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return result

@@ -1,9 +1,11 @@
 """Torch datasets: patch stores (:mod:`wsi_lpd.formats.patch_store`) and BCSS-WSSS / LUAD-HistoSeg
 folders.
 
-Every item is ``dict(image=float32 3×H×W normalised, labels=float32 C (1 where positive),
-known=float32 C (1 where the label is known: positive or negative), slide=int64 slide index,
-mask=int64 H×W)``; ``mask`` (class indices, background = C) only when ground truth is known.
+Every item is a :class:`~wsi_lpd.data.contracts.Batch`: ``image`` (float32 3×H×W normalised),
+``labels`` (float32 C, 1 where positive), ``known`` (float32 C, 1 where the label is known:
+positive or negative), ``slide`` (int64 slide index) and ``mask`` (int64 H×W class indices,
+background = C) only when ground truth is known. Every dataset here is a
+:class:`~wsi_lpd.data.contracts.LabelledPatchSet`.
 Losses ignore ``labels`` where ``known`` is 0. ``slide`` is -1 where there is no slide (BCSS
 folders). Images are RGB in [0, 1] before ``(x - mean) / std``.
 """
@@ -19,10 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from wsi_lpd.classes import BCSS_CLASSES, ClassList
 from wsi_lpd.data.augment import Augment
+from wsi_lpd.data.contracts import Batch
 from wsi_lpd.errors import DatasetError
 from wsi_lpd.formats.patch_store import POSITIVE, UNKNOWN, PatchStore, open_patch_store
 
@@ -70,10 +73,10 @@ def _item(
     mask: np.ndarray | None,
     normalisation: Mapping[str, Sequence[float]],
     augment: Augment | None,
-) -> dict[str, torch.Tensor]:
+) -> Batch:
     if augment is not None:
         image, mask = augment(image, mask)
-    item = {
+    item: Batch = {
         "image": normalise(image, normalisation),
         "labels": torch.as_tensor(labels, dtype=torch.float32),
         "known": torch.as_tensor(known, dtype=torch.float32),
@@ -84,7 +87,7 @@ def _item(
     return item
 
 
-class PatchDataset(Dataset):
+class PatchDataset(Dataset[Batch]):
     """Items of a patch store; zarr is opened lazily in each process (safe with DataLoader workers).
 
     ``indices`` selects a subset (e.g. a train/validation split). Loaded eagerly for samplers and
@@ -96,7 +99,7 @@ class PatchDataset(Dataset):
 
     def __init__(
         self,
-        store_path: str | os.PathLike,
+        store_path: str | os.PathLike[str],
         normalisation: Mapping[str, Sequence[float]] = LPD_NORMALISATION,
         augment: Augment | None = None,
         indices: Sequence[int] | np.ndarray | None = None,
@@ -141,7 +144,7 @@ class PatchDataset(Dataset):
         state["_store"] = None
         return state
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> Batch:
         store = self._open()
         _worker_reseed(self.augment)
         j = int(self.indices[i])
@@ -208,7 +211,7 @@ def read_index_mask(path: Path, num_classes: int) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-class BcssWsssDataset(Dataset):
+class BcssWsssDataset(Dataset[Batch]):
     """BCSS-WSSS / LUAD-HistoSeg folders (Han et al. 2022 layouts).
 
     ``train``: ``root/train/*.png`` (or ``training/``), labels from the file-name suffix
@@ -222,7 +225,7 @@ class BcssWsssDataset(Dataset):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike[str],
         split: str = "train",
         classes: ClassList | None = None,
         layout: str = "bcss",
@@ -268,7 +271,7 @@ class BcssWsssDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> Batch:
         _worker_reseed(self.augment)
         image = read_png_rgb(self.images[i])
         known = np.ones(self.classes.num_foreground, dtype=np.uint8)
@@ -290,3 +293,15 @@ def mask_labels(mask: np.ndarray, num_foreground: int) -> np.ndarray:
     labels = np.zeros(num_foreground, dtype=np.uint8)
     labels[present[present < num_foreground]] = 1
     return labels
+
+
+class ConcatPatchSets(ConcatDataset[Batch]):
+    """Patch stores one after the other, a :class:`LabelledPatchSet` (``labels`` and ``known``
+    stacked; ``has_masks`` when every part has masks)."""
+
+    def __init__(self, parts: Sequence[PatchDataset]) -> None:
+        super().__init__(parts)
+        self.parts = list(parts)
+        self.has_masks = all(p.has_masks for p in parts)
+        self.labels = np.concatenate([p.labels for p in parts])
+        self.known = np.concatenate([p.known for p in parts])

@@ -104,7 +104,7 @@ def class_geometries(
 
 
 def read_slide_annotations(
-    annotation_path: str | os.PathLike,
+    annotation_path: str | os.PathLike[str],
     classes: ClassList,
     mapping: ClassMapping | None = None,
     offset_px: tuple[float, float] = (0.0, 0.0),
@@ -211,12 +211,12 @@ def _mask_labels(mask: np.ndarray, n_fg: int, min_class_fraction: float) -> np.n
 
 
 def build_patch_store_from_annotations(
-    tile_dirs: Sequence[str | os.PathLike],
-    annotation_paths: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
+    tile_dirs: Sequence[str | os.PathLike[str]],
+    annotation_paths: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
     classes: ClassList,
     min_class_fraction: float = 0.1,
-    truth_masks: Sequence[str | os.PathLike] | None = None,
+    truth_masks: Sequence[str | os.PathLike[str]] | None = None,
     chunk_patches: int = DEFAULT_CHUNK_PATCHES,
     progress: bool = True,
     min_annotated_fraction: float = 0.9,
@@ -408,7 +408,7 @@ class _CsvRow:
     labels: np.ndarray
 
 
-def read_labels_csv(csv_path: str | os.PathLike, classes: ClassList) -> list[_CsvRow]:
+def read_labels_csv(csv_path: str | os.PathLike[str], classes: ClassList) -> list[_CsvRow]:
     """Parse and validate a patch-label CSV (slide_id, path, x, y, labels as ``TUM;STR``).
 
     Relative slide paths are resolved against the CSV's folder; x, y are level-0 px. A slide id must
@@ -456,8 +456,8 @@ def read_labels_csv(csv_path: str | os.PathLike, classes: ClassList) -> list[_Cs
 
 
 def build_patch_store_from_csv(
-    csv_path: str | os.PathLike,
-    out: str | os.PathLike,
+    csv_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
     classes: ClassList,
     mpp: float,
     patch_px: int,
@@ -498,7 +498,7 @@ def build_patch_store_from_csv(
     return _summary(count, classes, per_class, per_slide)
 
 
-def run_metadata_path(out: str | os.PathLike) -> Path:
+def run_metadata_path(out: str | os.PathLike[str]) -> Path:
     """``STORE.zarr`` → ``STORE.run.json`` beside it."""
     out = Path(out)
     stem = out.name[: -len(".zarr")] if out.name.endswith(".zarr") else out.name
@@ -508,9 +508,9 @@ def run_metadata_path(out: str | os.PathLike) -> Path:
 def build_patch_store(
     opts: PatchesSection,
     classes: ClassList,
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     *,
-    source: str | os.PathLike | None = None,
+    source: str | os.PathLike[str] | None = None,
     on_valid: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """The patches stage: ``opts.tiles`` + ``opts.annotations`` (+ ``opts.truth``), or

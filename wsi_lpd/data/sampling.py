@@ -40,7 +40,8 @@ def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
     none = ~pos.any(axis=1)
     if none.any():
         weights[none] = 1.0 / none.sum()
-    return weights * (n / weights.sum())
+    out: np.ndarray = weights * (n / weights.sum())
+    return out
 
 
 def pos_weight_from_labels(
@@ -52,7 +53,8 @@ def pos_weight_from_labels(
     pos = (arr == 1).sum(axis=0).astype(np.float64)
     neg = (arr == 0).sum(axis=0).astype(np.float64)
     ratio = np.divide(neg, pos, out=np.ones_like(pos), where=(pos > 0) & (neg > 0))
-    return np.clip(ratio, min_weight, max_weight).astype(np.float32)
+    out: np.ndarray = np.clip(ratio, min_weight, max_weight).astype(np.float32)
+    return out
 
 
 def untrained_classes(

@@ -29,7 +29,8 @@ def shift_stain(rgb: np.ndarray, h_scale: float, e_scale: float) -> np.ndarray:
     hed[..., 0] *= h_scale
     hed[..., 1] *= e_scale
     out = hed2rgb(hed)
-    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+    shifted: np.ndarray = np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+    return shifted
 
 
 def reinhard_stats(rgb: np.ndarray) -> np.ndarray:

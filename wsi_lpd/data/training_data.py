@@ -16,11 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.data.augment import Augment
-from wsi_lpd.data.datasets import LPD_NORMALISATION, BcssWsssDataset, PatchDataset
+from wsi_lpd.data.contracts import LabelledPatchSet
+from wsi_lpd.data.datasets import (
+    LPD_NORMALISATION,
+    BcssWsssDataset,
+    ConcatPatchSets,
+    PatchDataset,
+)
 from wsi_lpd.data.splits import split_train_val
 from wsi_lpd.errors import ConfigError, DatasetError
 from wsi_lpd.train.training_config import NormalisationStats, TrainingConfig
@@ -34,8 +39,8 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 class TrainingData:
     """Datasets and the geometry a checkpoint records (µm/px, patch side in px)."""
 
-    train_set: Dataset
-    val_set: Dataset | None
+    train_set: LabelledPatchSet
+    val_set: LabelledPatchSet | None
     classes: ClassList
     mpp: float
     patch_px: int
@@ -50,19 +55,13 @@ def normalisation_of(config: TrainingConfig) -> dict[str, Any]:
     return {k: list(v) for k, v in (LPD_NORMALISATION if value == "lpd" else IMAGENET).items()}
 
 
-def dataset_labels(dataset: Dataset) -> np.ndarray:
+def dataset_labels(dataset: LabelledPatchSet) -> np.ndarray:
     """(N, C) int8 three-state labels of a training set: 1 positive, 0 negative, −1 unknown."""
-    if isinstance(dataset, ConcatDataset):
-        return np.concatenate([dataset_labels(d) for d in dataset.datasets])
-    if isinstance(dataset, Subset):
-        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
-    labels = getattr(dataset, "labels", None)
-    if labels is None:
+    if dataset.labels is None:
         raise DatasetError(f"{type(dataset).__name__}: training set has no .labels (N×C) array")
-    labels = np.asarray(labels).astype(np.int8)
-    known = getattr(dataset, "known", None)
-    if known is not None:
-        labels = np.where(np.asarray(known) > 0, labels, -1).astype(np.int8)
+    labels = np.asarray(dataset.labels).astype(np.int8)
+    if dataset.known is not None:
+        labels = np.where(np.asarray(dataset.known) > 0, labels, -1).astype(np.int8)
     return labels
 
 
@@ -86,21 +85,22 @@ def build_training_data(
             raise ConfigError(
                 "train: --dataset-mpp is needed with --bcss-dir (µm/px of the patches)"
             )
-        train_set = BcssWsssDataset(
+        folder = BcssWsssDataset(
             bcss_dir, "train", layout=layout, normalisation=norm, augment=augment
         )
-        val_set = BcssWsssDataset(bcss_dir, "valid", layout=layout, normalisation=norm)
-        patch_px = int(train_set[0]["image"].shape[-1])
-        return TrainingData(train_set, val_set, train_set.classes, dataset_mpp, patch_px, norm)
+        valid = BcssWsssDataset(bcss_dir, "valid", layout=layout, normalisation=norm)
+        patch_px = int(folder[0]["image"].shape[-1])
+        return TrainingData(folder, valid, folder.classes, dataset_mpp, patch_px, norm)
     assert patches
     whole = _open_stores(patches, norm)
     ref = whole[0]
-    val_set: Dataset | None = None
+    val_set: LabelledPatchSet | None = None
     train_idx = [np.arange(len(d)) for d in whole]
     if val_patches is not None:
-        val_set = PatchDataset(val_patches, norm)
-        if val_set.classes != ref.classes:
+        val_store = PatchDataset(val_patches, norm)
+        if val_store.classes != ref.classes:
             raise ConfigError(f"{val_patches}: classes differ from {patches[0]}")
+        val_set = val_store
     elif s.val_fraction > 0:
         train_idx, val_parts = _split(whole, s.val_fraction, s.seed)
         n_val = sum(len(v) for v in val_parts)
@@ -159,11 +159,7 @@ def _split(
     return out_t, out_v
 
 
-def _concat(sets: list[PatchDataset]) -> Dataset:
+def _concat(sets: list[PatchDataset]) -> LabelledPatchSet:
     if not sets:
         raise DatasetError("train: no training patch is left after the validation split")
-    if len(sets) == 1:
-        return sets[0]
-    out = ConcatDataset(sets)
-    out.has_masks = all(d.has_masks for d in sets)  # type: ignore[attr-defined]
-    return out
+    return sets[0] if len(sets) == 1 else ConcatPatchSets(sets)

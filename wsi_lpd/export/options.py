@@ -52,3 +52,9 @@ class ExportSection(Section):
     verify: Literal["sizes", "checksums"] = Field(
         "sizes", description="Mosaic integrity check: sizes (stat) or checksums (CRC-32)."
     )
+    tiles: str | None = Field(
+        None,
+        description="Tile folder of `wsi-lpd tile` for this slide: the `Artefact: …` "
+        "annotations of its artefacts.geojson are added to the GeoJSON (shifted with the bounds "
+        "like the rest); a folder without one (older tile output) adds none.",
+    )

@@ -7,6 +7,7 @@ and ``{slide_id}.export.json`` into a folder; its options are one
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from wsi_lpd.formats.geojson import write_feature_collection_into
 from wsi_lpd.formats.mosaic import open_mosaic
 from wsi_lpd.io import atomic_file
 from wsi_lpd.run_metadata import write_run_metadata
+from wsi_lpd.slide.artefacts import tile_artefact_features
 from wsi_lpd.slide.overlay import write_overlay_into
 
 log = logging.getLogger("wsi_lpd.export")
@@ -84,9 +86,13 @@ def export_mosaic(
     mosaic, out = Path(mosaic), Path(out)
     n_workers = opts.workers or default_workers(EXPORT_WORKERS_AT_MOST, beside_main=False)
     mos = open_mosaic(mosaic, verify=opts.verify)
+    attrs = mos.attrs
+    bounds = attrs.get("bounds") or (0, 0, 0, 0)
+    offset = (float(bounds[0]), float(bounds[1])) if opts.subtract_bounds else (0.0, 0.0)
+    # the tile stage's artefacts (`Artefact: pen` …), shifted with the bounds like the classes
+    artefacts = tile_artefact_features(opts.tiles, offset) if opts.tiles else []
     if on_valid is not None:
         on_valid()
-    attrs = mos.attrs
     slide_id = str(attrs.get("slide_id") or mosaic.name.removesuffix(".ome.zarr"))
     results = vectorize_mosaic(
         mos,
@@ -103,11 +109,9 @@ def export_mosaic(
     with atomic_file(geojson_path) as tmp:
         n_features = write_feature_collection_into(
             tmp,
-            class_features(results, opts.object_type, opts.per_class),
+            itertools.chain(class_features(results, opts.object_type, opts.per_class), artefacts),
             properties=provenance(attrs, mosaic, run_date),
         )
-    bounds = attrs.get("bounds") or (0, 0, 0, 0)
-    offset = (float(bounds[0]), float(bounds[1])) if opts.subtract_bounds else (0.0, 0.0)
     slide_path = opts.slide or attrs.get("slide_path") or None
     overlay_path = out / f"{slide_id}.overlay.png"
     with atomic_file(overlay_path) as tmp:
@@ -135,6 +139,7 @@ def export_mosaic(
         started=started,
         outputs={"geojson": geojson_path.name, "overlay": overlay_path.name},
         features=n_features,
+        artefact_features=len(artefacts),
         vertices=vertices,
         classes=_class_summary(results),
     )

@@ -11,29 +11,26 @@ in flight.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from wsi_lpd.errors import ConfigError
-
-BLENDS = ("gaussian", "cosine")
+#: window blends (``infer.blend``, validated by :class:`wsi_lpd.workflow.config.InferSection`)
+Blend = Literal["gaussian", "cosine"]
 WEIGHT_FLOOR = 1e-3
 
 
 def window_weights(
-    size_px: int, blend: str = "gaussian", sigma_frac: float = 1 / 8, floor: float = WEIGHT_FLOOR
+    size_px: int, blend: Blend = "gaussian", sigma_frac: float = 1 / 8, floor: float = WEIGHT_FLOOR
 ) -> np.ndarray:
-    """Separable ``(size_px, size_px)`` float32 weight map, peak 1, every value ≥ ``floor``."""
-    if blend not in BLENDS:
-        raise ConfigError(f"blend: expected one of {', '.join(BLENDS)}, got {blend!r}")
+    """Separable ``(size_px, size_px)`` float32 weight map, peak 1, every value ≥ ``floor``
+    (``sigma_frac`` > 0: the Gaussian's sigma as a fraction of the window)."""
     if size_px < 1:
-        raise ConfigError(f"blend: window size must be ≥ 1 px, got {size_px}")
+        raise ValueError(f"window_weights: window size must be ≥ 1 px, got {size_px}")
     t = np.arange(size_px, dtype=np.float64) + 0.5
     if blend == "gaussian":
-        if sigma_frac <= 0:
-            raise ConfigError(f"sigma_frac: must be > 0, got {sigma_frac}")
         sigma = sigma_frac * size_px
         g = np.exp(-((t - size_px / 2) ** 2) / (2 * sigma**2))
     else:

@@ -30,7 +30,7 @@ from torch import nn
 from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import CheckpointError, ConfigError
 from wsi_lpd.io import atomic_file
-from wsi_lpd.networks.build import MODEL_REGISTRY, build_model
+from wsi_lpd.networks.build import MODEL_BUILDERS, build_model
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def save_checkpoint(
     path = Path(path)
     if not isinstance(classes, ClassList):
         classes = ClassList.from_dict(classes)
-    if method not in MODEL_REGISTRY:
+    if method not in MODEL_BUILDERS:
         raise ConfigError(f"method: unknown {method!r}")
     if not (isinstance(mpp, int | float) and mpp > 0) or not (
         isinstance(patch_px, int) and patch_px > 0
@@ -163,7 +163,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks keys {missing}")
-    if ckpt["method"] not in MODEL_REGISTRY:
+    if ckpt["method"] not in MODEL_BUILDERS:
         raise CheckpointError(f"{path}: unknown method {ckpt['method']!r}")
     return ckpt
 

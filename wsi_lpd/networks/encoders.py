@@ -38,7 +38,7 @@ from wsi_lpd.networks.mit import (
     mit,
     read_state_dict,
 )
-from wsi_lpd.train.training_config import (
+from wsi_lpd.networks.model_config import (
     EncoderConfig,
     MitEncoderConfig,
     parse_encoder_config,
@@ -96,7 +96,8 @@ class MitEncoder(Encoder):
             load_mit_weights(self.body, weights)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        return self.body(x)
+        features: list[Tensor] = self.body(x)
+        return features
 
 
 class TimmEncoder(Encoder):
@@ -115,7 +116,7 @@ class TimmEncoder(Encoder):
         super().__init__()
         import timm
 
-        kwargs: dict[str, object] = {"features_only": True, "out_indices": tuple(out_indices)}
+        kwargs: dict[str, Any] = {"features_only": True, "out_indices": tuple(out_indices)}
         if output_stride is not None:
             kwargs["output_stride"] = output_stride
         if drop_path:
@@ -128,7 +129,7 @@ class TimmEncoder(Encoder):
             raise CheckpointError(
                 f"{name}: timm could not fetch pretrained weights ({exc})"
             ) from exc
-        info = self.body.feature_info
+        info: Any = self.body.feature_info  # timm's FeatureInfo
         self.out_channels = [int(c) for c in info.channels()]
         cap = output_stride or 10**9  # dilated stages keep the output stride
         self.reductions = [min(int(r), cap) for r in info.reduction()]
@@ -244,7 +245,7 @@ def efficientnet_lite0_classifier(
 
 def build_encoder(
     config: Mapping[str, Any] | EncoderConfig,
-    source: str | os.PathLike | None = None,
+    source: str | os.PathLike[str] | None = None,
     section: str = "encoder",
 ) -> Encoder:
     """Build a MiT or timm encoder from its config (see the module docstring)."""

@@ -45,15 +45,15 @@ from torch import Tensor, nn
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.errors import ConfigError
+from wsi_lpd.networks.base import SegmentationNetwork
 from wsi_lpd.networks.encoders import Encoder, build_encoder
-from wsi_lpd.networks.predict import apply_crf, drop_untrained
-from wsi_lpd.settings import parse_section
-from wsi_lpd.train.training_config import (
+from wsi_lpd.networks.model_config import (
     BackgroundConfig,
     HisynSegModelConfig,
     HisynSegPredictConfig,
-    parse_model_config,
 )
+from wsi_lpd.networks.predict import apply_crf, drop_untrained
+from wsi_lpd.settings import parse_section
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,11 @@ class FPNDecoder(nn.Module):
                 y = F.interpolate(y, size=size, mode="bilinear")
             fused = y if fused is None else fused + y
         assert fused is not None
-        return self.classifier(self.fuse(fused))
+        logits: Tensor = self.classifier(self.fuse(fused))
+        return logits
 
 
-class HisynSegModel(nn.Module):
+class HisynSegModel(SegmentationNetwork):
     """Segmentation network with an auxiliary CAM head; ``forward -> HisynSegOutput``."""
 
     def __init__(
@@ -208,7 +209,7 @@ class HisynSegModel(nn.Module):
         the config's d4 test-time augmentation.
         """
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ConfigError(f"predict: images must be [B, 3, H, W], got {tuple(images.shape)}")
+            raise ValueError(f"predict: images must be [B, 3, H, W], got {tuple(images.shape)}")
         cfg = self.predict_config
         use_tta = bool(cfg["tta"]) if tta is None else tta
         b, c = images.shape[0], self.num_classes
@@ -220,7 +221,7 @@ class HisynSegModel(nn.Module):
                 seg, logits = seg.float(), logits.float()
                 if image_labels is not None:
                     if tuple(image_labels.shape) != (b, c):
-                        raise ConfigError(
+                        raise ValueError(
                             f"predict: image_labels of shape {tuple(image_labels.shape)}, "
                             f"expected ({b}, {c})"
                         )
@@ -240,15 +241,12 @@ class HisynSegModel(nn.Module):
             self.train(was_training)
         if cfg.get("crf"):
             probs = apply_crf(probs, images, cfg.get("normalisation"))
-        return drop_untrained(probs, getattr(self, "untrained_classes", ()))
+        return drop_untrained(probs, self.untrained_classes)
 
 
-def build_hisynseg(
-    model_config: Mapping[str, Any] | HisynSegModelConfig, classes: ClassList
-) -> HisynSegModel:
+def build_hisynseg(cfg: HisynSegModelConfig, classes: ClassList) -> HisynSegModel:
     """Builder of method ``hisynseg`` (see :func:`wsi_lpd.networks.build.build_model`)."""
-    cfg = parse_model_config("hisynseg", model_config)
-    assert isinstance(cfg, HisynSegModelConfig) and cfg.encoder is not None
+    assert cfg.encoder is not None
     model = HisynSegModel(
         build_encoder(cfg.encoder),
         classes.num_foreground,

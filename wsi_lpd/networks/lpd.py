@@ -21,20 +21,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsi_lpd.errors import ConfigError, DatasetError
+from wsi_lpd.networks.base import SegmentationNetwork
+from wsi_lpd.networks.encoders import Encoder
 from wsi_lpd.networks.merge import merge_mean, merge_softmax_weighted
 from wsi_lpd.networks.predict import predict_probs
 
 log = logging.getLogger(__name__)
 
-METHODS = ("lpd", "cam", "pbip")
-__all__ = ["METHODS", "LPDModel", "LPDOutput", "merge_mean", "merge_softmax_weighted"]
+#: the head's variants; the methods using them are registered in :mod:`wsi_lpd.train.registry`
+HeadVariant = Literal["lpd", "cam", "pbip"]
+__all__ = ["HeadVariant", "LPDModel", "LPDOutput", "merge_mean", "merge_softmax_weighted"]
 
 
 @dataclass
@@ -71,10 +74,11 @@ class AdaptiveLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[N, D] -> [N, C_s]."""
-        return self.fc2(F.relu(self.fc1(x)))
+        out: Tensor = self.fc2(F.relu(self.fc1(x)))
+        return out
 
 
-class LPDModel(nn.Module):
+class LPDModel(SegmentationNetwork):
     """Encoder + C·K prototypes + four adapters + four logit scales (see module docstring).
 
     ``encoder`` must expose ``out_channels`` (4 ints) and map ``B×3×H×W`` to 4 stage maps.
@@ -84,10 +88,10 @@ class LPDModel(nn.Module):
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: Encoder,
         num_classes: int,
         *,
-        method: str = "lpd",
+        method: HeadVariant = "lpd",
         prototypes_per_class: int = 10,
         prototype_dim: int = 512,
         adapter_ratio: float = 0.5,
@@ -97,8 +101,8 @@ class LPDModel(nn.Module):
         predict_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if method not in METHODS:
-            raise ConfigError(f"method: unknown {method!r}; expected one of {', '.join(METHODS)}")
+        if method not in get_args(HeadVariant):
+            raise ConfigError(f"method: unknown head variant {method!r}")
         if num_classes < 1 or prototypes_per_class < 1 or prototype_dim < 1:
             raise ConfigError(
                 f"head: num_classes ({num_classes}), prototypes_per_class "
@@ -106,9 +110,9 @@ class LPDModel(nn.Module):
             )
         if method == "cam" and prototypes_per_class != 1:
             raise ConfigError("head.prototypes_per_class: method 'cam' needs exactly 1")
-        channels = [int(c) for c in getattr(encoder, "out_channels", [])]
+        channels = [int(c) for c in encoder.out_channels]
         if len(channels) != 4:
-            raise ConfigError(f"encoder: expected 4 stage widths in out_channels, got {channels}")
+            raise ValueError(f"encoder: expected 4 stage widths in out_channels, got {channels}")
         self.encoder = encoder
         self.method = method
         self.num_classes = num_classes
@@ -134,7 +138,7 @@ class LPDModel(nn.Module):
         if self.method != "pbip":
             raise ConfigError(f"method: set_prototype_bank needs 'pbip', model is {self.method!r}")
         if tuple(bank.shape) != tuple(self.prototypes.shape):
-            raise ConfigError(
+            raise ValueError(
                 f"prototype bank: shape {tuple(bank.shape)} does not match "
                 f"{tuple(self.prototypes.shape)} (C·K, prototype_dim)"
             )
@@ -145,7 +149,7 @@ class LPDModel(nn.Module):
         """``x``: normalised images [B, 3, H, W] -> :class:`LPDOutput`."""
         feats = list(self.encoder(x))
         if len(feats) != 4:
-            raise ConfigError(f"encoder: forward returned {len(feats)} stage maps, expected 4")
+            raise ValueError(f"encoder: forward returned {len(feats)} stage maps, expected 4")
         cams, logits, projected = [], [], []
         for s, (f, adapter) in enumerate(zip(feats, self.adapters, strict=True)):
             q = adapter(self.prototypes)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from wsi_lpd.errors import ConfigError
-
 
 def merge_mean(x: Tensor, num_classes: int) -> Tensor:
     """Parent score = mean over the K subclasses: [B, C·K, ...] -> [B, C, ...] (training)."""
@@ -22,7 +20,7 @@ def merge_softmax_weighted(x: Tensor, num_classes: int) -> Tensor:
 def _split_subclasses(x: Tensor, num_classes: int) -> Tensor:
     b, ck = x.shape[:2]
     if ck % num_classes:
-        raise ConfigError(
+        raise ValueError(
             f"merge: {ck} subclass channels are not a multiple of {num_classes} classes"
         )
     return x.reshape(b, num_classes, ck // num_classes, *x.shape[2:])

@@ -27,6 +27,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +126,8 @@ class EfficientAttention(nn.Module):
             src = self.norm(self.sr(grid).flatten(2).transpose(1, 2))
         k, v = self.kv(src).reshape(b, -1, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        projected: Tensor = self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return projected
 
 
 class DepthwiseConv(nn.Module):
@@ -137,7 +139,7 @@ class DepthwiseConv(nn.Module):
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         b, _, c = x.shape
-        y = self.dwconv(x.transpose(1, 2).reshape(b, c, h, w))
+        y: Tensor = self.dwconv(x.transpose(1, 2).reshape(b, c, h, w))
         return y.flatten(2).transpose(1, 2)
 
 
@@ -152,7 +154,8 @@ class MixFFN(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        return self.fc2(self.act(self.dwconv(self.fc1(x), h, w)))
+        out: Tensor = self.fc2(self.act(self.dwconv(self.fc1(x), h, w)))
+        return out
 
 
 class MitBlock(nn.Module):
@@ -170,7 +173,8 @@ class MitBlock(nn.Module):
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), h, w))
-        return x + self.drop_path(self.mlp(self.norm2(x), h, w))
+        mixed: Tensor = self.drop_path(self.mlp(self.norm2(x), h, w))
+        return x + mixed
 
 
 class MixTransformer(nn.Module):
@@ -256,14 +260,14 @@ def mit(
     variant: str = "mit_b1",
     strides: Sequence[int] = (4, 2, 2, 1),
     drop_path: float = 0.0,
-    **overrides: object,
+    **overrides: Any,
 ) -> MixTransformer:
     """Build a preset (``mit_tiny``, ``mit_b0`` … ``mit_b5``); ``overrides`` go to the class."""
     if variant not in MIT_PRESETS:
         raise ValueError(f"unknown MiT variant {variant!r}; choose one of {sorted(MIT_PRESETS)}")
-    kwargs: dict[str, object] = {**MIT_PRESETS[variant], "strides": strides, "drop_path": drop_path}
+    kwargs: dict[str, Any] = {**MIT_PRESETS[variant], "strides": strides, "drop_path": drop_path}
     kwargs.update(overrides)
-    return MixTransformer(**kwargs)  # type: ignore[arg-type]
+    return MixTransformer(**kwargs)
 
 
 # ----------------------------------------------------------------------------------------- loading

@@ -16,9 +16,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from wsi_lpd.errors import ConfigError
+from wsi_lpd.networks.base import SegmentationNetwork
 from wsi_lpd.networks.merge import merge_softmax_weighted
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def _fused_scores(
 
 
 def predict_probs(
-    model: nn.Module,
+    model: SegmentationNetwork,
     images: Tensor,
     *,
     image_labels: Tensor | None = None,
@@ -92,8 +93,8 @@ def predict_probs(
     if len(stage_weights) != 4:
         raise ConfigError(f"predict.stage_weights: need 4 weights, got {list(stage_weights)}")
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ConfigError(f"predict: images must be [B, 3, H, W], got {tuple(images.shape)}")
-    num_classes = int(model.num_classes)
+        raise ValueError(f"predict: images must be [B, 3, H, W], got {tuple(images.shape)}")
+    num_classes = model.num_classes
     was_training = model.training
     model.eval()
     try:
@@ -150,7 +151,7 @@ def _resolve_labels(
     b, c = logits4.shape[0], num_classes
     if image_labels is not None:
         if tuple(image_labels.shape) != (b, c):
-            raise ConfigError(
+            raise ValueError(
                 f"predict: image_labels of shape {tuple(image_labels.shape)}, expected ({b}, {c})"
             )
         return (image_labels > 0.5).to(logits4)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -196,10 +196,13 @@ def write_tile_qc_into(
     grid: Any,
     long_side_px: int,
     thumbnail: np.ndarray | None = None,
+    artefacts: Mapping[str, tuple[BaseGeometry, tuple[int, int, int], float]] | None = None,
 ) -> Path:
     """The tile stage's QC PNG, long side in [½, 1] × ``long_side_px``: thumbnail of ``slide``
     (a :class:`~wsi_lpd.slide.reader.Slide`), tissue contour (green; level-0 px), tile outlines of
     ``grid`` (a :class:`~wsi_lpd.slide.tiling.TileGrid`, thin blue) and a title line.
+    ``artefacts``: per class name (geometry in level-0 px, colour, area mm²), filled
+    semi-transparently and outlined in the colour, with a legend line under the title.
 
     ``thumbnail``: an RGB image of the whole slide already read (e.g. the tissue-detection
     thumbnail), shrunk by block means when at least ``long_side_px`` long; else a level is read."""
@@ -229,15 +232,34 @@ def write_tile_qc_into(
         for ring in (poly.exterior, *poly.interiors):
             xy = (np.asarray(ring.coords)[:, :2] * f).tolist()
             draw.line([tuple(p) for p in xy], fill=(0, 200, 0, 255), width=2)
+    legend = []
+
+    def to_px(coords: Any) -> list[tuple[float, float]]:
+        return [(x * f, y * f) for x, y, *_ in coords]
+
+    for name, (geom, color, area_mm2) in (artefacts or {}).items():
+        rings = _rings(geom, to_px)
+        _fill(layer, rings, color)
+        for ring in (r for polygon in rings for r in polygon):
+            draw.line(ring, fill=(*color, 255), width=1)
+        legend.append((name, color, area_mm2))
     image = Image.alpha_composite(thumb.convert("RGBA"), layer).convert("RGB")
     title = (
         f"{grid.slide_id}  |  {grid.mpp:g} um/px, {grid.patch_px} px  |  "
         f"{len(grid)} tiles  |  slide {slide.mpp:.3f} um/px"
     )  # the default font has no µ
     font = ImageFont.load_default(size=14)
-    canvas = Image.new("RGB", (max(image.width, 420), image.height + 24), (255, 255, 255))
-    canvas.paste(image, (0, 24))
-    ImageDraw.Draw(canvas).text((4, 4), title, fill=(0, 0, 0), font=font)
+    top = 24 + (20 if legend else 0)
+    canvas = Image.new("RGB", (max(image.width, 420), image.height + top), (255, 255, 255))
+    canvas.paste(image, (0, top))
+    pen = ImageDraw.Draw(canvas)
+    pen.text((4, 4), title, fill=(0, 0, 0), font=font)
+    x = 4
+    for name, color, area_mm2 in legend:  # the legend: a swatch and "pen 0.012 mm2" per class
+        pen.rectangle([x, 28, x + 12, 40], fill=color, outline=(0, 0, 0))
+        text = f"{name} {area_mm2:.3g} mm2"
+        pen.text((x + 16, 26), text, fill=(0, 0, 0), font=font)
+        x += 16 + round(pen.textlength(text, font=font)) + 12
     out = Path(path)
     canvas.save(out, format="PNG", compress_level=1)  # zlib level 6 took longer than the read
     return out

@@ -1,7 +1,8 @@
-"""The tile stage: detect tissue (or read it) and lay a tile grid at a µm/px.
+"""The tile stage: detect tissue (or read it) and its artefacts, lay a tile grid at a µm/px.
 
-:func:`tile_slide` writes ``tiles.npz``, ``tissue.geojson``, ``qc.png`` and ``run.json`` into one
-folder, atomically; its options are one :class:`~wsi_lpd.slide.options.TileSection`.
+:func:`tile_slide` writes ``tiles.npz``, ``tissue.geojson`` (artefacts removed),
+``artefacts.geojson``, ``qc.png`` and ``run.json`` into one folder, atomically; its options are
+one :class:`~wsi_lpd.slide.options.TileSection`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from wsi_lpd.errors import NoTissueWarning
 from wsi_lpd.formats.geojson import qupath_offset_px
 from wsi_lpd.io import atomic_dir
 from wsi_lpd.run_metadata import sha256_first_mib, write_run_metadata
+from wsi_lpd.slide.artefacts import (
+    Artefacts,
+    artefact_summary,
+    qc_layers,
+    remove_artefacts,
+    write_artefacts_geojson_into,
+)
 from wsi_lpd.slide.options import TileSection
 from wsi_lpd.slide.overlay import write_tile_qc_into
 from wsi_lpd.slide.reader import default_slide_id, open_slide, validate_slide_id
@@ -76,6 +84,12 @@ def tile_slide(
         if region is not None:
             tissue = clip_to(tissue, region)
             log.info("%s: tissue limited to the region of interest %s", slide, opts.roi)
+        artefacts = Artefacts({}, {})
+        if thumbnail is not None:  # detected tissue: artefacts found on the same thumbnail
+            tissue, artefacts = remove_artefacts(
+                wsi, tissue, thumbnail, opts.tissue_mpp, opts.artefact_options(),
+                opts.min_object_um2, progress=True,
+            )  # fmt: skip
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoTissueWarning)
             grid = make_tile_grid(
@@ -92,11 +106,20 @@ def tile_slide(
             )
         for w in caught:
             log.warning("%s", w.message)
-        grid.extra = {"bounds": list(wsi.bounds), "vendor": wsi.vendor, "backend": wsi.backend}
+        grid.extra = {
+            "bounds": list(wsi.bounds),
+            "vendor": wsi.vendor,
+            "backend": wsi.backend,
+            "artefact_area_mm2": {k: round(v, 6) for k, v in artefacts.area_mm2.items()},
+        }
         with atomic_dir(out) as tmp:
             grid.save(tmp / "tiles.npz")
             write_tissue_geojson_into(tmp / "tissue.geojson", tissue)
-            write_tile_qc_into(tmp / "qc.png", wsi, tissue, grid, opts.qc_long_side_px, thumbnail)
+            write_artefacts_geojson_into(tmp / "artefacts.geojson", artefacts.polygons, wsi.mpp)
+            write_tile_qc_into(
+                tmp / "qc.png", wsi, tissue, grid, opts.qc_long_side_px, thumbnail,
+                artefacts=qc_layers(artefacts),
+            )  # fmt: skip
             write_run_metadata(
                 tmp,
                 "tile",
@@ -116,6 +139,7 @@ def tile_slide(
                 n_tiles=len(grid),
                 tissue_area_um2=float(tissue.area * wsi.mpp**2),
                 n_tissue_polygons=len(tissue.geoms),
+                artefacts=artefact_summary(artefacts),
             )
     log.info(
         "%s: %d tiles at %g µm/px (%d px) written to %s",

@@ -10,6 +10,16 @@ from pydantic import Field, model_validator
 from wsi_lpd.settings import Section, renamed_keys
 
 
+def _comma_split(items: list[Any]) -> list[Any]:
+    """``["pen,blur", "fold"]`` → ``["pen", "blur", "fold"]`` (other items left for validation)."""
+    out: list[Any] = []
+    for item in items:
+        out += (
+            [p.strip() for p in item.split(",") if p.strip()] if isinstance(item, str) else [item]
+        )
+    return out
+
+
 class SynthSection(Section):
     """``synth:``: synthetic H&E-like slides (sizes in level-0 px, resolutions in µm/px)."""
 
@@ -49,10 +59,22 @@ class SynthSection(Section):
         json_schema_extra={"cli_default": "(drawn)"},
     )
 
+    artefacts: list[Literal["pen", "blur", "fold", "bubble"]] = Field(
+        default_factory=list,
+        description="Paint artefacts (pen, blur, fold, bubble; repeat or comma-separate) with "
+        "ground truth in {stem}.artefacts.npz.",
+        json_schema_extra={"cli_default": "none"},
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data: Any) -> Any:
-        return renamed_keys(data, "synth", cls.RENAMED_KEYS)
+        data = renamed_keys(data, "synth", cls.RENAMED_KEYS)
+        if isinstance(data, Mapping) and isinstance(data.get("artefacts"), str | list):
+            items = data["artefacts"]
+            items = [items] if isinstance(items, str) else items
+            data = {**data, "artefacts": _comma_split(items)}
+        return data
 
     @model_validator(mode="after")
     def _mask_coarser(self) -> SynthSection:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -515,6 +515,7 @@ def write_synthetic_slide(
     bank: RealTextureBank | None = None,
     tissue_fraction: float | None = None,
     progress: bool = False,
+    wrap_renderer: Callable[[SlideRenderer], Any] | None = None,
 ) -> SynthSlide:
     """Write a slide at ``path`` plus ``{stem}.mask.tiff`` and ``{stem}.annotations.geojson``.
 
@@ -525,6 +526,8 @@ def write_synthetic_slide(
     reuse one); other configured classes are then absent. ``stain_scale`` (H, E) shifts the
     stain in HED space (same layout, mask and annotations). ``tissue_fraction`` sets the
     tissue share (``SlideLayout``). ``progress`` shows a tqdm bar.
+    ``wrap_renderer`` returns the renderer that draws level 0 from the plain one (e.g. one that
+    paints artefacts on: ``wsi_lpd.synthetic.artefacts``).
     Every file is written under a temporary name and renamed. Deterministic in ``seed``.
     Memory: a few tens of MB per 1024×256-px block plus the layout grid (9 float32 per 32 µm
     node, about 90 MB for a 100k×100k slide at 0.5 µm/px) and the label mask; the level-0
@@ -558,6 +561,8 @@ def write_synthetic_slide(
         width_px, height_px, mpp, seed, len(layout_names), tissue_fraction=tissue_fraction
     )
     renderer = SlideRenderer(layout, classes, texture=mode, bank=bank, stain_scale=stain_scale)
+    if wrap_renderer is not None:
+        renderer = wrap_renderer(renderer)
     mask_path = path.with_name(f"{stem}.mask.tiff")
     annotations_path = path.with_name(f"{stem}.annotations.geojson")
     lut = np.array(

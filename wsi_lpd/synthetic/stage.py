@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from wsi_lpd.io import atomic_file
 from wsi_lpd.progress import progress
 from wsi_lpd.run_metadata import write_run_metadata
+from wsi_lpd.synthetic.artefacts import write_artefact_slide
 from wsi_lpd.synthetic.options import SynthSection
 from wsi_lpd.synthetic.slides import CMU_SLIDE_ID, copy_cmu_small_region, write_synthetic_slide
 
@@ -24,8 +26,9 @@ SAMPLE_COLUMNS = ("slide_id", "path", "mpp", "annotations", "truth", "split")
 def write_synthetic_cohort(
     opts: SynthSection, out: str | os.PathLike, *, add_cmu: bool = False
 ) -> Path:
-    """Write ``opts.n_slides`` synthetic slides into ``out`` (the last one the test split when
-    there are two or more), plus CMU-1-Small-Region with ``add_cmu``; returns the sample sheet."""
+    """Write ``opts.n_slides`` synthetic slides (``opts.artefacts`` painted on, with their ground
+    truth) into ``out`` (the last one the test split when there are two or more), plus
+    CMU-1-Small-Region with ``add_cmu``; returns the sample sheet."""
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -33,7 +36,12 @@ def write_synthetic_cohort(
     n = opts.n_slides
     for i in progress(range(n), desc="synth slides", unit="slide"):
         split = "test" if n >= 2 and i == n - 1 else "train"
-        slide = write_synthetic_slide(
+        paint = (
+            functools.partial(write_artefact_slide, kinds=opts.artefacts)
+            if opts.artefacts
+            else write_synthetic_slide
+        )
+        written = paint(
             out / f"{opts.prefix}_{i:02d}.tiff",
             width_px=opts.width_px,
             height_px=opts.height_px,
@@ -48,6 +56,7 @@ def write_synthetic_cohort(
             tissue_fraction=opts.tissue_fraction,
             progress=True,
         )
+        slide = getattr(written, "slide", written)  # an ArtefactSlide holds the SynthSlide
         rows.append(
             (
                 slide.slide_id,

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException, spawn
 
 from wsi_lpd.errors import ConfigError, TrainingError
 
@@ -88,7 +88,7 @@ def _worker(
     device: str,
     log_level: int,
     fn: Callable[..., Any],
-    args: tuple,
+    args: tuple[Any, ...],
 ) -> None:
     logging.basicConfig(
         level=log_level if local_rank == 0 else max(log_level, logging.WARNING),
@@ -124,14 +124,14 @@ def launch(nproc: int, device: str, fn: Callable[..., Any], *args: Any) -> None:
         )
     try:
         level = logging.getLogger().getEffectiveLevel()
-        mp.spawn(
+        spawn(
             _worker,
             args=(nproc, _free_port(), device, level, fn, args),
             nprocs=nproc,
             join=True,
         )
-    except mp.ProcessRaisedException as exc:
+    except ProcessRaisedException as exc:
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
         raise TrainingError(f"a training process failed: {lines[-1] if lines else exc}") from None
-    except mp.ProcessExitedException as exc:
+    except ProcessExitedException as exc:
         raise TrainingError(f"a training process died ({exc})") from None

@@ -33,16 +33,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.data.augment import Augment
+from wsi_lpd.data.contracts import Batch, LabelledPatchSet
 from wsi_lpd.data.sampling import class_balanced_weights, pos_weight_from_labels, untrained_classes
 from wsi_lpd.data.training_data import TrainingData, dataset_labels
 from wsi_lpd.device import resolve_device
@@ -51,8 +52,9 @@ from wsi_lpd.io import atomic_dir, atomic_file
 from wsi_lpd.networks.checkpoint import save_checkpoint
 from wsi_lpd.scores import confusion_matrix, label_scores, segmentation_scores
 from wsi_lpd.train import distributed
-from wsi_lpd.train.methods import Method, TrainContext, make_method
-from wsi_lpd.train.training_config import TrainingConfig
+from wsi_lpd.train.methods import Method, TrainContext
+from wsi_lpd.train.registry import make_method
+from wsi_lpd.train.training_config import TrainingConfig, TrainSection
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,10 @@ def seed_everything(seed: int) -> None:
 
 def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
     """Poly decay ``lr0·(1 − t/T)^power``."""
-    return base_lr * (1.0 - min(iteration, total) / total) ** power
+    return float(base_lr * (1.0 - min(iteration, total) / total) ** power)
 
 
-class GlobalBatchSampler:
+class GlobalBatchSampler(Sampler[list[int]]):
     """Endless batches of indices: global batches of ``batch_size × world`` from a seeded order
     per epoch, this process's slice of each (see the module docstring).
 
@@ -156,16 +158,99 @@ class Run:
     """Fixed facts of one training run shared by its rounds."""
 
     context: TrainContext
-    val_loader: DataLoader | None
+    val_loader: DataLoader[Batch] | None
     metric: str | None  # "val_mIoU", "val_F1" or None (no validation)
     contract: dict[str, Any]
     progress: Callable[[int, int, dict[str, float]], None] | None
 
 
+@dataclass
+class Optimisation:
+    """What one training step needs besides the method and its batches: AdamW over the trainable
+    parameters, AMP on CUDA (bf16 where supported, else fp16 with a gradient scaler), the
+    device, the memory format of images and the number of data-parallel processes."""
+
+    optimizer: torch.optim.Optimizer
+    params: list[nn.Parameter]
+    device: torch.device
+    use_amp: bool
+    amp_dtype: torch.dtype
+    scaler: torch.amp.GradScaler
+    channels_last: bool = False
+    world: int = 1
+
+    @classmethod
+    def create(
+        cls, model: nn.Module, s: TrainSection, device: torch.device, world: int = 1
+    ) -> Optimisation:
+        """AdamW with ``train.lr``, ``betas``, ``weight_decay``; AMP when ``train.amp`` on CUDA;
+        with ``train.channels_last`` on CUDA, ``model`` is converted to channels-last here and
+        batches follow in :meth:`to_device`."""
+        if s.channels_last and device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+        cuda = device.type == "cuda"
+        use_amp = s.amp and cuda
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        return cls(
+            optimizer, params, device, use_amp, amp_dtype, scaler, s.channels_last and cuda, world
+        )
+
+    def to_device(self, batch: Batch) -> Batch:
+        """``batch`` on the device (images channels-last when configured)."""
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(self.device, non_blocking=True)
+
+        image = move(batch["image"])
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        moved: Batch = {
+            "image": image,
+            "labels": move(batch["labels"]),
+            "known": move(batch["known"]),
+            "slide": move(batch["slide"]),
+        }
+        if "mask" in batch:
+            moved["mask"] = move(batch["mask"])
+        return moved
+
+
+def train_step(
+    method: Method[Any],
+    batches: Mapping[str, Batch],
+    step: int,
+    opt: Optimisation,
+    iteration: int,
+) -> dict[str, Tensor]:
+    """One optimiser step of ``method``: its losses under autocast, a finite-loss check (naming
+    ``iteration``), the scaled backward pass, the gradient all-reduce over processes, the step.
+    ``step``: the iteration within the round (warm-ups count from it). Returns the loss terms."""
+    with torch.autocast(opt.device.type, dtype=opt.amp_dtype, enabled=opt.use_amp):
+        losses = method.losses(batches, step)
+    lr = float(opt.optimizer.param_groups[0]["lr"])
+    _check_finite(losses["total"], iteration, method.name, lr)
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(losses["total"]).backward()
+    if opt.world > 1:
+        _average_gradients(opt.params, opt.world)
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    return losses
+
+
+def _as_dataset(patches: LabelledPatchSet) -> Dataset[Batch]:
+    """A labelled patch set as the map-style dataset it is (a DataLoader needs only
+    ``__len__`` and ``__getitem__``)."""
+    return cast("Dataset[Batch]", patches)
+
+
 def train(
     config: TrainingConfig,
-    train_set: Dataset,
-    val_set: Dataset | None,
+    train_set: LabelledPatchSet,
+    val_set: LabelledPatchSet | None,
     classes: ClassList,
     *,
     mpp: float,
@@ -190,7 +275,7 @@ def train(
     work = state_dir(out_dir)
     main = distributed.is_main()
     dev = resolve_device(distributed.process_device(device))
-    if len(train_set) == 0:  # type: ignore[arg-type]
+    if len(train_set) == 0:
         raise DatasetError("train: the training set is empty")
     labels = _three_state(dataset_labels(train_set), classes)
     if main:
@@ -230,16 +315,18 @@ def train(
     method.prepare(context)
 
     val_loader, metric = None, None
-    if val_set is not None and len(val_set) > 0 and main:  # type: ignore[arg-type]
-        val_loader = DataLoader(val_set, batch_size=s.batch_size, num_workers=s.workers)
-        metric = "val_mIoU" if getattr(val_set, "has_masks", True) else "val_F1"
-        log.info("validation on %d patches, best checkpoint by %s", len(val_set), metric)  # type: ignore[arg-type]
+    if val_set is not None and len(val_set) > 0 and main:
+        val_loader = DataLoader(
+            _as_dataset(val_set), batch_size=s.batch_size, num_workers=s.workers
+        )
+        metric = "val_mIoU" if val_set.has_masks else "val_F1"
+        log.info("validation on %d patches, best checkpoint by %s", len(val_set), metric)
     contract = {
         "classes": classes,
         "mpp": mpp,
         "patch_px": patch_px,
         "normalisation": dict(normalisation),
-        "model_config": config.model_config,
+        "model_config": config.model_mapping,
         "untrained_classes": untrained,
         "augmentation": Augment.from_dict(s.augment).to_dict(),
     }
@@ -253,8 +340,8 @@ def train(
 
     started = time.time()
     offset = 0
-    current: Method | None = method
-    final: Method = method
+    current: Method[Any] | None = method
+    final: Method[Any] = method
     while current is not None:
         final = current
         offset += run_loop(current, run, state, offset)
@@ -290,7 +377,7 @@ def train(
     return result
 
 
-def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
+def run_loop(method: Method[Any], run: Run, state: LoopState, offset: int) -> int:
     """Train ``method`` for one round starting at global iteration ``offset``; returns the
     round's iteration count. Writes ``last.pt`` each epoch and the best ``model.pt`` (rank 0)."""
     ctx = run.context
@@ -299,10 +386,10 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
     sets = method.datasets(ctx)
     samplers = {
         name: GlobalBatchSampler(
-            len(ds),  # type: ignore[arg-type]
+            len(ds),
             s.batch_size,
             seed=s.seed + k,
-            weights=getattr(method, "sample_weights", None) if ds is ctx.train_set else None,
+            weights=method.sample_weights if ds is ctx.train_set else None,
             rank=rank,
             world=world,
         )
@@ -311,11 +398,10 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
     iters_per_epoch = max(sp.batches_per_epoch for sp in samplers.values())
     round_iters = s.max_iters or s.epochs * iters_per_epoch
     end = offset + round_iters
-    params = [p for p in method.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    opt = Optimisation.create(method.model, s, dev, world)
     start = offset
     if state.saved is not None and offset <= state.saved["iteration"] <= end:
-        start = _restore(method, optimizer, state.saved, dev)
+        start = _restore(method, opt.optimizer, state.saved, dev)
         state.saved = None
     elif state.saved is not None and state.saved["iteration"] > end:
         state.iteration = end  # this round finished before the interruption
@@ -325,8 +411,8 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
     loaders = {
         name: iter(
             DataLoader(
-                ds,
-                batch_sampler=samplers[name],  # type: ignore[arg-type]
+                _as_dataset(ds),
+                batch_sampler=samplers[name],
                 num_workers=s.workers,
                 pin_memory=dev.type == "cuda",
             )
@@ -335,9 +421,6 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
     }
     if world > 1:
         _broadcast_from_main(method.model)
-    use_amp = bool(s.amp) and dev.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     best_after = method.best_after()
     method.model.train()
     running: dict[str, float] = {}
@@ -345,21 +428,10 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
     for it in range(start, end):
         step = it - offset
         lr = poly_lr(s.lr, step, round_iters, s.poly_power)
-        for group in optimizer.param_groups:
+        for group in opt.optimizer.param_groups:
             group["lr"] = lr
-        batches = {
-            name: {k: v.to(dev, non_blocking=True) for k, v in next(loader).items()}
-            for name, loader in loaders.items()
-        }
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-            losses = method.losses(batches, step)
-        _check_finite(losses["total"], it + 1, method.name, lr)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["total"]).backward()
-        if world > 1:
-            _average_gradients(params, world)
-        scaler.step(optimizer)
-        scaler.update()
+        batches = {name: opt.to_device(next(loader)) for name, loader in loaders.items()}
+        losses = train_step(method, batches, step, opt, it + 1)
         n_images = sum(int(b["image"].shape[0]) for b in batches.values()) * world
         seen += n_images
         state.images += n_images
@@ -401,7 +473,7 @@ def run_loop(method: Method, run: Run, state: LoopState, offset: int) -> int:
                 state.best = score
                 _save_model(ctx.work_dir / BEST_NAME, method, run, done, score)
         if end_of_epoch and ctx.is_main:
-            _save_state(ctx.work_dir / STATE_NAME, method, optimizer, state)
+            _save_state(ctx.work_dir / STATE_NAME, method, opt.optimizer, state)
     return round_iters
 
 
@@ -460,27 +532,28 @@ def _three_state(labels: np.ndarray, classes: ClassList) -> np.ndarray:
     return arr.astype(np.int8)
 
 
-def _apply_class_balance(method: Method, labels: np.ndarray, mode: str, source: str | None) -> None:
+def _apply_class_balance(
+    method: Method[Any], labels: np.ndarray, mode: str, source: str | None
+) -> None:
     """``sampler``: class-balanced draw weights; ``pos_weight``: BCE positive weights (L_cls)."""
     if mode == "sampler":
-        method.sample_weights = class_balanced_weights(labels)  # type: ignore[attr-defined]
+        method.sample_weights = class_balanced_weights(labels)
         log.info("class balance: weighted sampling of the training patches")
     elif mode == "pos_weight":
-        criterion = getattr(method, "criterion", None)
-        if criterion is None:
+        weights = torch.as_tensor(pos_weight_from_labels(labels))
+        if not method.set_pos_weight(weights):
             where = f"{source}: " if source else ""
             raise ConfigError(
                 f"{where}train.class_balance: pos_weight weighs L_cls; {method.name} has none "
                 "(use sampler)"
             )
-        criterion.pos_weight = torch.as_tensor(pos_weight_from_labels(labels))
-        log.info("class balance: L_cls pos_weight %s", criterion.pos_weight.tolist())
+        log.info("class balance: L_cls pos_weight %s", weights.tolist())
 
 
 @torch.no_grad()
 def evaluate(
-    method: Method,
-    loader: DataLoader,
+    method: Method[Any],
+    loader: DataLoader[Batch],
     classes: ClassList,
     device: torch.device,
     label_mode: str,
@@ -506,12 +579,14 @@ def evaluate(
                 cm += confusion_matrix(batch["mask"].numpy(), probs.argmax(dim=1).cpu().numpy(), n)
             miou = segmentation_scores(cm, "lpd", classes.names)["miou"]
             return {"val_mIoU": float("nan") if miou is None else float(miou)}
-        probs, truth = [], []
+        label_probs: list[Tensor] = []
+        truth: list[Tensor] = []
         for batch in loader:
-            probs.append(torch.sigmoid(method.label_logits(batch["image"].to(device))).cpu())
-            known = batch.get("known", torch.ones_like(batch["labels"]))
-            truth.append(torch.where(known > 0.5, batch["labels"], -1.0))
-        scores = label_scores(torch.cat(probs).numpy(), torch.cat(truth).numpy().astype(np.int8))
+            label_probs.append(torch.sigmoid(method.label_logits(batch["image"].to(device))).cpu())
+            truth.append(torch.where(batch["known"] > 0.5, batch["labels"], -1.0))
+        scores = label_scores(
+            torch.cat(label_probs).numpy(), torch.cat(truth).numpy().astype(np.int8)
+        )
         return {"val_F1": float(scores["f1"]), "val_mAP": float(scores["map"])}
     finally:
         model.train(was_training)
@@ -528,7 +603,9 @@ def _prepare_state_dir(work: Path, out_dir: Path, resume: bool) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
 
-def _save_model(path: Path, method: Method, run: Run, iteration: int, score: float | None) -> None:
+def _save_model(
+    path: Path, method: Method[Any], run: Run, iteration: int, score: float | None
+) -> None:
     c = run.contract
     save_checkpoint(
         path,
@@ -552,7 +629,7 @@ def _save_model(path: Path, method: Method, run: Run, iteration: int, score: flo
 
 
 def _save_state(
-    path: Path, method: Method, optimizer: torch.optim.Optimizer, state: LoopState
+    path: Path, method: Method[Any], optimizer: torch.optim.Optimizer, state: LoopState
 ) -> None:
     """``last.pt``: weights, optimiser, iteration, best score, history (atomic)."""
     with atomic_file(path) as tmp:
@@ -571,7 +648,7 @@ def _save_state(
 
 def _read_state(path: Path) -> dict[str, Any]:
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
         int(saved["iteration"])
     except Exception as exc:  # truncated zip, pickle refusals, missing keys
         raise CheckpointError(f"{path}: cannot resume from it ({type(exc).__name__})") from exc
@@ -579,7 +656,10 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _restore(
-    method: Method, optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], device: torch.device
+    method: Method[Any],
+    optimizer: torch.optim.Optimizer,
+    saved: Mapping[str, Any],
+    device: torch.device,
 ) -> int:
     try:
         method.model.load_state_dict(saved["state_dict"])

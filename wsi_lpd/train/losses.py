@@ -14,7 +14,7 @@ prototypes against backbone features, a second softmax, which makes the loss ≈
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -23,8 +23,7 @@ from torch import Tensor, nn
 
 from wsi_lpd.errors import ConfigError
 from wsi_lpd.networks.lpd import LPDOutput, merge_mean
-from wsi_lpd.settings import parse_section
-from wsi_lpd.train.training_config import LossConfig, loss_defaults
+from wsi_lpd.train.training_config import LossConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ DIV_MODES = ("intent", "parity")
 def _subclasses(logits: Tensor, num_classes: int) -> int:
     ck = logits.shape[1]
     if num_classes < 1 or ck % num_classes:
-        raise ConfigError(
+        raise ValueError(
             f"loss: {ck} subclass channels are not a multiple of {num_classes} classes"
         )
     return ck // num_classes
@@ -55,14 +54,12 @@ def classification_loss(
     [C]: weight of the positive term per class (BCE ``pos_weight``).
     """
     if len(stage_weights) != len(logits):
-        raise ConfigError(
+        raise ValueError(
             f"loss.stage_weights: {len(stage_weights)} weights for {len(logits)} stages"
         )
     num_classes = labels.shape[1]
     if known is not None and known.shape != labels.shape:
-        raise ConfigError(
-            f"loss: known of shape {tuple(known.shape)}, labels {tuple(labels.shape)}"
-        )
+        raise ValueError(f"loss: known of shape {tuple(known.shape)}, labels {tuple(labels.shape)}")
     target = labels.float()
     total = logits[-1].new_zeros(())
     for w, z in zip(stage_weights, logits, strict=True):
@@ -92,7 +89,7 @@ def pseudo_mask(
     """
     k = _subclasses(cam4, num_classes)
     if K is not None and k != K:
-        raise ConfigError(f"pseudo_mask: cam has {k} subclasses per class, expected {K}")
+        raise ValueError(f"pseudo_mask: cam has {k} subclasses per class, expected {K}")
     parent = merge_mean(cam4.detach().float(), num_classes)
     bg = parent.new_full((parent.shape[0], 1, *parent.shape[2:]), float(bg_score))
     return torch.cat([bg, parent], dim=1).argmax(dim=1)
@@ -126,17 +123,15 @@ def diversity_terms(
     every valid region (image, class); 0 when no region is valid.
     """
     if mode not in DIV_MODES:
-        raise ConfigError(
-            f"loss.div_mode: unknown {mode!r}; expected one of {', '.join(DIV_MODES)}"
-        )
+        raise ValueError(f"diversity_loss: mode {mode!r}; expected one of {', '.join(DIV_MODES)}")
     if prototypes.shape[1] != features.shape[1]:
-        raise ConfigError(
+        raise ValueError(
             f"diversity_loss: prototype dim {prototypes.shape[1]} differs from feature width "
             f"{features.shape[1]} (parity mode needs head.prototype_dim == stage-4 width)"
         )
     k = prototypes.shape[0] // num_classes
     if k * num_classes != prototypes.shape[0]:
-        raise ConfigError(
+        raise ValueError(
             f"diversity_loss: {prototypes.shape[0]} prototypes for {num_classes} classes"
         )
     b = features.shape[0]
@@ -251,9 +246,7 @@ def similarity_loss(
     if not bool(sel.any()):
         return cam4.new_zeros(())
     if prototypes.shape[0] != cam4.shape[1]:
-        raise ConfigError(
-            f"similarity_loss: {prototypes.shape[0]} prototypes, {cam4.shape[1]} CAMs"
-        )
+        raise ValueError(f"similarity_loss: {prototypes.shape[0]} prototypes, {cam4.shape[1]} CAMs")
     up = F.interpolate(cam4, size=images.shape[-2:], mode="bilinear", align_corners=True)
     thr = mask_alpha * up.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
     masks = (up >= thr).to(up.dtype)
@@ -268,7 +261,7 @@ def similarity_loss(
     e_fg = region_encoder(fg)
     e_bg = region_encoder(bg)
     if e_fg.ndim != 2 or e_fg.shape[1] != prototypes.shape[1]:
-        raise ConfigError(
+        raise ValueError(
             f"similarity_loss: region encoder gives {tuple(e_fg.shape)}, prototypes have "
             f"dim {prototypes.shape[1]} (head.prototype_dim must equal the region encoder dim)"
         )
@@ -303,83 +296,44 @@ class LPDLoss:
     def __init__(
         self,
         num_classes: int,
+        config: LossConfig | None = None,
         *,
-        stage_weights: Sequence[float] = (0.0, 0.1, 1.0, 1.0),
-        lambda_div: float = 0.5,
-        lambda_sim: float = 0.1,
-        warmup_iters: int = 3000,
-        div_mode: str = "intent",
-        div_temperature: float | str | None = None,
-        div_use_logit_scale: bool = False,
-        div_positive_only: bool = True,
-        div_min_region_px: int = 4,
-        bg_score: float = 0.2,
         region_encoder: nn.Module | None = None,
-        sim_tau: float = 0.07,
-        sim_mask_alpha: float = 0.5,
-        sim_minmax_normalise: bool = False,
-        sim_activation_penalty: float = 5e-4,
         pos_weight: Sequence[float] | Tensor | None = None,
     ) -> None:
-        if div_mode not in DIV_MODES:
-            raise ConfigError(f"loss.div_mode: unknown {div_mode!r}; expected intent or parity")
-        if len(stage_weights) != 4:
-            raise ConfigError(f"loss.stage_weights: need 4 weights, got {list(stage_weights)}")
-        if lambda_sim > 0 and region_encoder is None:
-            raise ConfigError("loss.lambda_sim: > 0 needs a region encoder for L_sim")
-        if div_temperature is None:
-            div_temperature = "logit_scale" if div_mode == "intent" else 1.0
-        if isinstance(div_temperature, str):
-            if div_temperature != "logit_scale":
-                raise ConfigError(
-                    f"loss.div_temperature: expected a number > 0 or 'logit_scale' "
-                    f"(got {div_temperature!r})"
-                )
-            div_use_logit_scale = True
-            div_temperature = 1.0
-        if div_temperature <= 0:
-            raise ConfigError(f"loss.div_temperature: must be > 0, got {div_temperature}")
-        if div_min_region_px < 1:
-            raise ConfigError(f"loss.div_min_region_px: must be >= 1, got {div_min_region_px}")
+        c = LossConfig() if config is None else config
+        if c.lambda_sim > 0 and region_encoder is None:
+            raise ValueError("LPDLoss: loss.lambda_sim > 0 needs a region encoder for L_sim")
+        temperature = c.div_temperature
+        if temperature is None:
+            temperature = "logit_scale" if c.div_mode == "intent" else 1.0
         self.num_classes = num_classes
-        self.stage_weights = tuple(float(w) for w in stage_weights)
-        self.lambda_div = float(lambda_div)
-        self.lambda_sim = float(lambda_sim)
-        self.warmup_iters = int(warmup_iters)
-        self.div_mode = div_mode
-        self.div_temperature = float(div_temperature)
-        self.div_use_logit_scale = bool(div_use_logit_scale)
-        self.div_positive_only = bool(div_positive_only)
-        self.div_min_region_px = int(div_min_region_px)
-        self.bg_score = float(bg_score)
+        self.stage_weights = tuple(float(w) for w in c.stage_weights)
+        self.lambda_div = c.lambda_div
+        self.lambda_sim = c.lambda_sim
+        self.warmup_iters = c.warmup_iters
+        self.div_mode = c.div_mode
+        self.div_use_logit_scale = c.div_use_logit_scale or temperature == "logit_scale"
+        self.div_temperature = 1.0 if temperature == "logit_scale" else float(temperature)
+        self.div_positive_only = c.div_positive_only
+        self.div_min_region_px = c.div_min_region_px
+        self.bg_score = c.bg_score
         self.pos_weight = None if pos_weight is None else torch.as_tensor(pos_weight).float()
         if self.pos_weight is not None and self.pos_weight.shape != (num_classes,):
-            raise ConfigError(
-                f"loss.pos_weight: need {num_classes} values, got {tuple(self.pos_weight.shape)}"
+            raise ValueError(
+                f"LPDLoss: pos_weight needs {num_classes} values, "
+                f"got {tuple(self.pos_weight.shape)}"
             )
-        self.sim_kwargs = {
-            "tau": float(sim_tau),
-            "mask_alpha": float(sim_mask_alpha),
-            "minmax_normalise": bool(sim_minmax_normalise),
-            "activation_penalty": float(sim_activation_penalty),
+        self.sim_kwargs: dict[str, Any] = {
+            "tau": c.sim_tau,
+            "mask_alpha": c.sim_mask_alpha,
+            "minmax_normalise": c.sim_minmax_normalise,
+            "activation_penalty": c.sim_activation_penalty,
         }
         self.region_encoder = region_encoder
         if region_encoder is not None:
             region_encoder.eval()
             region_encoder.requires_grad_(False)
-
-    @classmethod
-    def from_config(
-        cls,
-        config: Mapping[str, Any] | LossConfig,
-        num_classes: int,
-        region_encoder: nn.Module | None = None,
-    ) -> LPDLoss:
-        """Build from a ``loss`` section (:class:`wsi_lpd.train.training_config.LossConfig`
-        fields)."""
-        if not isinstance(config, LossConfig):
-            config = parse_section(LossConfig, config, None, "loss")
-        return cls(num_classes, region_encoder=region_encoder, **config.model_dump())
 
     def __call__(
         self,
@@ -392,7 +346,7 @@ class LPDLoss:
         """Loss terms for one batch; labels [B, C] 0/1, known [B, C] 0/1 (None: all known),
         images [B, 3, H, W] normalised."""
         if labels.ndim != 2 or labels.shape[1] != self.num_classes:
-            raise ConfigError(
+            raise ValueError(
                 f"loss: labels of shape {tuple(labels.shape)}, expected [B, {self.num_classes}]"
             )
         pos_weight = None if self.pos_weight is None else self.pos_weight.to(labels.device)
@@ -447,12 +401,3 @@ class LPDLoss:
             temperature=temperature,
             **region_kwargs,
         )
-
-
-def default_loss_config(method: str) -> dict[str, Any]:
-    """Loss defaults per method (:func:`wsi_lpd.train.training_config.loss_defaults`).
-
-    ``lpd``: the paper; ``cam``: L_cls only; ``pbip``: no L_div, no warm-up, min–max normalised
-    FG/BG images.
-    """
-    return loss_defaults(method)

@@ -1,13 +1,15 @@
-"""The typed training config: one pydantic model per section, method defaults in one place.
+"""The typed training config: one pydantic model per section, one model per kind of method.
 
 A training YAML has the sections ``model`` (``method``, ``encoder``, ``head``, ``predict`` and,
-for HisynSeg, ``decoder`` / ``background``), ``loss`` (prototype methods), ``region_encoder``
-(the frozen encoder behind L_sim), ``data``, ``train`` and ``hisynseg`` (HisynSeg only). Every
-error is one :class:`~wsi_lpd.errors.ConfigError` line ``file: section.key: problem (got value)``.
-
-Method defaults (:data:`HEAD_DEFAULTS`, :data:`LOSS_DEFAULTS`, :data:`LOSS_FORCED`) live here and
-nowhere else: CAM has K = 1 and no prototype losses; PBIP has a fixed bank (no L_div, no warm-up,
-min–max normalised L_sim images).
+for HisynSeg, ``decoder`` / ``background``: :mod:`wsi_lpd.networks.model_config`), ``loss``
+(prototype methods), ``region_encoder`` (the frozen encoder behind L_sim), ``data``, ``train`` and
+``hisynseg`` (HisynSeg only). The whole file is a :data:`TrainingConfig`:
+:class:`PrototypeTrainingConfig` (``lpd``, ``cam``, ``pbip``) or :class:`HisynSegTrainingConfig`,
+chosen by ``model.method`` through the method registry (:mod:`wsi_lpd.train.registry`, which also
+holds each method's loss defaults and reads YAML files with
+:func:`~wsi_lpd.train.registry.load_training_config`). Rules across sections are model validators;
+every error is one :class:`~wsi_lpd.errors.ConfigError` line ``file: section.key: problem``.
+Library code receives these models and trusts them (no re-checks).
 """
 
 from __future__ import annotations
@@ -15,209 +17,54 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from wsi_lpd.data.augment import Augment
 from wsi_lpd.errors import ConfigError
-from wsi_lpd.workflow.config import Section, parse_section, read_yaml
+from wsi_lpd.networks.build import parse_model_config
+from wsi_lpd.networks.model_config import (
+    EncoderConfig,
+    HisynSegModelConfig,
+    MitEncoderConfig,
+    ModelConfig,
+    Probability,
+    PrototypeModelConfig,
+    StageWeights,
+    parse_encoder_config,
+    where,
+)
+from wsi_lpd.settings import Section, describe_validation_error, parse_section
 
 log = logging.getLogger(__name__)
 
-PROTOTYPE_METHODS = ("lpd", "cam", "pbip")
-METHODS = (*PROTOTYPE_METHODS, "hisynseg")
-MIT_VARIANTS = ("mit_tiny", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
-
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-StageWeights = Annotated[list[float], Field(min_length=4, max_length=4)]
 RGB = Annotated[list[float], Field(min_length=3, max_length=3)]
 
 
-def _where(source: str | os.PathLike | None) -> str:
-    return f"{source}: " if source is not None else ""
-
-
-class _Weights(Section):
-    @field_validator("weights", mode="before", check_fields=False)
-    @classmethod
-    def _path_to_str(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-
-# --- model.encoder / region_encoder
-
-
-class MitEncoderConfig(_Weights):
-    """Our Mix Transformer (SegFormer MiT); ``weights``: NVlabs ``mit_b1.pth`` or HF ``mit-b1``."""
-
-    type: Literal["mit"]
-    variant: Literal[MIT_VARIANTS] = "mit_b1"  # type: ignore[valid-type]
-    strides: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=4, max_length=4)] = (
-        Field(default_factory=lambda: [4, 2, 2, 1])
-    )
-    drop_path: float = Field(0.1, ge=0.0, lt=1.0)
-    weights: str | None = None
-
-
-class TimmEncoderConfig(_Weights):
-    """A timm ``features_only`` backbone with four ``out_indices``."""
-
-    type: Literal["timm"]
-    name: str = Field(min_length=1)
-    out_indices: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=4, max_length=4)] = (
-        Field(default_factory=lambda: [1, 2, 3, 4])
-    )
-    output_stride: Literal[8, 16, 32] | None = None
-    weights: str | None = None
-    key_mapping: Literal["by_name", "by_order"] = "by_name"
-    pretrained: StrictBool = False
-    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
-
-
-EncoderConfig = MitEncoderConfig | TimmEncoderConfig
-
-
-def parse_encoder_config(
-    data: Any, source: str | os.PathLike | None = None, section: str = "encoder"
-) -> EncoderConfig:
-    """The ``encoder`` mapping -> :class:`MitEncoderConfig` or :class:`TimmEncoderConfig`."""
-    if isinstance(data, MitEncoderConfig | TimmEncoderConfig):
-        return data
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{_where(source)}{section}: expected a mapping, got {data!r}")
-    kind = data.get("type")
-    if kind == "mit":
-        return parse_section(MitEncoderConfig, data, source, section)
-    if kind == "timm":
-        return parse_section(TimmEncoderConfig, data, source, section)
-    raise ConfigError(f"{_where(source)}{section}.type: expected 'mit' or 'timm' (got {kind!r})")
-
-
-# --- model.head / model.predict (prototype methods)
-
-
-class PredictConfig(Section):
-    """``model.predict`` of the prototype methods (see :mod:`wsi_lpd.networks.predict`)."""
-
-    mask_absent: Literal["predicted", "none"] = "predicted"
-    stage_weights: StageWeights = Field(default_factory=lambda: [0.0, 0.3, 0.3, 0.4])
-    bg_power: float = Field(10.0, ge=0.0)
-    tta: StrictBool = False
-    crf: StrictBool = False
-    label_threshold: Probability = 0.5
-
-
-class PrototypeHeadConfig(Section):
-    """``model.head``: K prototypes of dimension D per class; None = the method's default."""
-
-    prototypes_per_class: int | None = Field(None, ge=1)
-    prototype_dim: int = Field(512, ge=1)
-    adapter_ratio: float = Field(0.5, gt=0.0, le=8.0)
-    logit_scale_init: float = Field(1.0 / 0.07, gt=0.0)
-    detach_early_cams: StrictBool = True
-    normalise_prototypes: StrictBool | None = None
-
-
-#: per method: K and whether projected prototypes are L2-normalised
-HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lpd": {"prototypes_per_class": 10, "normalise_prototypes": True},
-    "cam": {"prototypes_per_class": 1, "normalise_prototypes": True},
-    "pbip": {"prototypes_per_class": 3, "normalise_prototypes": False},
-}
-
-
-class PrototypeModelConfig(Section):
-    """``model`` of ``lpd``, ``cam`` and ``pbip`` (head defaults filled in per method)."""
-
-    encoder: EncoderConfig | None = None
-    head: PrototypeHeadConfig = PrototypeHeadConfig()
-    predict: PredictConfig = PredictConfig()
-
-
-# --- model (hisynseg)
-
-
-class DecoderConfig(Section):
-    channels: int = Field(128, ge=1)
-
-
-class HisynSegHeadConfig(Section):
-    dropout: float = Field(0.5, ge=0.0, le=0.99)
-
-
-class BackgroundConfig(Section):
-    """The tissue rule behind HisynSeg's background channel (:mod:`wsi_lpd.networks.hisynseg`)."""
-
-    rule: Literal["saturation", "none"] = "saturation"
-    saturation_threshold: Probability = 0.05
-    dark_value: Probability = 0.15
-    smooth_px: int = Field(5, ge=1)
-    softness: float = Field(0.01, ge=1e-6, le=1.0)
-
-    @field_validator("smooth_px")
-    @classmethod
-    def _odd(cls, value: int) -> int:
-        if value % 2 == 0:
-            raise ValueError("must be odd")
-        return value
-
-
-class HisynSegPredictConfig(Section):
-    mask_absent: Literal["predicted", "none"] = "predicted"
-    label_threshold: Probability = 0.5
-    tta: StrictBool = False
-    crf: StrictBool = False
-
-
-class HisynSegModelConfig(Section):
-    """``model`` of ``hisynseg``: encoder + FPN decoder + aux CAM head, background rule."""
-
-    encoder: EncoderConfig | None = None
-    decoder: DecoderConfig = DecoderConfig()
-    head: HisynSegHeadConfig = HisynSegHeadConfig()
-    background: BackgroundConfig = BackgroundConfig()
-    predict: HisynSegPredictConfig = HisynSegPredictConfig()
-
-
-ModelConfig = PrototypeModelConfig | HisynSegModelConfig
-
-
-def parse_model_config(
-    method: str,
-    data: Mapping[str, Any] | ModelConfig,
-    source: str | os.PathLike | None = None,
-    section: str = "model",
-) -> ModelConfig:
-    """Validate a ``model`` mapping (without ``method``) for ``method``; defaults filled in."""
-    if isinstance(data, PrototypeModelConfig | HisynSegModelConfig):
-        return data
-    if method not in METHODS:
-        raise ConfigError(
-            f"{_where(source)}method: unknown {method!r}; expected one of {', '.join(METHODS)}"
-        )
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{_where(source)}{section}: must be a mapping")
-    rest = {k: v for k, v in data.items() if k != "encoder"}
-    if data.get("encoder") is None:
-        raise ConfigError(f"{_where(source)}{section}.encoder: missing (the encoder is required)")
-    encoder = parse_encoder_config(data["encoder"], source, f"{section}.encoder")
-    if method == "hisynseg":
-        parsed: ModelConfig = parse_section(HisynSegModelConfig, rest, source, section)
-        return parsed.model_copy(update={"encoder": encoder})
-    cfg = parse_section(PrototypeModelConfig, rest, source, section)
-    given = cfg.head.model_dump(exclude_none=True)
-    head = cfg.head.model_copy(update={**HEAD_DEFAULTS[method], **given})
-    if method == "cam" and head.prototypes_per_class != 1:
-        raise ConfigError(
-            f"{_where(source)}{section}.head.prototypes_per_class: method 'cam' needs exactly 1 "
-            f"(got {head.prototypes_per_class})"
-        )
-    return cfg.model_copy(update={"encoder": encoder, "head": head})
-
-
 # --- loss (prototype methods)
+
+
+def _temperature(value: Any) -> Any:
+    """``loss.div_temperature``: a number > 0, ``"logit_scale"`` or None (one error line)."""
+    if value is None or value == "logit_scale":
+        return value
+    try:
+        number = float("nan") if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0:
+        raise ValueError("expected a number > 0 or 'logit_scale'")
+    return number
 
 
 class LossConfig(Section):
@@ -229,7 +76,9 @@ class LossConfig(Section):
     warmup_iters: int = Field(3000, ge=0)
     div_mode: Literal["intent", "parity"] = "intent"
     #: a number > 0, or "logit_scale" (1/t_4, detached); None: logit_scale (intent), 1 (parity)
-    div_temperature: Annotated[float, Field(gt=0.0)] | Literal["logit_scale"] | None = None
+    div_temperature: Annotated[
+        float | Literal["logit_scale"] | None, BeforeValidator(_temperature)
+    ] = None
     div_use_logit_scale: StrictBool = False
     div_positive_only: StrictBool = True  # intent: only regions of classes in the image label
     div_min_region_px: int = Field(4, ge=1)  # intent: skip smaller stage-4 regions
@@ -240,34 +89,23 @@ class LossConfig(Section):
     sim_activation_penalty: float = Field(5e-4, ge=0.0)
 
 
-#: loss defaults per method (what the YAML may override)
-LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lpd": {},
-    "cam": {"lambda_div": 0.0, "lambda_sim": 0.0, "warmup_iters": 0},
-    "pbip": {"lambda_div": 0.0, "warmup_iters": 0, "sim_minmax_normalise": True},
-}
-#: what a method keeps whatever the YAML says (CAM: no prototype losses; PBIP: fixed bank)
-LOSS_FORCED: dict[str, dict[str, Any]] = {
-    "lpd": {},
-    "cam": {"lambda_div": 0.0, "lambda_sim": 0.0},
-    "pbip": {"lambda_div": 0.0, "warmup_iters": 0, "sim_minmax_normalise": True},
-}
+@dataclass(frozen=True)
+class LossDefaults:
+    """A method's ``loss`` defaults (``defaults``: what the YAML may override; ``forced``: what
+    the method keeps whatever the YAML says, e.g. CAM has no prototype losses)."""
 
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    forced: Mapping[str, Any] = field(default_factory=dict)
 
-def loss_defaults(method: str) -> dict[str, Any]:
-    """The full loss section of ``method`` with nothing overridden."""
-    if method not in LOSS_DEFAULTS:
-        raise ConfigError(f"method: no loss defaults for {method!r}")
-    return LossConfig().model_copy(update=LOSS_DEFAULTS[method]).model_dump()
+    def full(self) -> dict[str, Any]:
+        """The whole ``loss`` section with nothing overridden."""
+        return LossConfig().model_copy(update=dict(self.defaults)).model_dump()
 
-
-def parse_loss_config(
-    method: str, data: Mapping[str, Any] | None, source: str | os.PathLike | None = None
-) -> LossConfig:
-    """``loss`` section of ``method``: method defaults, the YAML, then the method's fixed values."""
-    given = parse_section(LossConfig, data, source, "loss").model_dump(exclude_unset=True)
-    merged = {**loss_defaults(method), **given, **LOSS_FORCED[method]}
-    return parse_section(LossConfig, merged, source, "loss")
+    def parse(self, data: Any, source: str | os.PathLike[str] | None = None) -> LossConfig:
+        """``loss`` section: method defaults, the YAML, then the method's fixed values."""
+        given = parse_section(LossConfig, data, source, "loss").model_dump(exclude_unset=True)
+        merged = {**self.full(), **given, **self.forced}
+        return parse_section(LossConfig, merged, source, "loss")
 
 
 # --- data, train
@@ -284,6 +122,9 @@ class DataSection(Section):
     normalisation: Literal["lpd", "imagenet"] | NormalisationStats = "lpd"
 
 
+DEFAULT_AUGMENT: dict[str, float | None] = {"hflip_p": 0.5, "vflip_p": 0.5, "rot90_p": 0.5}
+
+
 class TrainSection(Section):
     """``train``: optimiser, schedule, batches, validation, sampling (paper defaults)."""
 
@@ -296,15 +137,17 @@ class TrainSection(Section):
     poly_power: float = Field(1.0, ge=0.0)
     seed: int = 42
     amp: StrictBool = True  # CUDA only
+    #: CUDA only: model and images in channels-last (NHWC) memory format (same results)
+    channels_last: StrictBool = Field(
+        False, description="CUDA only: model and image batches in channels-last memory format."
+    )
     workers: int = Field(2, ge=0)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # held out when no validation set is given
     val_label_mode: Literal["predicted", "given"] = "predicted"
     select_best_after_iters: int | None = Field(None, ge=0)  # None = the loss warm-up
     log_every: int = Field(10, ge=1)
     #: :class:`wsi_lpd.data.augment.Augment` settings (flips, rotations, ``stain_strength``, …)
-    augment: dict[str, float | None] = Field(
-        default_factory=lambda: {"hflip_p": 0.5, "vflip_p": 0.5, "rot90_p": 0.5}
-    )
+    augment: dict[str, float | None] = Field(default_factory=lambda: dict(DEFAULT_AUGMENT))
     class_balance: Literal["none", "sampler", "pos_weight"] = "none"
     pbip_features_per_class: int = Field(512, ge=1)  # single-label patches encoded for the bank
 
@@ -370,108 +213,154 @@ class HisynSegSection(Section):
 # --- the whole file
 
 
-class TrainingYaml(Section):
-    """The top level of a training YAML: its sections (each validated by its own model below)."""
+class RuleError(ValueError):
+    """A rule across sections broken; ``key`` is the dotted key the error line names."""
 
-    model: dict[str, Any] | None = None
-    loss: dict[str, Any] | None = None
-    region_encoder: dict[str, Any] | None = None
-    data: dict[str, Any] | None = None
-    train: dict[str, Any] | None = None
-    hisynseg: dict[str, Any] | None = None
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    """A validated training YAML. ``model_config`` is the plain ``model`` mapping (no ``method``)
-    stored in checkpoints; ``source`` is the YAML path (None when built from a mapping)."""
+T = TypeVar("T", bound="TrainingConfigBase")
+
+
+class TrainingConfigBase(Section):
+    """What every method's training config has. ``model_mapping`` is the plain ``model``
+    mapping (no ``method``) stored in checkpoints; ``source`` the YAML path (None: a mapping).
+    Frozen: :meth:`with_train` returns a validated copy."""
+
+    model_config = ConfigDict(**Section.model_config, frozen=True)
 
     method: str
     model: ModelConfig
-    model_config: dict[str, Any]
-    loss: LossConfig | None
-    region_encoder: EncoderConfig | None
-    data: DataSection
-    train: TrainSection
-    hisynseg: HisynSegSection | None
+    model_mapping: dict[str, Any]
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
     source: str | None = None
 
-    def with_train(self, **overrides: Any) -> TrainingConfig:
+    @classmethod
+    def from_mapping(
+        cls: type[T],
+        method: str,
+        data: Mapping[str, Any],
+        loss: LossDefaults,
+        source: str | os.PathLike[str] | None = None,
+    ) -> T:
+        """Validate a whole YAML mapping (whose ``model.method`` is ``method``)."""
+        for key in ("method", "model_mapping", "source"):
+            if key in data:
+                raise ConfigError(f"{where(source)}{key}: not a section of a training YAML")
+        raw_model = data["model"]
+        model_mapping = {k: v for k, v in raw_model.items() if k != "method"}
+        sections = {k: v for k, v in data.items() if v is not None}
+        sections.update(
+            method=method,
+            model=parse_model_config(method, model_mapping, source, "model"),
+            model_mapping=model_mapping,
+            source=None if source is None else os.fspath(source),
+        )
+        sections.update(cls._parsed_sections(data, loss, source))
+        try:
+            config = cls.model_validate(sections)
+        except ValidationError as exc:
+            cause = exc.errors()[0].get("ctx", {}).get("error")
+            if isinstance(cause, RuleError):
+                raise ConfigError(f"{where(source)}{cause.key}: {cause}") from None
+            raise ConfigError(describe_validation_error(exc, source, "")) from None
+        _warn_untrained_encoder(config.model, source)
+        return config
+
+    @classmethod
+    def _parsed_sections(
+        cls, data: Mapping[str, Any], loss: LossDefaults, source: str | os.PathLike[str] | None
+    ) -> dict[str, Any]:
+        """Sections parsed before the whole (method defaults merged in)."""
+        return {}
+
+    def with_train(self: T, **overrides: Any) -> T:
         """A copy with ``train`` keys replaced (validated: CLI overrides)."""
         merged = {**self.train.model_dump(exclude_unset=True), **overrides}
         train = parse_section(TrainSection, merged, self.source, "train")
-        return TrainingConfig(**{**self.__dict__, "train": train})
+        return self.model_copy(update={"train": train})
 
     def loss_record(self) -> dict[str, Any]:
         """The loss settings as recorded in checkpoints and run.json."""
-        if self.hisynseg is not None:
-            return {"w1": self.hisynseg.w1, "w2": self.hisynseg.w2, "w3": self.hisynseg.w3}
-        assert self.loss is not None
+        raise NotImplementedError
+
+
+class PrototypeTrainingConfig(TrainingConfigBase):
+    """``lpd``, ``cam``, ``pbip``: a prototype head, ``loss`` and (for L_sim) ``region_encoder``."""
+
+    model: PrototypeModelConfig
+    loss: LossConfig = LossConfig()
+    region_encoder: EncoderConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_hisynseg(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "hisynseg" in data:
+            if data["hisynseg"]:
+                raise RuleError(
+                    "hisynseg", f"only used by method hisynseg (method {data.get('method')})"
+                )
+            data = {k: v for k, v in data.items() if k != "hisynseg"}
+        return data
+
+    @model_validator(mode="after")
+    def _region_encoder_for_sim(self) -> PrototypeTrainingConfig:
+        if self.loss.lambda_sim > 0 and self.region_encoder is None:
+            raise RuleError("region_encoder", "needed when loss.lambda_sim > 0")
+        return self
+
+    @classmethod
+    def _parsed_sections(
+        cls, data: Mapping[str, Any], loss: LossDefaults, source: str | os.PathLike[str] | None
+    ) -> dict[str, Any]:
+        parsed: dict[str, Any] = {"loss": loss.parse(data.get("loss"), source)}
+        if data.get("region_encoder") is not None:
+            parsed["region_encoder"] = parse_encoder_config(
+                data["region_encoder"], source, "region_encoder"
+            )
+        return parsed
+
+    def loss_record(self) -> dict[str, Any]:
         return self.loss.model_dump()
 
 
-def training_config_from_mapping(
-    data: Mapping[str, Any], source: str | os.PathLike | None = None, method: str | None = None
-) -> TrainingConfig:
-    """Validate a whole training YAML mapping; ``method`` overrides ``model.method``."""
-    where = _where(source)
-    parse_section(TrainingYaml, data, source)
-    raw_model = data.get("model")
-    if not isinstance(raw_model, Mapping):
-        raise ConfigError(f"{where}model: missing or not a mapping (method, encoder, ...)")
-    model_config = {k: v for k, v in raw_model.items() if k != "method"}
-    method = method or raw_model.get("method", "lpd")
-    if method not in METHODS:
-        raise ConfigError(
-            f"{where}model.method: expected one of {', '.join(METHODS)} (got {method!r})"
-        )
-    model = parse_model_config(method, model_config, source, "model")
-    data_section = parse_section(DataSection, data.get("data"), source, "data")
-    train = parse_section(TrainSection, data.get("train"), source, "train")
-    if method == "hisynseg":
-        for section in ("loss", "region_encoder"):
-            if data.get(section):
-                raise ConfigError(
-                    f"{where}{section}: not used by hisynseg (its loss weights go in hisynseg:)"
-                )
-        loss, region = None, None
-        hisynseg = parse_section(HisynSegSection, data.get("hisynseg"), source, "hisynseg")
-    else:
-        if data.get("hisynseg"):
-            raise ConfigError(f"{where}hisynseg: only used by method hisynseg (method {method})")
-        hisynseg = None
-        loss = parse_loss_config(method, data.get("loss"), source)
-        region = None
-        if data.get("region_encoder") is not None:
-            region = parse_encoder_config(data["region_encoder"], source, "region_encoder")
-        if loss.lambda_sim > 0 and region is None:
-            raise ConfigError(f"{where}region_encoder: needed when loss.lambda_sim > 0")
-    _warn_untrained_encoder(model, source)
-    return TrainingConfig(
-        method=method,
-        model=model,
-        model_config=model_config,
-        loss=loss,
-        region_encoder=region,
-        data=data_section,
-        train=train,
-        hisynseg=hisynseg,
-        source=None if source is None else os.fspath(source),
-    )
+class HisynSegTrainingConfig(TrainingConfigBase):
+    """``hisynseg``: encoder + FPN decoder; synthesis, filter and loss weights in ``hisynseg``."""
+
+    model: HisynSegModelConfig
+    hisynseg: HisynSegSection = HisynSegSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_prototype_sections(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for section in ("loss", "region_encoder"):
+                if data.get(section):
+                    raise RuleError(
+                        section, "not used by hisynseg (its loss weights go in hisynseg:)"
+                    )
+            data = {k: v for k, v in data.items() if k not in ("loss", "region_encoder")}
+        return data
+
+    def loss_record(self) -> dict[str, Any]:
+        s = self.hisynseg
+        return {"w1": s.w1, "w2": s.w2, "w3": s.w3}
 
 
-def load_training_config(path: str | os.PathLike, method: str | None = None) -> TrainingConfig:
-    """Read and validate the training YAML at ``path``."""
-    return training_config_from_mapping(read_yaml(path), path, method)
+#: a validated training YAML (which one: ``method``, through :mod:`wsi_lpd.train.registry`)
+TrainingConfig = PrototypeTrainingConfig | HisynSegTrainingConfig
 
 
-def _warn_untrained_encoder(model: ModelConfig, source: str | os.PathLike | None) -> None:
+def _warn_untrained_encoder(model: ModelConfig, source: str | os.PathLike[str] | None) -> None:
     enc = model.encoder
     if isinstance(enc, MitEncoderConfig) and enc.weights is None and enc.variant != "mit_tiny":
         log.warning(
             "%smodel.encoder.weights is null: %s starts from random weights, far below the "
             "paper; set it to an NVlabs mit_b1.pth or a Hugging Face nvidia/mit-b1 file "
             "(docs/readme/engine.md)",
-            _where(source),
+            where(source),
             enc.variant,
         )

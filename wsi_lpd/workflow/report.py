@@ -72,6 +72,8 @@ class SlideRow:
     mosaic_mpp: float | None = None
     metrics: dict[str, Any] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    # tile stage's artefacts: QuPath class (``Artefact: pen`` …) -> (mm², display colour)
+    artefacts: dict[str, tuple[float, tuple[int, int, int]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -304,6 +306,18 @@ def _failure(layout: ResultsLayout, stage: str, key: str) -> Failure | None:
     )
 
 
+def _artefacts(tile_run: Mapping[str, Any] | None) -> dict[str, tuple[float, tuple[int, int, int]]]:
+    """QuPath class -> (mm², colour) of the artefacts a tile stage's ``run.json`` records."""
+    out: dict[str, tuple[float, tuple[int, int, int]]] = {}
+    for kind, info in ((tile_run or {}).get("artefacts") or {}).items():
+        try:
+            color = tuple(int(c) for c in info["color"])
+            out[str(info.get("class", kind))] = (float(info["area_mm2"]), color)  # type: ignore[assignment]
+        except (KeyError, TypeError, ValueError):
+            log.warning("tile run.json: unreadable artefact entry %r", kind)
+    return out
+
+
 def _slide_row(
     layout: ResultsLayout, sample: Any, trained_here: bool, opts: Mapping[str, Any],
     timings: Mapping[str, dict[str, float]],
@@ -326,6 +340,7 @@ def _slide_row(
         entry.overlay_uri = image_data_uri(layout.overlay(sid), opts["image_max_px"])
     if opts["embed_qc"] and os.path.isfile(layout.tissue_qc(sid)):
         entry.qc_uri = image_data_uri(layout.tissue_qc(sid), opts["image_max_px"])
+    entry.artefacts = _artefacts(_read_json(os.path.join(layout.tiles(sid), "run.json")))
     metrics = _read_json(layout.metrics(sid))
     if metrics is not None:
         entry.metrics = {**(metrics.get("pooled") or {}), "protocol": metrics.get("protocol")}
@@ -470,6 +485,10 @@ def render_html(data: ReportData) -> str:
     for row in data.slides:
         area_classes += [n for n in row.areas_mm2 if n not in area_classes]
     area_classes = [n for n in area_classes if any(n in r.areas_mm2 for r in data.slides)]
+    artefact_colors: dict[str, tuple[int, int, int]] = {}
+    for row in data.slides:
+        for name, (_, color) in row.artefacts.items():
+            artefact_colors.setdefault(name, color)
     figures = [
         {"uri": uri, "slide_id": r.slide_id, "what": what}
         for r in data.slides
@@ -498,6 +517,7 @@ def render_html(data: ReportData) -> str:
         not_run=[r.slide_id for r in data.slides if r.status == "not run"],
         swatch=swatch,
         area_classes=area_classes,
+        artefact_colors=artefact_colors,
         figures=figures,
         evaluated=evaluated,
         iou_classes=iou_classes,

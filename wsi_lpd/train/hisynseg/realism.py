@@ -4,6 +4,15 @@ The discriminator is a timm classifier (ResNet-18, random init, two logits: inde
 index 1 = real) trained with cross-entropy on real multi-label patches against synthesised ones
 (random horizontal/vertical flips, Adam, a held-out fraction for validation, best validation
 accuracy kept). A synthesised image is kept when softmax P(real) > ``threshold`` (0.5).
+
+:func:`train_discriminator` is the one optimiser loop outside the training engine
+(:mod:`wsi_lpd.train.engine`), on purpose: it fits a 2-class image classifier for a few epochs
+over in-memory arrays as one step of HisynSeg's data preparation (inside
+``HisynSegMethod.prepare``, before the segmentation run starts), not a segmentation run. It needs
+none of the engine's run machinery (patch stores, resumable state, checkpoints with the
+``model.pt`` contract, validation mIoU, distributed sampling, AMP), and running it through the
+engine would make the engine's step, logging and best-checkpoint logic serve two kinds of model.
+Its settings are ``hisynseg.filter`` (:class:`~wsi_lpd.train.training_config.FilterSection`).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsi_lpd.errors import ConfigError, DatasetError
+from wsi_lpd.train.training_config import FilterSection
 
 log = logging.getLogger(__name__)
 
@@ -120,27 +130,24 @@ def train_discriminator(
     real: np.ndarray,
     synthetic: np.ndarray,
     normalisation: Mapping[str, Sequence[float]],
+    settings: FilterSection,
     *,
-    model_name: str = "resnet18",
-    epochs: int = 3,
-    lr: float = 1e-3,
-    batch_size: int = 256,
-    val_fraction: float = 0.2,
+    epochs: int,
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> tuple[nn.Module, FilterTraining]:
     """Train the real/synthetic classifier; returns it (eval mode, best-validation weights).
 
-    ``real`` and ``synthetic``: (N, H, W, 3) uint8 of the same size.
+    ``real`` and ``synthetic``: (N, H, W, 3) uint8 of the same size; ``settings``: model, lr,
+    batch size, validation fraction; ``epochs``: ``epochs_mosaic`` or ``epochs_bezier``.
     """
+    lr, batch_size, val_fraction = settings.lr, settings.batch_size, settings.val_fraction
     if len(real) == 0 or len(synthetic) == 0:
         raise DatasetError("hisynseg.filter: needs both real and synthesised images to train")
     if real.shape[1:] != synthetic.shape[1:]:
         raise DatasetError(
             f"hisynseg.filter: real {real.shape[1:]} and synthesised {synthetic.shape[1:]} differ"
         )
-    if epochs < 1 or batch_size < 1 or lr <= 0 or not 0.0 <= val_fraction < 1.0:
-        raise ConfigError("hisynseg.filter: epochs/batch_size >= 1, lr > 0, val_fraction in [0,1)")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     images = np.concatenate([real, synthetic])
@@ -150,7 +157,7 @@ def train_discriminator(
     order = rng.permutation(len(images))
     n_val = round(len(images) * val_fraction) if len(images) >= 4 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
-    model = build_discriminator(model_name).to(device)
+    model = build_discriminator(settings.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     best_state, best_acc, train_acc = None, -1.0, 0.0
     for epoch in range(epochs):

@@ -21,14 +21,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from wsi_lpd.classes import ClassList
-from wsi_lpd.data.datasets import BcssWsssDataset, PatchDataset, read_png_rgb
+from wsi_lpd.data.contracts import LabelledPatchSet
+from wsi_lpd.data.datasets import BcssWsssDataset, ConcatPatchSets, PatchDataset, read_png_rgb
 from wsi_lpd.errors import DatasetError
 from wsi_lpd.formats.patch_store import PatchStoreWriter, open_patch_store
 from wsi_lpd.io import atomic_dir
+from wsi_lpd.networks.hisynseg import HisynSegModel
 from wsi_lpd.train.hisynseg.realism import filter_realistic, to_tensor, train_discriminator
 from wsi_lpd.train.hisynseg.synthesis import (
     KINDS,
@@ -60,7 +60,7 @@ def bezier_params(s: HisynSegSection) -> BezierParams:
 
 
 def raw_image_source(
-    dataset: Dataset, normalisation: Mapping[str, Any]
+    dataset: LabelledPatchSet, normalisation: Mapping[str, Any]
 ) -> Callable[[int], np.ndarray]:
     """``get(i) -> (H, W, 3) uint8``: the un-augmented pixels of item ``i`` of ``dataset``.
 
@@ -73,8 +73,8 @@ def raw_image_source(
         return lambda i: np.asarray(store.images[int(indices[i])])
     if isinstance(dataset, BcssWsssDataset):
         return lambda i: read_png_rgb(dataset.images[i])
-    if isinstance(dataset, ConcatDataset):
-        parts = [raw_image_source(d, normalisation) for d in dataset.datasets]
+    if isinstance(dataset, ConcatPatchSets):
+        parts = [raw_image_source(d, normalisation) for d in dataset.parts]
         ends = dataset.cumulative_sizes
 
         def concat_get(i: int) -> np.ndarray:
@@ -82,16 +82,14 @@ def raw_image_source(
             return parts[k](i - (ends[k - 1] if k else 0))
 
         return concat_get
-    if isinstance(dataset, Subset):
-        inner = raw_image_source(dataset.dataset, normalisation)
-        return lambda i: inner(int(dataset.indices[i]))
     log.warning("%s: reading pixels by de-normalising its items", type(dataset).__name__)
     mean = np.asarray(normalisation["mean"], np.float32)
     std = np.asarray(normalisation["std"], np.float32)
 
     def denormalise(i: int) -> np.ndarray:
         x = dataset[i]["image"].numpy().transpose(1, 2, 0) * std + mean
-        return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+        rgb: np.ndarray = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+        return rgb
 
     return denormalise
 
@@ -149,7 +147,7 @@ def build_synthetic_store(
     use_filter = f.enabled and len(real_images) > 0
     if f.enabled and not use_filter:
         log.warning("hisynseg: no multi-label patch to train the realism filter; filter skipped")
-    params = {"mosaic": mosaic_params(settings), "bezier": bezier_params(settings)}
+    mosaic, bezier = mosaic_params(settings), bezier_params(settings)
     stats: dict[str, Any] = {"filter": use_filter, "threshold": f.threshold}
 
     def kind_batch(kind: str, idx: range, stream: int) -> Any:
@@ -159,8 +157,8 @@ def build_synthetic_store(
             idx,
             seed=seed,
             stream=stream,
-            mosaic=params["mosaic"],
-            bezier=params["bezier"],
+            mosaic=mosaic,
+            bezier=bezier,
         )
 
     def write(writer: PatchStoreWriter) -> None:
@@ -177,11 +175,8 @@ def build_synthetic_store(
                     real_images,
                     fakes,
                     normalisation,
-                    model_name=f.model,
+                    f,
                     epochs=f.epochs_mosaic if kind == "mosaic" else f.epochs_bezier,
-                    lr=f.lr,
-                    batch_size=f.batch_size,
-                    val_fraction=f.val_fraction,
                     device=device,
                     seed=seed + (1 if kind == "mosaic" else 2),
                 )
@@ -260,7 +255,7 @@ def real_multilabel(
 @torch.no_grad()
 def build_pseudo_store(
     path: Path,
-    model: nn.Module,
+    model: HisynSegModel,
     get: Callable[[int], np.ndarray],
     labels: np.ndarray,
     classes: ClassList,
@@ -282,7 +277,7 @@ def build_pseudo_store(
             given = torch.as_tensor(
                 labels[idx.start : idx.stop], dtype=torch.float32, device=device
             )
-            probs = model.predict(x, image_labels=given, tta=True)  # type: ignore[operator]
+            probs = model.predict(x, image_labels=given, tta=True)
             masks = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
             for k, i in enumerate(idx):
                 writer.append(images[k], labels[i], (0, 0), slide, masks[k])

@@ -41,7 +41,8 @@ _KIND_IDS = {"mosaic": 1, "bezier": 2}
 
 @dataclass(frozen=True)
 class MosaicParams:
-    """Mosaic settings (official values): anchor fraction range, per-quadrant transforms."""
+    """Mosaic settings (official values): anchor fraction range, per-quadrant transforms
+    (``hisynseg.mosaic_*``, validated by ``HisynSegSection``)."""
 
     anchor_range: tuple[float, float] = (0.2, 0.8)
     transform_p: float = 0.8  # probability of the flip and, separately, of shift-scale-rotate
@@ -49,33 +50,15 @@ class MosaicParams:
     scale: float = 0.2  # scale factor in [1 - scale, 1 + scale]
     rotate_deg: float = 45.0  # rotation in [-rotate_deg, rotate_deg]
 
-    def __post_init__(self) -> None:
-        lo, hi = self.anchor_range
-        if not 0.0 < lo <= hi < 1.0:
-            raise ConfigError(
-                f"hisynseg.mosaic_anchor_range: need 0 < low <= high < 1, got {self.anchor_range}"
-            )
-        if not 0.0 <= self.transform_p <= 1.0:
-            raise ConfigError(
-                f"hisynseg.mosaic_transform_p: not a probability ({self.transform_p})"
-            )
-        if self.shift < 0 or not 0 <= self.scale < 1 or self.rotate_deg < 0:
-            raise ConfigError("hisynseg.mosaic_shift/scale/rotate_deg: must be >= 0 (scale < 1)")
-
 
 @dataclass(frozen=True)
 class BezierParams:
-    """Bézier-blob settings: number of random points, control-arm ratio, tangent smoothing."""
+    """Bézier-blob settings: number of random points (≥ 3), control-arm ratio (> 0), tangent
+    smoothing (≥ 0) (``hisynseg.bezier_*``, validated by ``HisynSegSection``)."""
 
     points: int = 5
     rad: float = 0.2
     edgy: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.points < 3:
-            raise ConfigError(f"hisynseg.bezier_points: need >= 3, got {self.points}")
-        if self.rad <= 0 or self.edgy < 0:
-            raise ConfigError("hisynseg.bezier_rad must be > 0 and bezier_edgy >= 0")
 
 
 @dataclass
@@ -302,7 +285,10 @@ def random_blob_points(
 
 def _cubic(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray, k: int) -> np.ndarray:
     t = np.linspace(0.0, 1.0, k)[:, None]
-    return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
+    points: np.ndarray = (
+        (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
+    )
+    return points
 
 
 def bezier_curve(points: np.ndarray, rad: float, edgy: float, samples: int = 64) -> np.ndarray:

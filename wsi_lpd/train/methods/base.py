@@ -17,20 +17,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch import Tensor
 
 from wsi_lpd.classes import ClassList
+from wsi_lpd.data.contracts import Batch, LabelledPatchSet
+from wsi_lpd.networks.base import SegmentationNetwork
 from wsi_lpd.networks.build import build_model
-from wsi_lpd.train.training_config import TrainingConfig
+from wsi_lpd.train.training_config import TrainingConfig, TrainingConfigBase
 
 log = logging.getLogger(__name__)
-
-Batch = Mapping[str, Tensor]
 
 
 @dataclass
@@ -44,7 +43,7 @@ class TrainContext:
 
     config: TrainingConfig
     classes: ClassList
-    train_set: Dataset
+    train_set: LabelledPatchSet
     labels: np.ndarray
     mpp: float
     patch_px: int
@@ -56,7 +55,10 @@ class TrainContext:
     barrier: Callable[[], None] = field(default=lambda: None)
 
 
-class Method(ABC):
+C = TypeVar("C", bound=TrainingConfigBase)
+
+
+class Method(ABC, Generic[C]):
     """One training method: its model, its per-step losses, its prediction.
 
     Subclasses set ``name`` and ``loss_keys`` (logged columns, ``"total"`` first); the base
@@ -70,20 +72,22 @@ class Method(ABC):
     round: int = 1
     rounds: int = 1
 
-    def __init__(self, config: TrainingConfig, classes: ClassList) -> None:
+    def __init__(self, config: C, classes: ClassList) -> None:
         self.config = config
         self.classes = classes
-        self.model: nn.Module = build_model(config.method, config.model, classes)
+        self.model: SegmentationNetwork = build_model(config.method, config.model, classes)
+        #: (N,) draw weights of the training patches (``train.class_balance: sampler``)
+        self.sample_weights: np.ndarray | None = None
 
-    def to(self, device: torch.device) -> Method:
+    def to(self, device: torch.device) -> Method[C]:
         """Move the model (and any frozen helper) to ``device``."""
         self.model.to(device)
         return self
 
-    def prepare(self, context: TrainContext) -> None:  # noqa: B027 - optional hook
+    def prepare(self, context: TrainContext) -> None:
         """Data-dependent setup before the first step (default: none)."""
 
-    def datasets(self, context: TrainContext) -> dict[str, Dataset]:
+    def datasets(self, context: TrainContext) -> dict[str, LabelledPatchSet]:
         """The sets one step draws a batch from each (default: the training set as ``train``)."""
         return {"train": context.train_set}
 
@@ -94,7 +98,7 @@ class Method(ABC):
 
     def predict(self, images: Tensor, image_labels: Tensor | None = None) -> Tensor:
         """Class probabilities [B, C+1, H, W] (validation and inference)."""
-        return self.model.predict(images, image_labels=image_labels)  # type: ignore[operator]
+        return self.model.predict(images, image_labels=image_labels)
 
     @abstractmethod
     def label_logits(self, images: Tensor) -> Tensor:
@@ -105,6 +109,11 @@ class Method(ABC):
         s = self.config.train.select_best_after_iters
         return 0 if s is None else s
 
+    def set_pos_weight(self, pos_weight: Tensor) -> bool:
+        """Weigh the positive term of L_cls per class [C]; False when the method has no L_cls
+        (``train.class_balance: pos_weight`` is then refused)."""
+        return False
+
     def needs_single_label(self) -> bool:
         """Whether a class needs single-label patches to be learnt (PBIP bank, synthesis)."""
         return False
@@ -113,7 +122,7 @@ class Method(ABC):
         """Extra fields for the checkpoint's ``training`` record."""
         return {"round": self.round}
 
-    def next_round(self, context: TrainContext, best: Path | None) -> Method | None:
+    def next_round(self, context: TrainContext, best: Path | None) -> Method[C] | None:
         """The method of the next training round (run by the same loop), or None when done.
         ``best``: the best checkpoint so far (None without validation)."""
         return None

@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from wsi_lpd.classes import ClassList
 from wsi_lpd.data.augment import Augment
+from wsi_lpd.data.contracts import Batch, LabelledPatchSet
 from wsi_lpd.data.datasets import PatchDataset
 from wsi_lpd.errors import CheckpointError
 from wsi_lpd.io import write_json
 from wsi_lpd.networks.checkpoint import read_checkpoint
+from wsi_lpd.networks.hisynseg import HisynSegModel, HisynSegOutput
 from wsi_lpd.train.hisynseg.losses import real_losses, synthetic_losses
 from wsi_lpd.train.hisynseg.stores import (
     build_pseudo_store,
@@ -35,15 +36,15 @@ from wsi_lpd.train.hisynseg.stores import (
     real_multilabel,
 )
 from wsi_lpd.train.hisynseg.synthesis import SingleLabelPool
-from wsi_lpd.train.methods.base import Batch, Method, TrainContext
-from wsi_lpd.train.training_config import TrainingConfig
+from wsi_lpd.train.methods.base import Method, TrainContext
+from wsi_lpd.train.training_config import HisynSegTrainingConfig
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC, PSEUDO, STATS = "synthetic.zarr", "round2.zarr", "synthesis.json"
 
 
-class HisynSegMethod(Method):
+class HisynSegMethod(Method[HisynSegTrainingConfig]):
     """``hisynseg``: synthesis → realism filter → segmentation with consistency (→ round 2)."""
 
     name = "hisynseg"
@@ -59,9 +60,10 @@ class HisynSegMethod(Method):
     )
     curve_keys = ("synthetic", "real")
 
-    def __init__(self, config: TrainingConfig, classes: ClassList, round: int = 1) -> None:
+    def __init__(self, config: HisynSegTrainingConfig, classes: ClassList, round: int = 1) -> None:
         super().__init__(config, classes)
-        assert config.hisynseg is not None
+        assert isinstance(self.model, HisynSegModel)
+        self.network: HisynSegModel = self.model
         self.settings = config.hisynseg
         self.round = round
         self.rounds = 2 if self.settings.round2 else 1
@@ -76,8 +78,8 @@ class HisynSegMethod(Method):
 
     def prepare(self, context: TrainContext) -> None:
         """Synthesise and filter (rank 0; reused when resuming), then open the stores."""
-        self.model.predict_config = {  # type: ignore[assignment]
-            **self.model.predict_config,  # type: ignore[dict-item]
+        self.model.predict_config = {
+            **self.model.predict_config,
             "normalisation": dict(context.normalisation),
         }
         work = context.work_dir
@@ -111,7 +113,7 @@ class HisynSegMethod(Method):
         context.barrier()
         self.stats = json.loads((work / STATS).read_text())
 
-    def datasets(self, context: TrainContext) -> dict[str, Dataset]:
+    def datasets(self, context: TrainContext) -> dict[str, LabelledPatchSet]:
         work, norm = context.work_dir, context.normalisation
         syn = PatchDataset(work / SYNTHETIC, norm, self._augment(1))
         if self.round == 1:
@@ -139,7 +141,8 @@ class HisynSegMethod(Method):
         }
 
     def label_logits(self, images: Tensor) -> Tensor:
-        return self.model(images).logits
+        output: HisynSegOutput = self.network(images)
+        return output.logits
 
     def record(self) -> dict[str, Any]:
         return {
@@ -148,7 +151,7 @@ class HisynSegMethod(Method):
             "synthesis": dict(self.stats),
         }
 
-    def next_round(self, context: TrainContext, best: Path | None) -> Method | None:
+    def next_round(self, context: TrainContext, best: Path | None) -> HisynSegMethod | None:
         """Round 2: pseudo-mask the real patches (rank 0; reused when resuming), fresh model."""
         if self.round >= self.rounds:
             return None
@@ -160,7 +163,7 @@ class HisynSegMethod(Method):
             labels = (context.labels == 1).astype(np.uint8)
             build_pseudo_store(
                 pseudo,
-                self.model,
+                self.network,
                 raw_image_source(context.train_set, context.normalisation),
                 labels,
                 self.classes,
@@ -176,5 +179,6 @@ class HisynSegMethod(Method):
         torch.manual_seed(context.config.train.seed)
         nxt = HisynSegMethod(self.config, self.classes, round=self.round + 1)
         nxt.stats = self.stats
-        nxt.model.predict_config = dict(self.model.predict_config)  # type: ignore[arg-type]
-        return nxt.to(context.device)
+        nxt.model.predict_config = dict(self.model.predict_config)
+        nxt.to(context.device)
+        return nxt

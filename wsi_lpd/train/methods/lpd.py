@@ -10,11 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from wsi_lpd.classes import ClassList
-from wsi_lpd.networks.encoders import build_encoder
+from wsi_lpd.data.contracts import Batch
+from wsi_lpd.networks.encoders import Encoder, build_encoder
+from wsi_lpd.networks.lpd import LPDModel
 from wsi_lpd.networks.merge import merge_softmax_weighted
+from wsi_lpd.networks.model_config import EncoderConfig
 from wsi_lpd.train.losses import LPDLoss
-from wsi_lpd.train.methods.base import Batch, Method
-from wsi_lpd.train.training_config import EncoderConfig, TrainingConfig
+from wsi_lpd.train.methods.base import Method
+from wsi_lpd.train.training_config import PrototypeTrainingConfig
 
 
 class RegionEncoder(nn.Module):
@@ -22,11 +25,11 @@ class RegionEncoder(nn.Module):
     fixed random projection to the prototype dimension, as the official code's random projection
     behind its (un-pretrained) MedCLIP vision tower."""
 
-    def __init__(self, backbone: nn.Module, dim: int, seed: int = 42) -> None:
+    def __init__(self, backbone: Encoder, dim: int, seed: int = 42) -> None:
         super().__init__()
         self.backbone = backbone
         gen = torch.Generator().manual_seed(seed)
-        width = backbone.out_channels[-1]  # type: ignore[index]
+        width = int(backbone.out_channels[-1])
         self.register_buffer(
             "projection", torch.randn(width, dim, generator=gen) / math.sqrt(width)
         )
@@ -40,28 +43,27 @@ class RegionEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         pooled = self.backbone(images)[-1].mean(dim=(2, 3))
-        return pooled @ self.projection
+        projected: Tensor = pooled @ self.projection
+        return projected
 
 
-class LPDMethod(Method):
+class LPDMethod(Method[PrototypeTrainingConfig]):
     """``lpd`` (learnable prototypes, L_cls + λ_div·L_div + λ_sim·L_sim) and ``cam`` (K = 1)."""
 
     loss_keys = ("total", "cls", "div", "sim", "div_jd")
 
-    def __init__(self, config: TrainingConfig, classes: ClassList) -> None:
+    def __init__(self, config: PrototypeTrainingConfig, classes: ClassList) -> None:
         super().__init__(config, classes)
+        assert isinstance(self.model, LPDModel)
+        self.network: LPDModel = self.model
         self.name = config.method
-        assert config.loss is not None
         self.loss_config = config.loss
         region = None
-        if config.loss.lambda_sim > 0:
-            assert config.region_encoder is not None
+        if config.region_encoder is not None and config.loss.lambda_sim > 0:
             region = RegionEncoder.from_config(
-                config.region_encoder, self.model.prototype_dim, config.train.seed
+                config.region_encoder, self.network.prototype_dim, config.train.seed
             )
-        self.criterion = LPDLoss.from_config(
-            config.loss, classes.num_foreground, region_encoder=region
-        )
+        self.criterion = LPDLoss(classes.num_foreground, config.loss, region_encoder=region)
 
     def to(self, device: torch.device) -> LPDMethod:
         """Move the model and the frozen region encoder to ``device``."""
@@ -78,7 +80,12 @@ class LPDMethod(Method):
         )
 
     def label_logits(self, images: Tensor) -> Tensor:
-        return merge_softmax_weighted(self.model(images).logits[3], self.classes.num_foreground)
+        output = self.network(images)
+        return merge_softmax_weighted(output.logits[3], self.classes.num_foreground)
+
+    def set_pos_weight(self, pos_weight: Tensor) -> bool:
+        self.criterion.pos_weight = pos_weight
+        return True
 
     def best_after(self) -> int:
         s = self.config.train.select_best_after_iters

@@ -27,14 +27,13 @@ class PBIPMethod(LPDMethod):
     @torch.no_grad()
     def prepare(self, context: TrainContext) -> None:
         s = context.config.train
-        model = self.model
-        k = model.prototypes_per_class  # type: ignore[attr-defined]
+        model = self.network
+        k = model.prototypes_per_class
         single = (context.labels == 1).sum(axis=1) == 1
         rng = np.random.default_rng(s.seed)
-        frozen = copy.deepcopy(model.encoder)  # type: ignore[attr-defined]
-        dim = model.prototype_dim  # type: ignore[attr-defined]
-        encoder = RegionEncoder(frozen, dim, s.seed).to(context.device)  # type: ignore[arg-type]
-        current = model.prototypes.detach().cpu()  # type: ignore[attr-defined]
+        frozen = copy.deepcopy(model.encoder)
+        encoder = RegionEncoder(frozen, model.prototype_dim, s.seed).to(context.device)
+        current = model.prototypes.detach().cpu()
         features: dict[int, torch.Tensor] = {}
         for c in range(self.classes.num_foreground):
             idx = np.flatnonzero(single & (context.labels[:, c] == 1))
@@ -54,4 +53,4 @@ class PBIPMethod(LPDMethod):
                 for i in idx
             ]
             features[c] = torch.cat(vecs)
-        model.set_prototype_bank(pbip_prototype_bank(features, k, s.seed))  # type: ignore[operator]
+        model.set_prototype_bank(pbip_prototype_bank(features, k, s.seed))
