@@ -441,3 +441,83 @@ def test_looks_change_the_texture_not_the_ground_truth(tmp_path: Path) -> None:
         write_synthetic_slide(tmp_path / "x.tiff", width_px=256, height_px=256, looks=[(1.0,)])
     cohort = write_heterogeneous_cohort(tmp_path / "h", n_train=1, n_test=1, size_px=256)
     assert [c.split for c in cohort] == ["train", "test"]
+
+
+def test_glass_fast_path_paints_what_the_full_path_paints() -> None:
+    from wsi_lpd.synthetic.slides import PAD_UM, SlideRenderer
+    from wsi_lpd.synthetic.texture import paint_block
+
+    layout = SlideLayout(20000, 16000, 0.25, 3, 4, tissue_fraction=0.1)
+    renderer = SlideRenderer(layout, BCSS_CLASSES)
+    pad = int(np.ceil(PAD_UM / layout.mpp))
+    x0, y0, w, h = 256, 256, 512, 256  # inside the white margin: no tissue
+    assert layout.is_glass(x0 - pad, y0 - pad, w + 2 * pad, h + 2 * pad)
+    ys = (y0 - pad + np.arange(h + 2 * pad) + 0.5) * layout.mpp
+    xs = (x0 - pad + np.arange(w + 2 * pad) + 0.5) * layout.mpp
+    full = paint_block(
+        layout.block_maps(ys, xs, layout.mpp, pad),
+        renderer.styles,
+        layout.seed,
+        layout.stains,
+        layout.gains,
+    )[pad : pad + h, pad : pad + w]
+    assert np.array_equal(renderer.render(x0, y0, w, h), full)
+    mask = layout.label_mask(8.0)
+    r, c = np.argwhere(mask < 4)[0]  # a tissue pixel: its box is not glass
+    assert not layout.is_glass(int(c * 32), int(r * 32), 32, 32)
+
+
+def test_less_tissue_is_a_subset_of_more_tissue() -> None:
+    def tissue(fraction: float) -> np.ndarray:
+        return SlideLayout(20000, 16000, 0.25, 3, 4, tissue_fraction=fraction).label_mask(16.0) < 4
+
+    more, less = tissue(0.16), tissue(0.08)
+    assert not (less & ~more).any()
+    # area at 16 µm/px of a 5 mm × 4 mm slide: the fraction is a quantile of the layout grid, so
+    # it holds to the grid's resolution, well within 2 % of the slide
+    assert abs(more.mean() - 0.16) < 0.02 and abs(less.mean() - 0.08) < 0.02
+
+
+def test_streamed_full_size_style_slide_opens_with_the_rendered_pixels(tmp_path: Path) -> None:
+    """8192×6144 px at 0.25 µm/px (a 40× scan's resolution), mostly glass, lossless tiles: the
+    writer streams level 0 from the renderer and builds each reduced level from the one above."""
+    import tracemalloc
+
+    from wsi_lpd.synthetic.slides import SlideRenderer, _box4, write_pyramid
+
+    def write(width: int, height: int, path: Path) -> tuple[SlideLayout, SlideRenderer, int]:
+        layout = SlideLayout(width, height, mpp, 5, 4, tissue_fraction=0.05)
+        renderer = SlideRenderer(layout, BCSS_CLASSES, texture="flat")  # fast; the glass fast
+        tracemalloc.start()  # path of procedural texture has its own test above
+        write_pyramid(path, renderer, tile_px=256, aperio=True, jpeg_quality=90, compression="zlib")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return layout, renderer, peak
+
+    mpp = 0.25
+    *_, peak_small = write(2048, 1536, tmp_path / "small.svs")
+    width, height = 8192, 6144
+    path = tmp_path / "big.svs"
+    layout, renderer, peak = write(width, height, path)
+    # The peak is the working set of one rendered block, whatever the slide size: 16×
+    # the pixels add only per-tile bookkeeping (a few kB), far below the 16 MB slack. The level-0
+    # image alone would be 151 MB.
+    assert peak < peak_small + 16e6, (peak / 1e6, peak_small / 1e6)
+    assert peak < width * height * 3 / 2, peak / 1e6
+    osr = openslide.OpenSlide(str(path))
+    assert osr.properties["openslide.vendor"] == "aperio"
+    assert float(osr.properties["openslide.mpp-x"]) == mpp
+    assert float(osr.properties["openslide.objective-power"]) == 40
+    assert osr.level_dimensions == ((8192, 6144), (2048, 1536), (512, 384))
+    mask = layout.label_mask(8.0)
+    r, c = np.argwhere(mask < 4)[len(np.argwhere(mask < 4)) // 2]
+    boxes = [(0, 0), (int(c * 32) // 256 * 256, int(r * 32) // 256 * 256), (7680, 5632)]
+    for x, y in boxes:  # glass corner, a tissue tile, the last tile
+        got = np.asarray(osr.read_region((x, y), 0, (512, 512)))[..., :3]
+        want = np.full((512, 512, 3), 255, np.uint8)  # OpenSlide: transparent past the edge
+        rw, rh = min(512, width - x), min(512, height - y)
+        want[:rh, :rw] = renderer.render(x, y, rw, rh)
+        assert np.array_equal(got[:rh, :rw], want[:rh, :rw]), (x, y)
+    x, y = boxes[1]  # level 1 is the exact 4× box mean of level 0 (zlib: lossless)
+    level1 = np.asarray(osr.read_region((x, y), 1, (64, 64)))[..., :3]
+    assert np.array_equal(level1, _box4(renderer.render(x, y, 256, 256)))

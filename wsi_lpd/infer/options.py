@@ -54,11 +54,12 @@ class InferSection(Section):
         description="JPEG decoding: cpu (slide reader), gpu (JPEG tiles decoded on the compute "
         "device), auto (gpu on CUDA for JPEG-tiled TIFF/SVS).",
     )
-    stain_normalise: Literal["none", "reinhard", "macenko"] = Field(
-        "reinhard",
+    stain_normalise: Literal["auto", "none", "reinhard", "macenko"] = Field(
+        "auto",
         description="Stain normalisation of each slide before the model: its colour statistics "
         "(one low-resolution read) mapped onto the training patches' (stored in model.pt) or the "
-        "reference slide's; one transform for every window (bench/results/stain.md).",
+        "reference slide's; one transform for every window (bench/results/stain.md). auto: "
+        "reinhard when there is a reference, none (with a warning) for older models.",
     )
     stain_reference_slide: str | None = Field(
         None,

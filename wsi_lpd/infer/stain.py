@@ -30,7 +30,19 @@ def slide_stain_transform(
     model_source: str = "model.pt",
 ) -> StainTransform | None:
     """The transform normalising ``slide`` (a SlideLike) with ``method`` (none, reinhard,
-    macenko) to the model's training statistics or to ``reference_slide``'s; None for none."""
+    macenko) to the model's training statistics or to ``reference_slide``'s; None for none.
+
+    ``auto`` (the default) is reinhard where there is a reference (a reference slide, or a
+    model.pt that stored its training statistics) and none, with a WARNING, for older models."""
+    if method == "auto":
+        if reference_slide is None and stain_reference(contract, model_source) is None:
+            log.warning(
+                "%s: no stain statistics (trained before wsi-lpd stored them): slides are not "
+                "stain-normalised; retrain, or set infer.stain_reference_slide",
+                model_source,
+            )
+            return None
+        method = "reinhard"
     if method not in STAIN_METHODS:
         raise ConfigError(
             f"stain_normalise: expected one of {', '.join(STAIN_METHODS)}, got {method!r}"

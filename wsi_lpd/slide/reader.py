@@ -342,6 +342,31 @@ def _tifffile_meta(reader: _TiffReader) -> dict[str, Any]:
     return meta
 
 
+MPP_AT_10X = 1.0
+"""µm/px of a 10× scan: nominal mpp ≈ 10 / objective power (40× → 0.25, 20× → 0.5)."""
+
+MPP_OBJECTIVE_FACTOR = 1.5
+"""mpp and objective power disagree when mpp is off the nominal by more than this factor
+(scanners range 0.17-0.27 µm/px at 40×; 40× at 1.0 µm/px is a file error)."""
+
+
+def _warn_mpp_vs_objective(path: Path, mpp: float, objective_power: float | None) -> None:
+    """Log a WARNING when the file's mpp does not fit its objective power (one of them is wrong)."""
+    if not objective_power or objective_power <= 0:
+        return
+    nominal = MPP_AT_10X * 10.0 / objective_power
+    if not nominal / MPP_OBJECTIVE_FACTOR <= mpp <= nominal * MPP_OBJECTIVE_FACTOR:
+        log.warning(
+            "%s: pixel size %.4g µm/px disagrees with objective power %gx (nominal %.3g µm/px); "
+            "using %.4g µm/px (override with --slide-mpp if it is wrong)",
+            path,
+            mpp,
+            objective_power,
+            nominal,
+            mpp,
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # opening
 
@@ -462,6 +487,8 @@ class Slide:
             raise MissingMppError(
                 f"{self.path}: no pixel size (mpp) in the file; pass it explicitly (--slide-mpp)"
             )
+        if self._mpp_override is None:
+            _warn_mpp_vs_objective(self.path, mpp, raw.get("objective_power"))
         dims = reader.level_dimensions
         w0, h0 = dims[0]
         downsamples = tuple(

@@ -38,15 +38,25 @@ class SynthSection(Section):
     )
     mask_mpp: float = Field(8.0, gt=0, description="µm/px of the ground-truth label mask.")
     jpeg_quality: int = Field(85, ge=1, le=100, description="JPEG quality of the slide tiles.")
-    texture: Literal["procedural", "real"] = Field(
+    texture: Literal["procedural", "real", "flat"] = Field(
         "procedural",
-        description="procedural (H&E-like noise) or real (real H&E texture from histolytics' "
-        "crops; classes TUM/STR/LYM; the test slide uses texture no training slide has).",
+        description="procedural (H&E-like noise), real (real H&E texture from histolytics' "
+        "crops; classes TUM/STR/LYM; the test slide uses texture no training slide has) or "
+        "flat (pale class colours: fast, for size benchmarks).",
     )
     stain_scale: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = Field(
         None,
         description="Scale haematoxylin and eosin by H E in HED space (another lab's staining).",
         json_schema_extra={"cli_default": "(none)"},
+    )
+
+    tissue_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Share of the slide that is tissue, as compact sections (e.g. 0.15 for a "
+        "sparse full-size slide); default: drawn in 0.5-0.62.",
+        json_schema_extra={"cli_default": "(drawn)"},
     )
 
     artefacts: list[Literal["pen", "blur", "fold", "bubble"]] = Field(

@@ -33,6 +33,7 @@ from wsi_lpd.synthetic.texture import (
     BlockMaps,
     RealTextureBank,
     bspline_taps,
+    glass_block,
     looks_for,
     paint_block,
     separable_eval,
@@ -67,6 +68,10 @@ class SlideLayout:
 
     Fields live on a grid with node (i, j) at µm ((i - 2)·field_um, (j - 2)·field_um) and are
     evaluated by cubic B-spline, so region boundaries are smooth at every resolution.
+    ``tissue_fraction``: share of the slide inside the margin that is tissue (drawn in 0.5-0.62
+    when None; given, the pieces are compact, like sections on glass, with fewer holes). The
+    tissue is a level set of one field, so with the same seed a smaller fraction
+    gives a subset of the tissue of a larger one (same slide, less tissue).
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class SlideLayout:
         n_classes: int,
         field_um: float = FIELD_UM,
         look_weights: list[tuple[float, ...]] | None = None,
+        tissue_fraction: float | None = None,
     ) -> None:
         self.width_px, self.height_px, self.mpp, self.seed = width_px, height_px, mpp, seed
         self.n_classes, self.field_um = n_classes, field_um
@@ -92,13 +98,15 @@ class SlideLayout:
         holes = _smooth_noise(rng, shape, 60.0 / field_um)
         cy, cx = rng.uniform(0.45, 0.55, size=2) * (h_um, w_um)
         radial = ((yy - cy) / (h_um / 2)) ** 2 + ((xx - cx) / (w_um / 2)) ** 2
-        tissue = 1.3 * big + 0.6 * holes - 3.5 * radial
+        # A given fraction (sparse full-size slides) makes compact sections: weaker holes.
+        tissue = 1.3 * big + (0.6 if tissue_fraction is None else 0.2) * holes - 3.5 * radial
         side = min(w_um, h_um)
         margin = max(0.02 * side, min(2.5 * field_um, 0.1 * side))
         near_edge = (yy < margin) | (yy > h_um - margin) | (xx < margin) | (xx > w_um - margin)
         inside = (yy >= 0) & (yy <= h_um) & (xx >= 0) & (xx <= w_um)
         tissue = np.where(near_edge, -10.0, tissue)
-        self.tissue_fraction = float(rng.uniform(0.5, 0.62))
+        drawn = float(rng.uniform(0.5, 0.62))  # drawn always: same stream with or without it
+        self.tissue_fraction = drawn if tissue_fraction is None else float(tissue_fraction)
         thr = np.quantile(tissue[inside], 1 - self.tissue_fraction)
         self.tissue = (tissue - thr).astype(np.float32)
         sigma = CLASS_SCALE_UM / field_um
@@ -180,6 +188,17 @@ class SlideLayout:
                 break
             bias[worst] += 0.05
         return bias
+
+    def is_glass(self, x0_px: int, y0_px: int, w_px: int, h_px: int) -> bool:
+        """True when the level-0 box holds no tissue at all: every B-spline control point that
+        reaches the box is <= 0 and the basis is a convex combination, so the field is <= 0."""
+        nodes = []
+        for start, size in ((y0_px, h_px), (x0_px, w_px)):
+            lo = (start * self.mpp) / self.field_um + 2.0
+            hi = ((start + size) * self.mpp) / self.field_um + 2.0
+            nodes.append((max(0, int(np.floor(lo)) - 2), int(np.floor(hi)) + 3))
+        (r0, r1), (c0, c1) = nodes
+        return bool((self.tissue[r0:r1, c0:c1] <= 0).all())
 
     def _taps(self, coords_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return bspline_taps(coords_um / self.field_um + 2.0)
@@ -276,6 +295,8 @@ class SlideRenderer:
     def _render(self, x0_px: int, y0_px: int, w_px: int, h_px: int) -> np.ndarray:
         mpp = self.layout.mpp
         if self.texture == "flat":  # labels per 2×2 px (centres at even offsets): 4× cheaper
+            if self.layout.is_glass(x0_px, y0_px, w_px, h_px):
+                return np.broadcast_to(self.palette[-1], (h_px, w_px, 3)).copy()
             ys = (y0_px + np.arange(0, h_px, 2) + 1.0) * mpp
             xs = (x0_px + np.arange(0, w_px, 2) + 1.0) * mpp
             rgb = self.palette[self.layout.labels(ys, xs)]
@@ -287,6 +308,10 @@ class SlideRenderer:
             names = real_class_names(self.classes)
             return self.bank.paint(labels, names, y0_px, x0_px, self.layout.seed)  # type: ignore[union-attr]
         pad = int(np.ceil(PAD_UM / mpp))
+        if self.layout.is_glass(x0_px - pad, y0_px - pad, w_px + 2 * pad, h_px + 2 * pad):
+            ys = (y0_px + np.arange(h_px) + 0.5) * mpp
+            xs = (x0_px + np.arange(w_px) + 0.5) * mpp
+            return glass_block(ys, xs, self.layout.seed, self.layout.stains)
         ys = (y0_px - pad + np.arange(h_px + 2 * pad) + 0.5) * mpp
         xs = (x0_px - pad + np.arange(w_px + 2 * pad) + 0.5) * mpp
         maps = self.layout.block_maps(ys, xs, mpp, pad)
@@ -405,8 +430,14 @@ def write_pyramid(
     aperio: bool,
     jpeg_quality: int,
     progress: bool = False,
+    compression: str = "jpeg",
 ) -> None:
-    """Write the pyramidal tiled JPEG TIFF atomically (levels 4x apart, last long side <= 1024)."""
+    """Write the pyramidal tiled JPEG TIFF atomically (levels 4x apart, last long side <= 1024).
+
+    Level 0 is streamed from the renderer a block at a time, each reduced level from the one
+    above 4 tile rows at a time: memory is bounded by the tile size, not by the slide size.
+    ``compression="zlib"`` writes lossless tiles (tests compare pixels exactly).
+    """
     import tifffile
     from tqdm import tqdm
 
@@ -420,8 +451,8 @@ def write_pyramid(
         dtype=np.uint8,
         tile=(tile_px, tile_px),
         photometric="rgb",
-        compression="jpeg",
-        compressionargs={"level": jpeg_quality},
+        compression=compression,
+        compressionargs={"level": jpeg_quality} if compression == "jpeg" else {"level": 1},
         resolutionunit="CENTIMETER",
         metadata=None,
         maxworkers=2,
@@ -544,6 +575,7 @@ def write_synthetic_slide(
     stain_scale: tuple[float, float] | None = None,
     bank: RealTextureBank | None = None,
     looks: list[tuple[float, ...]] | None = None,
+    tissue_fraction: float | None = None,
     progress: bool = False,
     wrap_renderer: Callable[[SlideRenderer], Any] | None = None,
 ) -> SynthSlide:
@@ -557,11 +589,13 @@ def write_synthetic_slide(
     stain in HED space (same layout, mask and annotations). ``looks`` (procedural texture): per
     foreground class, the share of its area painted in each of its looks (``LOOKS`` in
     ``wsi_lpd.synthetic.texture``: e.g. TUM solid / glandular / papillary); the ground truth stays
-    the class. ``progress`` shows a tqdm bar. ``wrap_renderer`` returns the renderer that draws
-    level 0 from the plain one (e.g. one that paints artefacts on: ``wsi_lpd.synthetic.artefacts``).
+    the class. ``tissue_fraction`` sets the tissue share (``SlideLayout``). ``progress`` shows a
+    tqdm bar. ``wrap_renderer`` returns the renderer that draws level 0 from the plain one (e.g.
+    one that paints artefacts on: ``wsi_lpd.synthetic.artefacts``).
     Every file is written under a temporary name and renamed. Deterministic in ``seed``.
     Memory: a few tens of MB per 1024×256-px block plus the layout grid (9 float32 per 32 µm
-    node, about 90 MB for a 100k×100k slide at 0.5 µm/px) and the label mask.
+    node, about 90 MB for a 100k×100k slide at 0.5 µm/px) and the label mask; the level-0
+    image is never held (tiles are streamed, blocks without tissue take a fast glass path).
     """
     if width_px < 1 or height_px < 1 or not mpp > 0 or not mask_mpp >= mpp:
         raise ConfigError(
@@ -585,7 +619,17 @@ def write_synthetic_slide(
         )
     if mode == "real" and bank is None:
         bank = RealTextureBank(texture_split, mpp)
-    layout = SlideLayout(width_px, height_px, mpp, seed, len(layout_names), look_weights=looks)
+    if tissue_fraction is not None and not 0 < tissue_fraction < 1:
+        raise ConfigError(f"{path}: tissue_fraction must be in (0, 1), got {tissue_fraction}")
+    layout = SlideLayout(
+        width_px,
+        height_px,
+        mpp,
+        seed,
+        len(layout_names),
+        look_weights=looks,
+        tissue_fraction=tissue_fraction,
+    )
     renderer = SlideRenderer(layout, classes, texture=mode, bank=bank, stain_scale=stain_scale)
     if wrap_renderer is not None:
         renderer = wrap_renderer(renderer)

@@ -53,6 +53,7 @@ def write_synthetic_cohort(
             texture=opts.texture,
             texture_split=split,
             stain_scale=opts.stain_scale,
+            tissue_fraction=opts.tissue_fraction,
             progress=True,
         )
         slide = getattr(written, "slide", written)  # an ArtefactSlide holds the SynthSlide

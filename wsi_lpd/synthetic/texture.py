@@ -598,8 +598,21 @@ def paint_block(
         haem[m] *= gains[k, 0]
     e_conc *= 1 - np.float32(0.7) * cover
     tissue = labels < len(styles)
-    base_od = np.where(tissue, np.float32(0.03), np.float32(0.012) + np.float32(0.003) * n_fine)
+    base_od = np.where(tissue, np.float32(0.03), _glass_od(n_fine))
     return od_to_rgb(haem * maps.stain_h, e_conc * maps.stain_e, base_od, stains)
+
+
+def _glass_od(n_fine: np.ndarray) -> np.ndarray:
+    """Optical density of bare glass from the fine noise field."""
+    return np.float32(0.012) + np.float32(0.003) * n_fine
+
+
+def glass_block(ys_um: np.ndarray, xs_um: np.ndarray, seed: int, stains: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 of a block without tissue: the pixels ``paint_block`` gives there, without
+    its per-class work (the fast path for the glass that covers most of a real slide)."""
+    od = _glass_od(value_noise(ys_um, xs_um, 1.2, seed, 101))
+    zero = np.zeros_like(od)
+    return od_to_rgb(zero, zero, od, stains)
 
 
 # --- real H&E texture (histolytics' HGSC crops, BSD-3) --------------------------------------
