@@ -215,7 +215,7 @@ def test_stain_reference_round_trip_and_old_checkpoints(tmp_path: Path) -> None:
     import numpy as np
 
     from wsi_lpd.data.stain import stain_statistics
-    from wsi_lpd.networks.checkpoint import stain_reference
+    from wsi_lpd.infer.stain import stain_reference
 
     rng = np.random.default_rng(0)
     stats = stain_statistics(rng.integers(60, 230, (32, 32, 3), dtype=np.uint8))

@@ -250,11 +250,15 @@ def test_mistyped_config_value_is_one_line(files: dict[str, Path]) -> None:
 
 
 def test_old_checkpoint_without_stain_statistics(files: dict[str, Path]) -> None:
-    """A model.pt from before stain statistics loads; reinhard (the default) then says what to
-    do, while none and a reference slide work."""
+    """A model.pt from before stain statistics loads: auto (the default) infers without
+    normalisation, reinhard says what to do, none and a reference slide work."""
     common = ("--model", files["old_model"], "--tiles", files["tiles"], "--device", "cpu")
     out = files["root"] / "old"
     res = _run(files["slide"], *common, "--out", out, "--workers", "0")
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "s1.run.json").read_text())
+    assert run["parameters"]["stain_normalise"] == "none"
+    res = _run(files["slide"], *common, "--out", out, "--stain-normalise", "reinhard")
     assert res.exit_code == 1
     line = res.output.strip().splitlines()[-1]
     assert "old.pt" in line and "no stain statistics" in line and "stain_reference_slide" in line

@@ -14,11 +14,26 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from wsi_lpd.data.stain import STAIN_METHODS, StainTransform, slide_stain_statistics
+from wsi_lpd.data.stain import (
+    STAIN_METHODS,
+    StainTransform,
+    check_stain_statistics,
+    slide_stain_statistics,
+)
 from wsi_lpd.errors import CheckpointError, ConfigError
-from wsi_lpd.networks.checkpoint import stain_reference
 
 log = logging.getLogger(__name__)
+
+
+def stain_reference(contract: Mapping[str, Any], source: str = "model.pt") -> dict[str, Any] | None:
+    """The checkpoint's training stain statistics, checked; None for checkpoints without them."""
+    stats = contract.get("stain_reference")
+    if stats is None:
+        return None
+    try:
+        return check_stain_statistics(stats, f"{source}: stain_reference")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def slide_stain_transform(

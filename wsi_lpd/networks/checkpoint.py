@@ -248,19 +248,6 @@ def _load_state(model: nn.Module, state: Any, path: Path) -> None:
     model.load_state_dict(dict(state), strict=True)
 
 
-def stain_reference(contract: Mapping[str, Any], source: str = "model.pt") -> dict[str, Any] | None:
-    """The checkpoint's training stain statistics, checked; None for checkpoints without them."""
-    from wsi_lpd.data.stain import check_stain_statistics
-
-    stats = contract.get("stain_reference")
-    if stats is None:
-        return None
-    try:
-        return check_stain_statistics(stats, f"{source}: stain_reference")
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from exc
-
-
 def checkpoint_sha256(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of the checkpoint file."""
     path = Path(path)
