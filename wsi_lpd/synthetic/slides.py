@@ -715,15 +715,7 @@ def write_real_texture_cohort(
         for stem, stain, role in variants:
             path = out / f"{stem}.tiff"
             if path.exists():
-                synth = SynthSlide(
-                    path,
-                    path.with_name(f"{stem}.mask.tiff"),
-                    path.with_name(f"{stem}.annotations.geojson"),
-                    stem,
-                    size_px,
-                    size_px,
-                    mpp,
-                )
+                synth = _existing_slide(path, size_px, mpp)
             else:
                 if split not in banks:
                     banks[split] = RealTextureBank(split, mpp)
@@ -740,6 +732,20 @@ def write_real_texture_cohort(
                 )
             result.append(CohortSlide(synth, role, stain))  # type: ignore[arg-type]
     return result
+
+
+def _existing_slide(path: Path, size_px: int, mpp: float) -> SynthSlide:
+    """A square cohort slide written earlier (its mask and annotations beside it), reused."""
+    stem = path.stem
+    return SynthSlide(
+        path,
+        path.with_name(f"{stem}.mask.tiff"),
+        path.with_name(f"{stem}.annotations.geojson"),
+        stem,
+        size_px,
+        size_px,
+        mpp,
+    )
 
 
 def look_mixture(n_looks: list[int], dominant: int | None, share: float = 0.7) -> list[tuple]:
@@ -782,17 +788,8 @@ def write_heterogeneous_cohort(
         t = i - n_train
         dominant = i if split == "train" else (None if t % 2 == 0 else -1)
         path = out / f"hetero_{i:02d}.tiff"
-        stem = path.stem
         if path.exists():
-            synth = SynthSlide(
-                path,
-                path.with_name(f"{stem}.mask.tiff"),
-                path.with_name(f"{stem}.annotations.geojson"),
-                stem,
-                size_px,
-                size_px,
-                mpp,
-            )
+            synth = _existing_slide(path, size_px, mpp)
         else:
             synth = write_synthetic_slide(
                 path,
